@@ -1,0 +1,27 @@
+# comfy-wrapup: the two commands, and the pieces they are made of.
+#   make demo   bring up the staging workshop, play a workshop, run post_workshop.yml on it
+#   make test   the whole suite (lint, unit, staging workshop, SSH)
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+ENGINE := scripts/docker-engine.sh
+
+.PHONY: setup demo test lint staging-up staging-play staging-reset staging-down engine-stop
+
+setup:
+	@scripts/bootstrap.sh
+
+demo: setup
+	@$(ENGINE) run scripts/demo.sh
+
+test: setup
+	@$(ENGINE) run --stop pytest tests
+
+lint: setup
+	@pytest tests/test_lint.py
+
+staging-up staging-play staging-reset staging-down: setup
+	@$(ENGINE) run ansible-playbook playbooks/staging.yml -e staging_workshop_action=$(@:staging-%=%)
+
+engine-stop:
+	@$(ENGINE) stop

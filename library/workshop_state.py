@@ -1,0 +1,190 @@
+#!/usr/bin/python
+"""Ansible module: the state of a ComfyUI workshop (queue, services, outputs, disk)."""
+
+DOCUMENTATION = r"""
+---
+module: workshop_state
+short_description: Read the state of a ComfyUI multi-user workshop
+description:
+  - Reads, without changing anything, what an admin looks at before wrapping a workshop up
+    the size of each job queue in Redis, the compose project's services with their state and
+    restart counts, how much the participants' outputs take, and the free disk space.
+  - The Redis password is read from the workshop's C(.env) on the host.
+version_added: "0.1.0"
+author: comfy-wrapup
+requirements:
+  - redis (Python library)
+  - docker (Python library)
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; it runs the same in check mode.
+  diff_mode:
+    support: none
+options:
+  redis_host:
+    description: Address of the workshop's Redis, as seen from the host.
+    type: str
+    default: 127.0.0.1
+  redis_port:
+    description: Port of the workshop's Redis.
+    type: int
+    default: 6379
+  redis_db:
+    description: Redis database of the queue.
+    type: int
+    default: 0
+  redis_password:
+    description: Password of Redis, where there is no O(env_file) to read it from.
+    type: str
+  env_file:
+    description: The workshop's C(.env); the password is read from its O(redis_password_key).
+    type: path
+  redis_password_key:
+    description: Key of the Redis password in O(env_file).
+    type: str
+    default: REDIS_PASSWORD
+  redis_timeout:
+    description: Seconds to wait for Redis to connect or answer.
+    type: float
+    default: 5.0
+  project_dir:
+    description: The workshop's project directory (docker-compose.yml, .env).
+    type: path
+    required: true
+  project_name:
+    description:
+      - Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else
+        the name of O(project_dir), as compose itself chooses.
+    type: str
+  docker_host:
+    description: Docker Engine to ask. Default C(DOCKER_HOST) of the environment, else the local socket.
+    type: str
+  docker_timeout:
+    description: Seconds to wait for the Docker Engine.
+    type: int
+    default: 60
+  outputs_dir:
+    description: The participants' outputs (C(data/outputs)), one folder per participant.
+    type: path
+    required: true
+  frontend_pattern:
+    description: Regular expression matching the compose services that are participant frontends.
+    type: str
+    default: '^user\d+$'
+notes:
+  - Either O(env_file) or O(redis_password), not both.
+"""
+
+EXAMPLES = r"""
+- name: Read the workshop's state
+  workshop_state:
+    project_dir: /home/dev/projects/comfyui
+    env_file: /home/dev/projects/comfyui/.env
+    outputs_dir: /home/dev/projects/comfyui/data/outputs
+  register: state
+
+- name: Nothing may still be running before the backup
+  ansible.builtin.assert:
+    that:
+      - state.queue.pending == 0
+      - state.queue.running == 0
+"""
+
+RETURN = r"""
+queue:
+  description: Size of each queue (sorted sets C(queue:pending), C(queue:running), C(queue:completed), C(queue:failed)).
+  returned: always
+  type: dict
+  sample: {pending: 3, running: 1, completed: 120, failed: 7, depth: 3}
+services:
+  description: The compose project's containers, sorted by service.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{service: redis, container: comfy-redis, state: running, restart_count: 0, started_at: "2026-11-29T09:00:01Z"}]
+frontends:
+  description: How many participant frontends there are and how many run.
+  returned: always
+  type: dict
+  sample: {total: 20, running: 20}
+project:
+  description: The compose project name used.
+  returned: always
+  type: str
+  sample: comfyui
+outputs:
+  description: Bytes and files under O(outputs_dir), in total and per participant folder.
+  returned: always
+  type: dict
+  sample: {path: /home/dev/projects/comfyui/data/outputs, bytes: 1048576, files: 4, folders: {user001: {bytes: 1048576, files: 4}}}
+disk:
+  description: Total, used and free bytes of the filesystem holding O(project_dir).
+  returned: always
+  type: dict
+  sample: {path: /home/dev/projects/comfyui, total: 107374182400, used: 53687091200, free: 53687091200}
+"""
+
+import re
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.workshop_compose import (
+    DOCKER_IMPORT_ERROR,
+    HAS_DOCKER,
+    ComposeProject,
+    compose_argument_spec,
+)
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import filesystem_usage, tree_usage
+from ansible.module_utils.workshop_redis import (
+    HAS_REDIS,
+    REDIS_IMPORT_ERROR,
+    REDIS_MUTUALLY_EXCLUSIVE,
+    WorkshopRedis,
+    redis_argument_spec,
+)
+
+
+def workshop_state(params):
+    """Gather the state; raises WorkshopError."""
+    queue = WorkshopRedis.from_params(params).queue_counts()
+    queue["depth"] = queue["pending"]
+    project = ComposeProject.from_params(params)
+    services = project.services()
+    frontend = re.compile(params["frontend_pattern"])
+    frontends = [entry for entry in services if frontend.search(entry["service"])]
+    return dict(
+        project=project.name,
+        queue=queue,
+        services=services,
+        frontends=dict(total=len(frontends), running=sum(entry["state"] == "running" for entry in frontends)),
+        outputs=tree_usage(params["outputs_dir"]),
+        disk=filesystem_usage(params["project_dir"]),
+    )
+
+
+def main():
+    argument_spec = redis_argument_spec()
+    argument_spec.update(compose_argument_spec())
+    argument_spec.update(
+        outputs_dir=dict(type="path", required=True),
+        frontend_pattern=dict(type="str", default=r"^user\d+$"),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+        supports_check_mode=True,
+    )
+    if not HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
+    if not HAS_DOCKER:
+        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    try:
+        result = workshop_state(module.params)
+    except WorkshopError as exc:
+        module.fail_json(msg=exc.msg, **exc.context)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The compose-project lookup shared by every module that works on the workshop's containers.
+
+Containers are found by the labels both docker compose v2 and docker-compose v1 put on them
+(com.docker.compose.project / .service), through the Docker API, so the modules work the same
+whichever compose CLI deployed the workshop, and need none.
+"""
+
+import os
+import re
+import traceback
+
+from ansible.module_utils.workshop_dotenv import read_dotenv
+from ansible.module_utils.workshop_errors import WorkshopError
+
+try:
+    import docker
+    import docker.errors
+
+    HAS_DOCKER = True
+    DOCKER_IMPORT_ERROR = None
+except ImportError:
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = traceback.format_exc()
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+def compose_argument_spec():
+    """Options of every compose-facing module."""
+    return dict(
+        project_dir=dict(type="path", required=True),
+        project_name=dict(type="str"),
+        docker_host=dict(type="str"),
+        docker_timeout=dict(type="int", default=60),
+    )
+
+
+def normalize_project_name(name):
+    """Compose's own normalisation: lower case, only [a-z0-9_-] kept."""
+    return re.sub(r"[^a-z0-9_-]", "", name.lower())
+
+
+def resolve_project_name(project_dir, project_name=None):
+    """The project name compose uses: explicit, else COMPOSE_PROJECT_NAME of the .env, else the directory's name."""
+    if project_name:
+        return normalize_project_name(project_name)
+    env_file = os.path.join(project_dir, ".env")
+    if os.path.exists(env_file):
+        from_env = read_dotenv(env_file).get("COMPOSE_PROJECT_NAME")
+        if from_env:
+            return normalize_project_name(from_env)
+    return normalize_project_name(os.path.basename(os.path.normpath(project_dir)))
+
+
+class ComposeProject:
+    """The containers of one compose project on one Docker Engine."""
+
+    def __init__(self, client, name, engine):
+        self.client = client
+        self.name = name
+        self.engine = engine
+
+    @classmethod
+    def from_params(cls, params):
+        """Connect to the engine named by docker_host (default: DOCKER_HOST, else the local socket)."""
+        engine = params.get("docker_host") or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        name = resolve_project_name(params["project_dir"], params.get("project_name"))
+        try:
+            client = docker.DockerClient(base_url=engine, timeout=params.get("docker_timeout", 60))
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise WorkshopError(
+                f"No Docker Engine answers at {engine} ({exc}): is Docker running? Set docker_host "
+                "(workshop_docker_host) if it listens elsewhere",
+                docker_host=engine,
+            ) from None
+        return cls(client, name, engine)
+
+    def containers(self):
+        """Every container of the project, running or not; an unknown project raises, naming the known ones."""
+        try:
+            found = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"})
+            if found:
+                return found
+            known = sorted(
+                {
+                    c.labels.get(PROJECT_LABEL)
+                    for c in self.client.containers.list(all=True, filters={"label": PROJECT_LABEL})
+                }
+            )
+        except docker.errors.DockerException as exc:
+            raise WorkshopError(f"Docker at {self.engine} failed listing containers: {exc}", docker_host=self.engine) from None
+        raise WorkshopError(
+            f"No containers of compose project '{self.name}' on {self.engine}; projects there: "
+            f"{', '.join(known) or 'none'}. Set workshop_compose_project (or COMPOSE_PROJECT_NAME in the .env)",
+            project=self.name,
+            known_projects=known,
+        )
+
+    def services(self):
+        """One entry per container: service, container, state, restart count, start time, sorted by service."""
+        entries = []
+        for container in self.containers():
+            state = container.attrs.get("State", {})
+            entries.append(
+                dict(
+                    service=container.labels.get(SERVICE_LABEL, ""),
+                    container=container.name,
+                    state=state.get("Status", container.status),
+                    restart_count=container.attrs.get("RestartCount", 0),
+                    started_at=state.get("StartedAt"),
+                )
+            )
+        return sorted(entries, key=lambda entry: (entry["service"], entry["container"]))

@@ -1,0 +1,128 @@
+"""The Redis connection shared by every module that reads the workshop's queue.
+
+One argument spec and one client, in the manner of community.general's redis module_utils,
+so drain, snapshot and metrics connect, authenticate and fail the same way. The password
+comes from the workshop's .env on the host (or, where there is no .env, a no_log option).
+"""
+
+import traceback
+
+from ansible.module_utils.workshop_dotenv import dotenv_secret
+from ansible.module_utils.workshop_errors import WorkshopError
+
+try:
+    import redis
+
+    HAS_REDIS = True
+    REDIS_IMPORT_ERROR = None
+except ImportError:
+    HAS_REDIS = False
+    REDIS_IMPORT_ERROR = traceback.format_exc()
+
+# The platform's queues: sorted sets of job ids (README: Redis data model).
+QUEUES = ("pending", "running", "completed", "failed")
+
+
+def queue_key(queue):
+    return f"queue:{queue}"
+
+
+def redis_argument_spec():
+    """Options of every Redis-facing module; pair with REDIS_MUTUALLY_EXCLUSIVE."""
+    return dict(
+        redis_host=dict(type="str", default="127.0.0.1"),
+        redis_port=dict(type="int", default=6379),
+        redis_db=dict(type="int", default=0),
+        redis_password=dict(type="str", no_log=True),
+        env_file=dict(type="path"),
+        redis_password_key=dict(type="str", default="REDIS_PASSWORD", no_log=False),
+        redis_timeout=dict(type="float", default=5.0),
+    )
+
+
+REDIS_MUTUALLY_EXCLUSIVE = [("redis_password", "env_file")]
+
+
+class WorkshopRedis:
+    """A Redis client for the workshop's queue whose errors name host, port and what to do."""
+
+    def __init__(self, host, port, password=None, db=0, timeout=5.0, password_source="redis_password"):
+        self.host = host
+        self.port = port
+        self.password_source = password_source
+        self.client = redis.Redis(
+            host=host,
+            port=port,
+            db=db,
+            password=password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+        )
+
+    @classmethod
+    def from_params(cls, params):
+        """Build the client from redis_argument_spec() options, reading the password from env_file."""
+        password, source = params.get("redis_password"), "redis_password"
+        if params.get("env_file"):
+            source = f"{params['redis_password_key']} in {params['env_file']}"
+            password = dotenv_secret(params["env_file"], params["redis_password_key"])
+        return cls(
+            params["redis_host"],
+            params["redis_port"],
+            password=password,
+            db=params["redis_db"],
+            timeout=params["redis_timeout"],
+            password_source=source,
+        )
+
+    @property
+    def address(self):
+        return f"{self.host}:{self.port}"
+
+    def call(self, function, *args, **kwargs):
+        """Run a client or pipeline call; Redis errors become WorkshopError naming the address."""
+        try:
+            return function(*args, **kwargs)
+        except redis.AuthenticationError:
+            raise WorkshopError(
+                f"Redis at {self.address} refused the password: check {self.password_source}",
+                redis=self.address,
+            ) from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc):
+                raise WorkshopError(
+                    f"Redis at {self.address} requires a password: set env_file to the workshop's .env",
+                    redis=self.address,
+                ) from None
+            raise WorkshopError(f"Redis at {self.address} answered an error: {exc}", redis=self.address) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise WorkshopError(
+                f"Cannot reach Redis at {self.address} ({exc}): is the workshop's redis service running "
+                "and its port published there?",
+                redis=self.address,
+            ) from None
+
+    def queue_counts(self):
+        """Sizes of the platform's queues, read in one round trip.
+
+        A queue key of another type than a sorted set means this is not the platform's key
+        layout; that raises rather than counting wrongly.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.type(queue_key(queue))
+            pipe.zcard(queue_key(queue))
+        replies = self.call(pipe.execute)
+        counts = {}
+        for index, queue in enumerate(QUEUES):
+            key_type, size = replies[2 * index], replies[2 * index + 1]
+            if key_type not in ("zset", "none"):
+                raise WorkshopError(
+                    f"{queue_key(queue)} on Redis at {self.address} is a {key_type}, not a sorted set: "
+                    "this is not the platform's key layout (see the platform README)",
+                    redis=self.address,
+                    key=queue_key(queue),
+                )
+            counts[queue] = size
+        return counts

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything `make demo` and `make test` need on a fresh Debian machine: Debian packages
+# (installed with apt when root, otherwise named so an admin can install them) and the
+# virtualenv in .venv with requirements-dev.txt. Safe to run again: it does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# command -> Debian package that provides it
+declare -A wanted=(
+    [dockerd]=docker.io [docker-compose]=docker-compose [redis-server]=redis-server
+    [busybox]=busybox-static [sshd]=openssh-server [ssh]=openssh-client
+    [openssl]=openssl [rsync]=rsync [zstd]=zstd [/usr/bin/python3.11]=python3.11
+    [ldd]=libc-bin [setsid]=util-linux
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "$cmd" ] || missing+=("${wanted[$cmd]}")
+done
+# Debian's docker.io ships no client on PATH when another docker client shadows it; that is fine.
+command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    if [ "$(id -u)" = 0 ]; then
+        echo "Installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "Missing Debian packages: ${missing[*]}" >&2
+        echo "Install them as root: apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+stamp=.venv/.requirements.sha256
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "Installing the virtualenv in .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+    echo "$want" >"$stamp"
+fi
