@@ -102,7 +102,8 @@ services:
   returned: always
   type: list
   elements: dict
-  sample: [{service: redis, container: comfy-redis, state: running, restart_count: 0, started_at: "2026-11-29T09:00:01Z"}]
+  sample:
+    - {service: redis, container: comfy-redis, state: running, restart_count: 0, started_at: "2026-11-29T09:00:01Z"}
 frontends:
   description: How many participant frontends there are and how many run.
   returned: always
@@ -117,7 +118,11 @@ outputs:
   description: Bytes and files under O(outputs_dir), in total and per participant folder.
   returned: always
   type: dict
-  sample: {path: /home/dev/projects/comfyui/data/outputs, bytes: 1048576, files: 4, folders: {user001: {bytes: 1048576, files: 4}}}
+  sample:
+    path: /home/dev/projects/comfyui/data/outputs
+    bytes: 1048576
+    files: 4
+    folders: {user001: {bytes: 1048576, files: 4}}
 disk:
   description: Total, used and free bytes of the filesystem holding O(project_dir).
   returned: always

@@ -84,10 +84,7 @@ class ComposeProject:
             if found:
                 return found
             known = sorted(
-                {
-                    c.labels.get(PROJECT_LABEL)
-                    for c in self.client.containers.list(all=True, filters={"label": PROJECT_LABEL})
-                }
+                {c.labels.get(PROJECT_LABEL) for c in self.client.containers.list(all=True, filters={"label": PROJECT_LABEL})}
             )
         except docker.errors.DockerException as exc:
             raise WorkshopError(f"Docker at {self.engine} failed listing containers: {exc}", docker_host=self.engine) from None
@@ -113,3 +110,44 @@ class ComposeProject:
                 )
             )
         return sorted(entries, key=lambda entry: (entry["service"], entry["container"]))
+
+    def select(self, pattern=None, names=None):
+        """The project's containers whose service matches `pattern` or is one of `names`; none raises."""
+        containers = self.containers()
+        regex = re.compile(pattern) if pattern else None
+        chosen = [
+            c
+            for c in containers
+            if (regex and regex.search(c.labels.get(SERVICE_LABEL, ""))) or (names and c.labels.get(SERVICE_LABEL) in names)
+        ]
+        if not chosen:
+            services = sorted({c.labels.get(SERVICE_LABEL, "") for c in containers})
+            wanted = f"pattern '{pattern}'" if pattern else f"services {', '.join(names)}"
+            raise WorkshopError(
+                f"No service of compose project '{self.name}' matches {wanted}; its services: {', '.join(services)}",
+                project=self.name,
+                services=services,
+            )
+        return sorted(chosen, key=lambda c: c.labels.get(SERVICE_LABEL, ""))
+
+    def set_state(self, containers, state, stop_timeout, check_mode):
+        """Start or stop `containers`; returns the services that were (or, in check mode, would be) changed."""
+        changes = []
+        for container in containers:
+            running = container.status in ("running", "restarting")
+            if running == (state == "started"):
+                continue
+            changes.append(container.labels.get(SERVICE_LABEL, container.name))
+            if check_mode:
+                continue
+            try:
+                if state == "started":
+                    container.start()
+                else:
+                    container.stop(timeout=stop_timeout)
+            except docker.errors.DockerException as exc:
+                raise WorkshopError(
+                    f"Docker at {self.engine} could not {state[:-2]} {container.name}: {exc}",
+                    container=container.name,
+                ) from None
+        return changes

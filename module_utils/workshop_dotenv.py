@@ -54,4 +54,3 @@ def dotenv_secret(path, key):
     if not value:
         raise WorkshopError(f"{key} is not set in {path}: add it, or name the right key", path=path, key=key)
     return value
-

@@ -37,3 +37,28 @@ def filesystem_usage(path):
     """Total, used and free bytes of the filesystem holding `path`."""
     usage = shutil.disk_usage(path)
     return {"path": path, "total": usage.total, "used": usage.used, "free": usage.free}
+
+
+def write_atomically(path, data, mode=0o640):
+    """Write `data` (bytes) to `path` through a temporary name in the same folder, then rename.
+
+    A crash or a full disk leaves either the old file or the new one, never a partial file.
+    """
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise WorkshopError(f"Cannot write {path}: {exc.strerror}", path=path) from None
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -50,6 +50,7 @@ class WorkshopRedis:
         self.host = host
         self.port = port
         self.password_source = password_source
+        self.watch_error = redis.WatchError
         self.client = redis.Redis(
             host=host,
             port=port,

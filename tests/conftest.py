@@ -1,0 +1,187 @@
+"""Shared fixtures: the staging workshop on this machine, and ways to drive it.
+
+The staging workshop is brought up once per test session through the project's own
+playbook (so the role is tested by every run) and torn down at the end.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import ansible.module_utils
+import pytest
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+# The modules import their helpers as ansible.module_utils.<name>, as Ansible ships them.
+ansible.module_utils.__path__.append(str(REPO / "module_utils"))
+
+
+def load_module(name):
+    """Import library/<name>.py, the way a test calls a module's main() directly."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "library" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PROJECT_DIR = Path("/var/lib/comfy-wrapup/staging/comfyui")
+QUEUE_MANAGER = "http://127.0.0.1:3000"
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+# Settings of the staging workshop under test: fewer participants than the default 20 keep the
+# suite quick; the worker fails nothing by chance, so each test decides its own failures.
+STAGING_VARS = {"staging_workshop_num_users": 6, "staging_workshop_fail_rate": 0.0, "staging_workshop_job_seconds": 0.2}
+
+
+class PlaybookRun:
+    """The outcome of one ansible-playbook run: its output and the PLAY RECAP counts."""
+
+    def __init__(self, completed):
+        self.returncode = completed.returncode
+        self.output = completed.stdout + completed.stderr
+        self.recap = {
+            m[0]: dict(ok=int(m[1]), changed=int(m[2]), unreachable=int(m[3]), failed=int(m[4]))
+            for m in RECAP.findall(completed.stdout)
+        }
+
+    def changed(self, host="localhost"):
+        return self.recap[host]["changed"]
+
+
+def run_playbook(playbook, *args, extra_vars=None, check=False, env=None, expect_ok=True):
+    """Run a playbook of the repo; with expect_ok, fail the test with its output when it fails."""
+    command = ["ansible-playbook", str(REPO / playbook), *args]
+    if extra_vars:
+        command += ["-e", json.dumps(extra_vars)]
+    if check:
+        command.append("--check")
+    completed = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **(env or {})},
+        timeout=900,
+        check=False,
+    )
+    run = PlaybookRun(completed)
+    if expect_ok and run.returncode != 0:
+        pytest.fail(f"{playbook} failed (rc={run.returncode}):\n{run.output[-6000:]}")
+    return run
+
+
+def staging(action, **extra):
+    return run_playbook("playbooks/staging.yml", extra_vars={**STAGING_VARS, "staging_workshop_action": action, **extra})
+
+
+def dotenv(key):
+    for line in (PROJECT_DIR / ".env").read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1]
+    raise KeyError(key)
+
+
+def http(method, path, body=None, base=QUEUE_MANAGER):
+    """Call the queue manager; returns (status, decoded JSON or None)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        return error.code, json.loads(raw) if raw else None
+
+
+def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def compose(*args):
+    """Run the compose CLI on the staging project (whichever of v2 and v1 answers)."""
+    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0
+    command = (["docker", "compose"] if v2 else ["docker-compose"]) + list(args)
+    return subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, check=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def staging_workshop():
+    """An empty staging workshop, up for the whole session, torn down after it."""
+    staging("reset")
+    yield PROJECT_DIR
+    staging("down")
+
+
+@pytest.fixture
+def rdb(staging_workshop):
+    client = redis.Redis(host="127.0.0.1", port=6379, password=dotenv("REDIS_PASSWORD"), decode_responses=True)
+    yield client
+    client.close()
+
+
+def submit(user, metadata=None, workflow=None):
+    """Submit one job as `user`; returns its id."""
+    workflow = workflow or {"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}}}
+    status, job = http("POST", "/api/jobs", {"user_id": user, "workflow": workflow, "metadata": metadata or {}})
+    assert status == 201, (status, job)
+    return job["id"]
+
+
+def epoch(iso):
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def job_record(rdb, job_id):
+    raw = rdb.get(f"job:{job_id}")
+    return json.loads(raw) if raw else None
+
+
+def wait_for_status(rdb, job_id, statuses, timeout=30.0):
+    return wait_for(
+        lambda: (job := job_record(rdb, job_id)) and job["status"] in statuses and job,
+        timeout=timeout,
+        what=f"job {job_id} to reach {statuses}",
+    )
+
+
+def run_module(name, args, check=False, env=None):
+    """Run one module of library/ ad hoc on the staging host; returns (ok, result dict)."""
+    command = ["ansible", "workshop", "-m", name, "-a", json.dumps(args)]
+    if check:
+        command.append("--check")
+    completed = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+            **(env or {}),
+        },
+    )
+    head, _, body = completed.stdout.partition(" => ")
+    if not body:
+        pytest.fail(f"no result from {name}: {completed.stdout}\n{completed.stderr}")
+    return "SUCCESS" in head or "CHANGED" in head, json.loads(body)
+
+
+REDIS_ARGS = {"env_file": str(PROJECT_DIR / ".env")}

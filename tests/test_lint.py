@@ -1,0 +1,57 @@
+"""Static checks: linters, playbook syntax, module documentation, role argument specs."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PLAYBOOKS = ["post_workshop.yml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "playbooks").glob("*.yml"))]
+MODULES = sorted(p.stem for p in (REPO / "library").glob("*.py"))
+ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "defaults" / "main.yml").exists())
+
+
+def run(*command):
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-8000:] + completed.stderr[-4000:]
+    return completed.stdout
+
+
+def test_ruff():
+    run("ruff", "check", ".")
+    run("ruff", "format", "--check", ".")
+
+
+def test_yamllint():
+    run("yamllint", "--strict", ".")
+
+
+def test_ansible_lint_production_profile():
+    run("ansible-lint", "--profile", "production", "--offline")
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_playbook_syntax(playbook):
+    run("ansible-playbook", "--syntax-check", playbook)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_documentation_renders(module):
+    out = run("ansible-doc", "-M", "library", module)
+    assert "EXAMPLES:" in out and "RETURN VALUES:" in out
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_match_defaults(role):
+    """Every public variable of a role is documented in meta/argument_specs.yml, and only those."""
+    defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    documented = set()
+    for entry in specs["argument_specs"].values():
+        documented |= set(entry["options"])
+    assert set(defaults) == documented
+    assert all(name.startswith(f"{role}_") for name in defaults)
+    for entry in specs["argument_specs"].values():
+        for name, option in entry["options"].items():
+            assert str(option.get("default")) == str(defaults[name]), name

@@ -1,0 +1,181 @@
+"""The staging workshop behaves like the platform (../shared/platform/README.md): the same
+Redis keys and job JSON, the same HTTP API, the same log lines, the same persistence."""
+
+import json
+import time
+from pathlib import Path
+
+from conftest import PROJECT_DIR, compose, dotenv, http, job_record, staging, submit, wait_for, wait_for_status
+
+JOB_FIELDS = {
+    "id",
+    "user_id",
+    "workflow",
+    "status",
+    "priority",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "worker_id",
+    "result",
+    "error",
+    "metadata",
+}
+
+
+def test_a_submitted_job_completes_with_its_timestamps_and_output_file(staging_workshop, rdb):
+    job_id = submit("user001", metadata={"staging": {"duration": 0.2, "succeed": True}})
+
+    job = wait_for_status(rdb, job_id, {"completed"})
+
+    assert set(job) == JOB_FIELDS
+    assert rdb.zscore("queue:completed", job_id) is not None
+    assert rdb.zscore("queue:pending", job_id) is None and rdb.zscore("queue:running", job_id) is None
+    assert job["worker_id"] == "worker-1"
+    assert job["created_at"] <= job["started_at"] <= job["completed_at"]
+    assert job_id in rdb.smembers("user:user001:jobs")
+    outputs = job["result"]["outputs"]
+    assert outputs and all(name.startswith("user001/") for name in outputs)
+    for name in outputs:
+        data = (PROJECT_DIR / "data" / "outputs" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_failing_job_ends_in_queue_failed_with_its_error(staging_workshop, rdb):
+    job_id = submit("user002", metadata={"staging": {"duration": 0.1, "fail": "CUDA out of memory"}})
+
+    job = wait_for_status(rdb, job_id, {"failed"})
+
+    assert job["error"] == "CUDA out of memory"
+    assert rdb.zscore("queue:failed", job_id) is not None
+
+
+def test_queue_status_equals_the_zcards(staging_workshop, rdb):
+    # Something in every queue: a hung job stays running, slow jobs stay pending behind it.
+    submit("user003", metadata={"staging": {"hang": True}})
+    slow = [submit("user003", metadata={"staging": {"duration": 2, "succeed": True}}) for _ in range(3)]
+    wait_for(lambda: rdb.zcard("queue:running") >= 1, what="a running job")
+
+    status, body = http("GET", "/api/queue/status")
+    counts = {queue: rdb.zcard(f"queue:{queue}") for queue in ("pending", "running", "completed", "failed")}
+
+    assert status == 200
+    assert (body["pending_jobs"], body["running_jobs"], body["completed_jobs"], body["failed_jobs"]) == (
+        counts["pending"],
+        counts["running"],
+        counts["completed"],
+        counts["failed"],
+    )
+    assert body["queue_depth"] == counts["pending"]
+    for job_id in slow:
+        wait_for_status(rdb, job_id, {"completed"})
+
+
+def test_a_hung_job_stays_in_queue_running(staging_workshop, rdb):
+    hung = submit("user004", metadata={"staging": {"hang": True}})
+    after = submit("user004", metadata={"staging": {"duration": 0.1, "succeed": True}})
+
+    wait_for_status(rdb, after, {"completed"})  # the worker went on past the hung job
+    time.sleep(1)
+
+    assert rdb.zscore("queue:running", hung) is not None
+    assert job_record(rdb, hung)["status"] == "running"
+    assert rdb.exists("worker:worker-1:heartbeat")  # the worker is alive: only the job is stuck
+    assert 0 < rdb.ttl("worker:worker-1:heartbeat") <= 60
+
+
+def test_worker_logs_carry_the_platform_lines(staging_workshop, rdb):
+    done = submit("user005", metadata={"staging": {"duration": 0.1, "succeed": True}})
+    failed = submit("user005", metadata={"staging": {"duration": 0.1, "fail": "Model file not found"}})
+    wait_for_status(rdb, failed, {"failed"})
+
+    worker_log = compose("logs", "--no-color", "worker-1").stdout
+    manager_log = compose("logs", "--no-color", "queue-manager").stdout
+
+    assert f"Processing job {done} for user user005" in worker_log
+    assert f"Job {done} completed successfully" in worker_log
+    assert f"Job {failed} failed: Model file not found" in worker_log
+    assert f"Job {done} submitted by user user005" in manager_log
+    assert f"Assigned job {done} to worker worker-1" in manager_log
+    assert " - INFO - " in worker_log  # the platform's "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+def test_submissions_beyond_max_queue_depth_get_429(staging_workshop, rdb):
+    staging("up", staging_workshop_max_queue_depth=3)
+    try:
+        blocker = submit("user006", metadata={"staging": {"duration": 3, "succeed": True}})
+        wait_for_status(rdb, blocker, {"running"})
+        queued = [submit("user006", metadata={"staging": {"duration": 0.1, "succeed": True}}) for _ in range(3)]
+        status, body = http("POST", "/api/jobs", {"user_id": "user006", "workflow": {}, "metadata": {}})
+        assert status == 429, body
+    finally:
+        staging("up")
+    for job_id in queued:
+        wait_for_status(rdb, job_id, {"completed"})
+
+
+def test_cancelling_a_pending_job_removes_it_from_the_queue(staging_workshop, rdb):
+    blocker = submit("user001", metadata={"staging": {"duration": 2, "succeed": True}})
+    wait_for_status(rdb, blocker, {"running"})
+    pending = submit("user001")
+
+    status, _ = http("DELETE", f"/api/jobs/{pending}")
+
+    assert status in (200, 204)
+    assert rdb.zscore("queue:pending", pending) is None
+    assert job_record(rdb, pending)["status"] == "cancelled"
+
+
+def test_invalid_user_id_is_refused(staging_workshop):
+    status, _ = http("POST", "/api/jobs", {"user_id": "../etc", "workflow": {}, "metadata": {}})
+    assert status in (400, 422)
+
+
+def test_redis_data_survives_a_restart_of_the_redis_service(staging_workshop, rdb):
+    job_id = submit("user002", metadata={"staging": {"duration": 0.1, "succeed": True}})
+    wait_for_status(rdb, job_id, {"completed"})
+    before = {key: rdb.dump(key) for key in (f"job:{job_id}", "queue:completed", "user:user002:jobs")}
+
+    compose("restart", "redis")
+    wait_for(lambda: _pings(rdb), what="redis to answer after its restart")
+
+    after = {key: rdb.dump(key) for key in before}
+    assert after == before
+    assert json.loads(rdb.get(f"job:{job_id}"))["status"] == "completed"
+
+
+def _pings(client):
+    try:
+        return client.ping()
+    except Exception:  # noqa: BLE001 - redis is restarting: any error means not yet
+        return False
+
+
+def test_the_project_directory_looks_like_the_platforms(staging_workshop):
+    env = (PROJECT_DIR / ".env").read_text()
+    for key in ("REDIS_PASSWORD=", "ADMIN_PASSWORD=", "NUM_USERS=6", "DOMAIN=", "SSL_CERT_PATH=", "OUTPUTS_PATH="):
+        assert key in env
+    assert oct((PROJECT_DIR / ".env").stat().st_mode & 0o777) == "0o600"
+    assert oct((PROJECT_DIR / "ssl" / "privkey.pem").stat().st_mode & 0o777) == "0o600"
+    for path in (
+        "docker-compose.yml",
+        "docker-compose.users.yml",
+        "ssl/fullchain.pem",
+        "data/outputs",
+        "data/inputs",
+        "data/workflows/example_workflow.json",
+        "data/user_data/user006",
+    ):
+        assert (PROJECT_DIR / path).exists(), path
+    services = set(compose("config", "--services").stdout.split())
+    assert services == {"redis", "queue-manager", "worker-1", "admin", *(f"user{i:03d}" for i in range(1, 7))}
+
+
+def test_the_redis_password_is_in_no_process_argument(staging_workshop):
+    password = dotenv("REDIS_PASSWORD").encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:  # the process ended meanwhile
+            continue
+        assert password not in cmdline, proc.name
