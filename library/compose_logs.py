@@ -1,0 +1,179 @@
+#!/usr/bin/python
+"""Ansible module: export the logs of every service of a compose project."""
+
+DOCUMENTATION = r"""
+---
+module: compose_logs
+short_description: Export the logs of every service of the workshop's compose project
+description:
+  - Writes one gzip file per service (C(<service>.log.gz)) with every line of stdout and stderr
+    and its timestamp, plus the combined file the checklist makes with C(docker-compose logs >),
+    merged in time order with each line prefixed C(<service> |).
+  - Containers are found by their compose labels through the Docker API, so v1 and v2 projects
+    alike are exported, running or stopped, and no compose CLI is needed.
+  - Logs are streamed from Docker to disk; memory stays flat whatever their size. Each file is
+    written through a temporary name and renamed; a file whose content is unchanged is left alone.
+version_added: "0.1.0"
+author: comfy-wrapup
+requirements:
+  - docker (Python library)
+attributes:
+  check_mode:
+    support: full
+    description: Lists the containers and files it would export, and writes nothing.
+  diff_mode:
+    support: none
+options:
+  project_dir:
+    description: The workshop's project directory (docker-compose.yml, .env).
+    type: path
+    required: true
+  project_name:
+    description:
+      - Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else
+        the name of O(project_dir), as compose itself chooses.
+    type: str
+  docker_host:
+    description: Docker Engine to ask. Default C(DOCKER_HOST) of the environment, else the local socket.
+    type: str
+  docker_timeout:
+    description: Seconds to wait for the Docker Engine.
+    type: int
+    default: 60
+  dest:
+    description: Folder to write the log files into; created if missing.
+    type: path
+    required: true
+  combined_name:
+    description: File name of the combined log.
+    type: str
+    default: workshop-logs.txt.gz
+  services:
+    description: Only these services. Default every service of the project.
+    type: list
+    elements: str
+  since:
+    description: Only lines from this time on (epoch seconds, or ISO-8601).
+    type: str
+  until:
+    description: Only lines before this time (epoch seconds, or ISO-8601).
+    type: str
+"""
+
+EXAMPLES = r"""
+- name: Export complete system logs
+  compose_logs:
+    project_dir: /home/dev/projects/comfyui
+    dest: /var/backups/comfy-wrapup/berlin/logs
+  register: logs
+
+- name: Every service's log was exported
+  ansible.builtin.assert:
+    that: logs.services | selectattr('lines', 'eq', 0) | list | length < logs.services | length
+"""
+
+RETURN = r"""
+services:
+  description: One entry per container, with its lines, bytes (uncompressed) and restart count.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {service: worker-1, container: comfy-worker-1, file: worker-1.log.gz, lines: 5120, bytes: 612000, restart_count: 0}
+combined:
+  description: The combined file, its lines and bytes (uncompressed).
+  returned: always
+  type: dict
+  sample: {file: workshop-logs.txt.gz, lines: 20480, bytes: 2400000}
+project:
+  description: The compose project name used.
+  returned: always
+  type: str
+  sample: comfyui
+"""
+
+import os
+from datetime import datetime
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.workshop_compose import (
+    DOCKER_IMPORT_ERROR,
+    HAS_DOCKER,
+    SERVICE_LABEL,
+    ComposeProject,
+    compose_argument_spec,
+)
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_logs import export_container, log_file_name, write_combined
+
+
+def moment(value):
+    """since/until as Docker takes them: a datetime or epoch seconds."""
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise WorkshopError(f"'{value}' is neither epoch seconds nor an ISO-8601 time: fix since/until") from None
+
+
+def export(params, check_mode):
+    project = ComposeProject.from_params(params)
+    containers = project.containers()
+    if params["services"]:
+        containers = project.select(names=params["services"])
+    services_seen = {}
+    for container in containers:
+        service = container.labels.get(SERVICE_LABEL, container.name)
+        services_seen[service] = services_seen.get(service, 0) + 1
+    since, until = moment(params["since"]), moment(params["until"])
+    entries, parts, changed = [], [], False
+    if not check_mode:
+        os.makedirs(params["dest"], exist_ok=True)
+    for container in sorted(containers, key=lambda c: (c.labels.get(SERVICE_LABEL, ""), c.name)):
+        service = container.labels.get(SERVICE_LABEL, container.name)
+        name = log_file_name(container, services_seen)
+        path = os.path.join(params["dest"], name)
+        entry = dict(service=service, container=container.name, file=name, restart_count=container.attrs.get("RestartCount", 0))
+        if check_mode:
+            changed = changed or not os.path.exists(path)
+        else:
+            entry["lines"], entry["bytes"], written = export_container(container, path, since, until)
+            changed = changed or written
+            parts.append((service if services_seen[service] == 1 else container.name, path))
+        entries.append(entry)
+    combined = dict(file=params["combined_name"])
+    combined_path = os.path.join(params["dest"], params["combined_name"])
+    if check_mode:
+        changed = changed or not os.path.exists(combined_path)
+    else:
+        combined["lines"], combined["bytes"], written = write_combined(combined_path, parts)
+        changed = changed or written
+    return dict(changed=changed, services=entries, combined=combined, project=project.name)
+
+
+def main():
+    argument_spec = compose_argument_spec()
+    argument_spec.update(
+        dest=dict(type="path", required=True),
+        combined_name=dict(type="str", default="workshop-logs.txt.gz"),
+        services=dict(type="list", elements="str"),
+        since=dict(type="str"),
+        until=dict(type="str"),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not HAS_DOCKER:
+        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    try:
+        result = export(module.params, module.check_mode)
+    except WorkshopError as exc:
+        module.fail_json(msg=exc.msg, **exc.context)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
