@@ -133,6 +133,15 @@ def rdb(staging_workshop):
     client.close()
 
 
+@pytest.fixture
+def cleanup_jobs(rdb):
+    """Cancel whatever a test left hanging, so later tests start with an empty running queue."""
+    yield
+    for job_id in rdb.zrange("queue:running", 0, -1) + rdb.zrange("queue:pending", 0, -1):
+        http("DELETE", f"/api/jobs/{job_id}")
+    assert rdb.zcard("queue:running") == 0 and rdb.zcard("queue:pending") == 0
+
+
 def submit(user, metadata=None, workflow=None):
     """Submit one job as `user`; returns its id."""
     workflow = workflow or {"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}}}

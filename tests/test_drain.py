@@ -53,15 +53,6 @@ def fresh_record():
     run_playbook("playbooks/drain.yml", extra_vars={"drain_reopen": True})
 
 
-@pytest.fixture
-def cleanup_jobs(rdb):
-    """Cancel whatever a test left hanging, so later tests start with an empty running queue."""
-    yield
-    for job_id in rdb.zrange("queue:running", 0, -1) + rdb.zrange("queue:pending", 0, -1):
-        http("DELETE", f"/api/jobs/{job_id}")
-    assert rdb.zcard("queue:running") == 0 and rdb.zcard("queue:pending") == 0
-
-
 def test_draining_a_busy_queue_ends_within_a_second_of_the_last_completion(staging_workshop, rdb, fresh_record):
     jobs = [submit(f"user00{1 + i % 6}", metadata={"staging": {"duration": 0.4, "succeed": True}}) for i in range(10)]
 

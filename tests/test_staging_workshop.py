@@ -50,7 +50,7 @@ def test_a_failing_job_ends_in_queue_failed_with_its_error(staging_workshop, rdb
     assert rdb.zscore("queue:failed", job_id) is not None
 
 
-def test_queue_status_equals_the_zcards(staging_workshop, rdb):
+def test_queue_status_equals_the_zcards(staging_workshop, rdb, cleanup_jobs):
     # Something in every queue: a hung job stays running, slow jobs stay pending behind it.
     submit("user003", metadata={"staging": {"hang": True}})
     slow = [submit("user003", metadata={"staging": {"duration": 2, "succeed": True}}) for _ in range(3)]
@@ -71,7 +71,7 @@ def test_queue_status_equals_the_zcards(staging_workshop, rdb):
         wait_for_status(rdb, job_id, {"completed"})
 
 
-def test_a_hung_job_stays_in_queue_running(staging_workshop, rdb):
+def test_a_hung_job_stays_in_queue_running(staging_workshop, rdb, cleanup_jobs):
     hung = submit("user004", metadata={"staging": {"hang": True}})
     after = submit("user004", metadata={"staging": {"duration": 0.1, "succeed": True}})
 
@@ -114,7 +114,7 @@ def test_submissions_beyond_max_queue_depth_get_429(staging_workshop, rdb):
         wait_for_status(rdb, job_id, {"completed"})
 
 
-def test_cancelling_a_pending_job_removes_it_from_the_queue(staging_workshop, rdb):
+def test_cancelling_a_pending_job_removes_it_from_the_queue(staging_workshop, rdb, cleanup_jobs):
     blocker = submit("user001", metadata={"staging": {"duration": 2, "succeed": True}})
     wait_for_status(rdb, blocker, {"running"})
     pending = submit("user001")

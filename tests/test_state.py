@@ -30,7 +30,7 @@ def test_post_workshop_prints_the_workshops_state(staging_workshop, rdb):
     wait_for_status(rdb, job, {"completed"})
     expected_bytes = sum(p.stat().st_size for p in (PROJECT_DIR / "data" / "outputs").rglob("*") if p.is_file())
 
-    run = run_playbook("post_workshop.yml")
+    run = run_playbook("post_workshop.yml", "--tags", "state")
 
     assert queue_line(run.output) == zcards(rdb)
     assert "frontends 6 of 6" in run.output
@@ -39,13 +39,15 @@ def test_post_workshop_prints_the_workshops_state(staging_workshop, rdb):
 
 
 def test_post_workshop_in_check_mode_reads_the_same_state(staging_workshop, rdb):
-    run = run_playbook("post_workshop.yml", check=True)
+    run = run_playbook("post_workshop.yml", "--tags", "state", check=True)
     assert queue_line(run.output) == zcards(rdb)
     assert run.changed() == 0
 
 
 def test_a_missing_env_file_is_named(staging_workshop, tmp_path):
-    run = run_playbook("post_workshop.yml", extra_vars={"workshop_env_file": str(tmp_path / ".env")}, expect_ok=False)
+    run = run_playbook(
+        "post_workshop.yml", "--tags", "state", extra_vars={"workshop_env_file": str(tmp_path / ".env")}, expect_ok=False
+    )
     assert run.returncode != 0
     assert f"No .env at {tmp_path / '.env'}" in run.output
 
@@ -53,13 +55,13 @@ def test_a_missing_env_file_is_named(staging_workshop, tmp_path):
 def test_a_wrong_password_is_named_but_never_shown(staging_workshop, tmp_path):
     env = tmp_path / ".env"
     env.write_text("REDIS_PASSWORD=not-the-password-4711\n")
-    run = run_playbook("post_workshop.yml", extra_vars={"workshop_env_file": str(env)}, expect_ok=False)
+    run = run_playbook("post_workshop.yml", "--tags", "state", extra_vars={"workshop_env_file": str(env)}, expect_ok=False)
     assert "Redis at 127.0.0.1:6379 refused the password: check REDIS_PASSWORD in" in run.output
     assert "not-the-password-4711" not in run.output
 
 
 def test_an_unknown_compose_project_lists_the_known_ones(staging_workshop):
-    run = run_playbook("post_workshop.yml", extra_vars={"workshop_compose_project": "nosuch"}, expect_ok=False)
+    run = run_playbook("post_workshop.yml", "--tags", "state", extra_vars={"workshop_compose_project": "nosuch"}, expect_ok=False)
     assert "No containers of compose project 'nosuch'" in run.output
     assert "comfyui" in run.output
 
@@ -104,7 +106,7 @@ def test_post_workshop_runs_over_ssh(staging_workshop, rdb, sshd, tmp_path):
         f"workshop_docker_host={os.environ['DOCKER_HOST']}\n"
     )
 
-    run = run_playbook("post_workshop.yml", "-i", str(inventory))
+    run = run_playbook("post_workshop.yml", "--tags", "state", "-i", str(inventory))
 
     assert run.recap["vps"]["failed"] == 0 and run.recap["vps"]["unreachable"] == 0
     assert queue_line(run.output) == zcards(rdb)
