@@ -11,7 +11,7 @@ description:
     way (stopping the participant frontends while Redis, the queue manager and the workers run on).
   - Containers are found by their compose labels through the Docker API, so this works the same
     for projects deployed by docker compose v2 and docker-compose v1, and needs neither CLI.
-  - Containers stay in place, with their volumes: V(started) brings the same containers back.
+  - Containers stay in place, with their volumes, and V(started) brings the same containers back.
 version_added: "0.1.0"
 author: comfy-wrapup
 requirements:
