@@ -151,3 +151,54 @@ class ComposeProject:
                     container=container.name,
                 ) from None
         return changes
+
+    def copy_out(self, container, path, dest):
+        """Stream the file `path` out of `container` (from a named volume as well) into `dest`."""
+        import tarfile
+
+        try:
+            stream, _ = container.get_archive(path)
+        except docker.errors.DockerException as exc:
+            raise WorkshopError(
+                f"Cannot read {path} in {container.name} on {self.engine}: {exc}", container=container.name, path=path
+            ) from None
+        reader = _ChunkReader(stream)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for info in tar:
+                if info.isfile():
+                    with open(dest, "wb") as out:
+                        source = tar.extractfile(info)
+                        for block in iter(lambda src=source: src.read(1 << 20), b""):
+                            out.write(block)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    return info.size
+        raise WorkshopError(f"{path} in {container.name} is not a file", container=container.name, path=path)
+
+
+class _ChunkReader:
+    """A file-like reader over the byte chunks the Docker API streams."""
+
+    def __init__(self, chunks):
+        self.chunks = iter(chunks)
+        self.buffer = b""
+
+    def read(self, size=-1):
+        while size < 0 or len(self.buffer) < size:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                break
+            self.buffer += chunk
+        if size < 0:
+            size = len(self.buffer)
+        block, self.buffer = self.buffer[:size], self.buffer[size:]
+        return block
+
+
+def logs_fingerprint(project):
+    """Per container: id, restart count and the time of its last log line; changes when anything is logged."""
+    fingerprint = {}
+    for container in project.containers():
+        last = container.logs(tail=1, timestamps=True, stdout=True, stderr=True)
+        fingerprint[container.name] = [container.id, container.attrs.get("RestartCount", 0), last[:35].decode(errors="replace")]
+    return fingerprint

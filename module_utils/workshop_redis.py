@@ -5,6 +5,7 @@ so drain, snapshot and metrics connect, authenticate and fail the same way. The 
 comes from the workshop's .env on the host (or, where there is no .env, a no_log option).
 """
 
+import time
 import traceback
 
 from ansible.module_utils.workshop_dotenv import dotenv_secret
@@ -127,3 +128,62 @@ class WorkshopRedis:
                 )
             counts[queue] = size
         return counts
+
+    def snapshot(self, method="bgsave", timeout=300, poll=0.1):
+        """Have Redis write its RDB file and wait until it has, without blocking it (BGSAVE, unless method=save).
+
+        Done when LASTSAVE has moved past its value before the request and the last background save
+        reports ok; a BGSAVE already running is waited for, then ours is started. Returns LASTSAVE.
+        """
+        before = self.call(self.client.lastsave)
+        if method == "save":
+            self.call(self.client.save)
+            return self.call(self.client.lastsave)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.call(self.client.bgsave)
+                break
+            except WorkshopError as exc:
+                if "already in progress" not in exc.msg or time.monotonic() > deadline:
+                    raise
+                time.sleep(poll)
+        while time.monotonic() < deadline:
+            info = self.call(self.client.info, "persistence")
+            if not info.get("rdb_bgsave_in_progress") and self.call(self.client.lastsave) != before:
+                if info.get("rdb_last_bgsave_status") != "ok":
+                    raise WorkshopError(
+                        f"Redis at {self.address} failed to write its snapshot (rdb_last_bgsave_status "
+                        f"{info.get('rdb_last_bgsave_status')}): check its disk and its log",
+                        redis=self.address,
+                    )
+                return self.call(self.client.lastsave)
+            time.sleep(poll)
+        raise WorkshopError(f"Redis at {self.address} did not finish its snapshot within {timeout}s", redis=self.address)
+
+    def rdb_location(self):
+        """Where Redis writes its RDB file (CONFIG GET dir, dbfilename); None when CONFIG is not allowed."""
+        try:
+            directory = self.call(self.client.config_get, "dir").get("dir")
+            name = self.call(self.client.config_get, "dbfilename").get("dbfilename")
+        except WorkshopError:
+            return None
+        return f"{directory.rstrip('/')}/{name}" if directory and name else None
+
+    def queue_fingerprint(self):
+        """What changes whenever a job is submitted, moved, finished or cancelled, and nothing else.
+
+        The size and the newest member of each queue, and the number of keys without the workers'
+        heartbeats (which the workers rewrite every few seconds, job or no job).
+        """
+        heartbeats = sum(1 for _ in self.client.scan_iter(match="worker:*:heartbeat", count=1000))
+        pipe = self.client.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.zcard(queue_key(queue))
+            pipe.zrange(queue_key(queue), -1, -1, withscores=True)
+        pipe.dbsize()
+        replies = self.call(pipe.execute)
+        return {
+            "queues": {queue: [replies[2 * i], replies[2 * i + 1]] for i, queue in enumerate(QUEUES)},
+            "keys": replies[-1] - heartbeats,
+        }

@@ -3,17 +3,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each demo is a workshop of its own: its backups and run record go to a folder of their own.
+workshop_id="demo-$(date -u +%Y%m%d-%H%M%S)"
+
 echo "== Bringing up the staging workshop (empty) =="
 ansible-playbook playbooks/staging.yml -e staging_workshop_action=reset
-echo "== Playing a workshop: participants submit jobs in bursts =="
-ansible-playbook playbooks/staging.yml -e staging_workshop_action=play
+echo "== Playing a workshop: participants submit jobs in bursts, jobs still running at the end =="
+ansible-playbook playbooks/staging.yml -e staging_workshop_action=play -e staging_workshop_play_wait=false
 echo "== Wrapping it up: ansible-playbook post_workshop.yml =="
-ansible-playbook post_workshop.yml
+ansible-playbook post_workshop.yml -e workshop_id="$workshop_id" -e drain_progress_seconds=3
 
-project=$(ansible-inventory --host localhost | python3 -c 'import json,sys; print(json.load(sys.stdin)["workshop_project_dir"])')
+inventory=$(ansible-inventory --host localhost)
+project=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["workshop_project_dir"])' <<<"$inventory")
+backups=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["workshop_backup_root"])' <<<"$inventory")/$workshop_id
 cat <<SUMMARY
 
 == Demo finished ==
+Workshop $workshop_id wrapped up; its results are in $backups/
+  run-record.json  final time, total of jobs, drain totals
+  announcement.txt the cut-off message
 Staging workshop:  $project (compose project comfyui, still running)
   queue manager    http://127.0.0.1:3000/api/queue/status
   admin dashboard  http://127.0.0.1:8080/  (user admin, ADMIN_PASSWORD in $project/.env)

@@ -1,0 +1,310 @@
+#!/usr/bin/python
+"""Ansible module: plan, seal and verify the workshop's backups."""
+
+DOCUMENTATION = r"""
+---
+module: workshop_backup
+short_description: Plan, seal and verify a ComfyUI workshop's backups
+description:
+  - A backup is one folder C(backup-<UTC time>) in the workshop's backup folder, built under a
+    temporary name (C(.partial-backup-<time>)) by the other backup modules and renamed only when
+    complete and verified, with C(MANIFEST.json) listing every file (path, size, sha256), every
+    archive member, and the fingerprint of the data it was taken from.
+  - V(planned) fingerprints the workshop's data (file listings of the sources, the queue in Redis,
+    the containers' logs) and compares it with the newest sealed backup. Unchanged data needs no
+    backup (RV(needed=false)); changed data gets a new folder name, never an old one. It checks
+    free space for the estimate before anything is written, and removes folders left by an
+    interrupted backup (never complete, never a backup).
+  - V(sealed) writes the manifest into the partial folder, verifies the folder against it and
+    renames it to its final name. A sealed backup is never written again.
+  - V(verified) checks a sealed backup against its manifest, every archive member by member, and
+    the Redis snapshot's own checksum, and fails loudly on any difference.
+version_added: "0.1.0"
+author: comfy-wrapup
+requirements:
+  - redis (Python library, for V(planned))
+  - docker (Python library, for V(planned))
+attributes:
+  check_mode:
+    support: full
+    description: V(planned) and V(verified) only read; V(sealed) reports the rename it would make.
+  diff_mode:
+    support: none
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [planned, sealed, verified]
+    required: true
+  backup_dir:
+    description: The workshop's backup folder, holding its backups.
+    type: path
+    required: true
+  sources:
+    description: For V(planned), the folders and files backed up, as name to path; their listings make the fingerprint.
+    type: dict
+    default: {}
+  partial:
+    description: For V(sealed), the partial folder to seal (RV(partial) of V(planned)).
+    type: path
+  name:
+    description:
+      - For V(sealed), the final name (RV(name) of V(planned)).
+      - For V(verified), the backup to verify (default the newest).
+    type: str
+  facts:
+    description: For V(sealed), facts recorded in the manifest (workshop id, fingerprint, Redis snapshot facts).
+    type: dict
+    default: {}
+  project_dir:
+    description: For V(planned), the workshop's project directory, to find its containers.
+    type: path
+  project_name:
+    description: Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else the directory's name.
+    type: str
+  docker_host:
+    description: Docker Engine to ask. Default C(DOCKER_HOST) of the environment, else the local socket.
+    type: str
+  docker_timeout:
+    description: Seconds to wait for the Docker Engine.
+    type: int
+    default: 60
+  redis_host:
+    description: Address of the workshop's Redis, as seen from the host.
+    type: str
+    default: 127.0.0.1
+  redis_port:
+    description: Port of the workshop's Redis.
+    type: int
+    default: 6379
+  redis_db:
+    description: Redis database of the queue.
+    type: int
+    default: 0
+  redis_password:
+    description: Password of Redis, where there is no O(env_file) to read it from.
+    type: str
+  env_file:
+    description: The workshop's C(.env); the password is read from its O(redis_password_key).
+    type: path
+  redis_password_key:
+    description: Key of the Redis password in O(env_file).
+    type: str
+    default: REDIS_PASSWORD
+  redis_timeout:
+    description: Seconds to wait for Redis to connect or answer.
+    type: float
+    default: 5.0
+"""
+
+EXAMPLES = r"""
+- name: Is a backup needed, and is there room for it?
+  workshop_backup:
+    state: planned
+    backup_dir: /var/backups/comfy-wrapup/berlin
+    project_dir: /home/dev/projects/comfyui
+    env_file: /home/dev/projects/comfyui/.env
+    sources:
+      outputs: /home/dev/projects/comfyui/data/outputs
+  register: plan
+
+- name: Verify the newest backup
+  workshop_backup:
+    state: verified
+    backup_dir: /var/backups/comfy-wrapup/berlin
+  register: verified
+
+- name: It is intact
+  ansible.builtin.assert:
+    that: verified.problems | length == 0
+"""
+
+RETURN = r"""
+needed:
+  description: V(planned) - whether the data changed since the newest sealed backup (or there is none).
+  returned: state=planned
+  type: bool
+name:
+  description: The backup's name (V(planned) - the one to make; V(sealed), V(verified) - the one sealed or verified).
+  returned: always
+  type: str
+  sample: backup-20261129T170000Z
+partial:
+  description: V(planned) - the temporary folder to build the backup in.
+  returned: state=planned
+  type: str
+latest:
+  description: The newest sealed backup before this run, null when there is none.
+  returned: always
+  type: str
+fingerprint:
+  description: V(planned) - the fingerprint of the workshop's data now.
+  returned: state=planned
+  type: dict
+estimate_bytes:
+  description: V(planned) - bytes the backup will take at most (sources plus Redis and logs).
+  returned: state=planned
+  type: int
+free_bytes:
+  description: V(planned) - free bytes on the backup disk.
+  returned: state=planned
+  type: int
+removed_partials:
+  description: V(planned) - folders of interrupted backups removed (in check mode, that would be).
+  returned: state=planned
+  type: list
+  elements: str
+path:
+  description: V(sealed), V(verified) - the backup folder.
+  returned: state in (sealed, verified)
+  type: str
+files:
+  description: V(sealed), V(verified) - files in the backup.
+  returned: state in (sealed, verified)
+  type: int
+problems:
+  description: V(verified) - every difference found (the task fails when there is any).
+  returned: state=verified
+  type: list
+  elements: str
+"""
+
+import json
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.workshop_backup import (
+    PARTIAL_PREFIX,
+    backup_name,
+    check_space,
+    read_manifest,
+    seal,
+    sealed_backups,
+    stale_partials,
+    tree_fingerprint,
+    verify_folder,
+)
+from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, logs_fingerprint
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_rdb import verify_rdb
+from ansible.module_utils.workshop_redis import HAS_REDIS, REDIS_IMPORT_ERROR, WorkshopRedis, redis_argument_spec
+
+
+def plan(params, check_mode):
+    backup_dir = params["backup_dir"]
+    conn = WorkshopRedis.from_params(params)
+    project = ComposeProject.from_params(params)
+    files_digest, files_bytes = tree_fingerprint(params["sources"])
+    fingerprint = dict(files=files_digest, redis=conn.queue_fingerprint(), logs=logs_fingerprint(project))
+    sealed = sealed_backups(backup_dir)
+    latest = sealed[-1] if sealed else None
+    needed = latest is None or read_manifest(os.path.join(backup_dir, latest)).get("fingerprint") != _canonical(fingerprint)
+    name = backup_name()
+    if needed and name in sealed:
+        raise WorkshopError(f"{os.path.join(backup_dir, name)} exists already: run again in a second", path=backup_dir)
+    memory = conn.call(conn.client.info, "memory").get("used_memory_dataset", 0)
+    estimate = files_bytes + memory + (64 << 20)  # logs: compressed, far below 64 MiB for a workshop
+    free = check_space(backup_dir, estimate) if needed else shutil.disk_usage(_existing(backup_dir)).free
+    partials = stale_partials(backup_dir)
+    if not check_mode:
+        for folder in partials:
+            shutil.rmtree(folder)
+    return dict(
+        changed=bool(partials),
+        needed=needed,
+        name=name,
+        partial=os.path.join(backup_dir, PARTIAL_PREFIX + name[len("backup-") :]),
+        latest=latest,
+        fingerprint=_canonical(fingerprint),
+        estimate_bytes=estimate,
+        free_bytes=free,
+        removed_partials=partials,
+    )
+
+
+def _canonical(value):
+    """The fingerprint as JSON gives it back (tuples become lists), so stored and fresh ones compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _existing(path):
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def seal_backup(params, check_mode):
+    backup_dir, name, partial = params["backup_dir"], params["name"], params["partial"]
+    final = os.path.join(backup_dir, name)
+    sealed = sealed_backups(backup_dir)
+    result = dict(changed=True, name=name, path=final, latest=sealed[-1] if sealed else None)
+    if check_mode:
+        return result
+    if not partial or not os.path.isdir(partial):
+        raise WorkshopError(f"No partial backup at {partial} to seal: run the backup from its start", path=partial)
+    manifest = seal(partial, final, dict(params["facts"], name=name))
+    return dict(result, files=len(manifest["files"]))
+
+
+def verify(params):
+    backup_dir = params["backup_dir"]
+    sealed = sealed_backups(backup_dir)
+    name = params["name"] or (sealed[-1] if sealed else None)
+    if name is None or name not in sealed:
+        raise WorkshopError(
+            f"No sealed backup {name or ''} in {backup_dir}: make one first (tag backup)".replace("  ", " "),
+            path=backup_dir,
+        )
+    folder = os.path.join(backup_dir, name)
+    problems = verify_folder(folder, check_rdb=verify_rdb)
+    return dict(
+        changed=False,
+        name=name,
+        path=folder,
+        latest=sealed[-1],
+        files=len(read_manifest(folder).get("files", {})),
+        problems=problems,
+    )
+
+
+def main():
+    argument_spec = redis_argument_spec()
+    argument_spec.update(
+        state=dict(type="str", choices=["planned", "sealed", "verified"], required=True),
+        backup_dir=dict(type="path", required=True),
+        sources=dict(type="dict", default={}),
+        partial=dict(type="path"),
+        name=dict(type="str"),
+        facts=dict(type="dict", default={}),
+        project_dir=dict(type="path"),
+        project_name=dict(type="str"),
+        docker_host=dict(type="str"),
+        docker_timeout=dict(type="int", default=60),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_if=[("state", "planned", ["project_dir"]), ("state", "sealed", ["partial", "name"])],
+        supports_check_mode=True,
+    )
+    state = module.params["state"]
+    if state == "planned" and not HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
+    if state == "planned" and not HAS_DOCKER:
+        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    try:
+        if state == "planned":
+            result = plan(module.params, module.check_mode)
+        elif state == "sealed":
+            result = seal_backup(module.params, module.check_mode)
+        else:
+            result = verify(module.params)
+    except WorkshopError as exc:
+        module.fail_json(msg=exc.msg, **exc.context)
+    if result.get("problems"):
+        module.fail_json(msg=f"Backup {result['path']} is damaged: {'; '.join(result['problems'][:10])}", **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
