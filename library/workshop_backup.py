@@ -11,7 +11,7 @@ description:
     complete and verified, with C(MANIFEST.json) listing every file (path, size, sha256), every
     archive member, and the fingerprint of the data it was taken from.
   - V(planned) fingerprints the workshop's data (file listings of the sources, the queue in Redis,
-    the containers' logs) and compares it with the newest sealed backup. Unchanged data needs no
+    the containers and their restarts) and compares it with the newest sealed backup. Unchanged data needs no
     backup (RV(needed=false)); changed data gets a new folder name, never an old one. It checks
     free space for the estimate before anything is written, and removes folders left by an
     interrupted backup (never complete, never a backup).
@@ -185,7 +185,7 @@ from ansible.module_utils.workshop_backup import (
     tree_fingerprint,
     verify_folder,
 )
-from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, logs_fingerprint
+from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, containers_fingerprint
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_rdb import verify_rdb
 from ansible.module_utils.workshop_redis import HAS_REDIS, REDIS_IMPORT_ERROR, WorkshopRedis, redis_argument_spec
@@ -196,7 +196,7 @@ def plan(params, check_mode):
     conn = WorkshopRedis.from_params(params)
     project = ComposeProject.from_params(params)
     files_digest, files_bytes = tree_fingerprint(params["sources"])
-    fingerprint = dict(files=files_digest, redis=conn.queue_fingerprint(), logs=logs_fingerprint(project))
+    fingerprint = dict(files=files_digest, redis=conn.queue_fingerprint(), containers=containers_fingerprint(project))
     sealed = sealed_backups(backup_dir)
     latest = sealed[-1] if sealed else None
     needed = latest is None or read_manifest(os.path.join(backup_dir, latest)).get("fingerprint") != _canonical(fingerprint)
