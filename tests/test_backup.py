@@ -302,3 +302,25 @@ def test_stop_keeps_everything_and_the_data_survives(workshop_id, rdb):
     finally:
         staging("up")
     assert rdb.zcard("queue:completed") == before
+
+
+def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_it(workshop_id, rdb, tmp_path):
+    backup(workshop_id)
+    [folder] = backups(workshop_id)
+    completed = rdb.zcard("queue:completed")
+
+    run_playbook(
+        "playbooks/shutdown.yml",
+        extra_vars={"workshop_id": workshop_id, "shutdown_mode": "down_volumes", "shutdown_confirm": workshop_id},
+    )
+
+    volumes = subprocess.run(["docker", "volume", "ls", "--quiet"], capture_output=True, text=True, check=True).stdout.split()
+    assert "comfyui_redis-data" not in volumes
+    assert compose("ps", "--services").stdout.split() == []
+    record = json.loads((BACKUP_ROOT / workshop_id / "run-record.json").read_text())
+    assert record["shutdown"]["volumes_deleted"] == ["comfyui_redis-data"]
+    # The data is gone from the workshop, and still whole in the backup.
+    staging("up")
+    assert rdb.zcard("queue:completed") == 0
+    facts = json.loads((folder / "MANIFEST.json").read_text())["redis"]
+    assert facts["queues"]["queue:completed"] == completed
