@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 ENGINE := scripts/docker-engine.sh
 
-.PHONY: setup demo test lint staging-up staging-play staging-reset staging-down engine-stop
+.PHONY: setup demo test lint bench staging-up staging-play staging-reset staging-down engine-stop
 
 setup:
 	@scripts/bootstrap.sh
@@ -19,6 +19,11 @@ test: setup
 
 lint: setup
 	@pytest tests/test_lint.py
+
+# Benchmarks against the checklist's own commands, side by side on the same data.
+bench: setup
+	@python bench/backup_speed.py
+	@$(ENGINE) run sh -c 'ansible-playbook playbooks/staging.yml -e staging_workshop_num_users=6 >/dev/null && python bench/drain_latency.py'
 
 staging-up staging-play staging-reset staging-down: setup
 	@$(ENGINE) run ansible-playbook playbooks/staging.yml -e staging_workshop_action=$(@:staging-%=%)
