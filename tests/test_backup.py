@@ -316,7 +316,13 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
 
     volumes = subprocess.run(["docker", "volume", "ls", "--quiet"], capture_output=True, text=True, check=True).stdout.split()
     assert "comfyui_redis-data" not in volumes
-    assert compose("ps", "--services").stdout.split() == []
+    containers = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", "label=com.docker.compose.project=comfyui"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert containers == []
     record = json.loads((BACKUP_ROOT / workshop_id / "run-record.json").read_text())
     assert record["shutdown"]["volumes_deleted"] == ["comfyui_redis-data"]
     # The data is gone from the workshop, and still whole in the backup.
