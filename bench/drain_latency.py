@@ -91,9 +91,10 @@ def main():
     parser.add_argument("--interval", type=float, default=10.0, help="the checklist's watch -n")
     args = parser.parse_args()
     client = redis.Redis(port=6379, password=password(), decode_responses=True)
-    rows = [trial(client, args.jobs, args.interval) for _ in range(args.trials)]
+    # A different amount of work each trial, so the queue empties at a different point of the watch's 10 s cycle.
+    rows = [trial(client, args.jobs + 3 * number, args.interval) for number in range(args.trials)]
     names = list(rows[0])
-    print(f"Seconds from the last job's completion to 'drained' ({args.jobs} jobs a trial; negative = too early)")
+    print(f"Seconds from the last job's completion to 'drained' ({args.jobs}+3n jobs in trial n; negative = too early)")
     print(f"{'trial':>5}  " + "  ".join(f"{name:>22}" for name in names))
     for number, row in enumerate(rows, 1):
         print(f"{number:>5}  " + "  ".join(f"{row[name]:>22.2f}" for name in names))
