@@ -55,15 +55,10 @@ class PlaybookRun:
         return self.recap[host]["changed"]
 
 
-def run_playbook(playbook, *args, extra_vars=None, check=False, env=None, expect_ok=True):
-    """Run a playbook of the repo; with expect_ok, fail the test with its output when it fails."""
-    command = ["ansible-playbook", str(REPO / playbook), *args]
-    if extra_vars:
-        command += ["-e", json.dumps(extra_vars)]
-    if check:
-        command.append("--check")
-    completed = subprocess.run(
-        command,
+def run_ansible(command, check=False, env=None):
+    """Run an ansible command of the repo with its ansible.cfg; returns the CompletedProcess."""
+    return subprocess.run(
+        [*command, "--check"] if check else command,
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -71,7 +66,14 @@ def run_playbook(playbook, *args, extra_vars=None, check=False, env=None, expect
         timeout=900,
         check=False,
     )
-    run = PlaybookRun(completed)
+
+
+def run_playbook(playbook, *args, extra_vars=None, check=False, env=None, expect_ok=True):
+    """Run a playbook of the repo; with expect_ok, fail the test with its output when it fails."""
+    command = ["ansible-playbook", str(REPO / playbook), *args]
+    if extra_vars:
+        command += ["-e", json.dumps(extra_vars)]
+    run = PlaybookRun(run_ansible(command, check, env))
     if expect_ok and run.returncode != 0:
         pytest.fail(f"{playbook} failed (rc={run.returncode}):\n{run.output[-6000:]}")
     return run
@@ -170,23 +172,7 @@ def wait_for_status(rdb, job_id, statuses, timeout=30.0):
 def run_module(name, args, check=False, env=None):
     """Run one module of library/ ad hoc on the staging host; returns (ok, result dict)."""
     command = ["ansible", "workshop", "-m", name, "-a", json.dumps(args)]
-    if check:
-        command.append("--check")
-    completed = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        env={
-            **os.environ,
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-            **(env or {}),
-        },
-    )
+    completed = run_ansible(command, check, {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", **(env or {})})
     head, _, body = completed.stdout.partition(" => ")
     if not body:
         pytest.fail(f"no result from {name}: {completed.stdout}\n{completed.stderr}")
