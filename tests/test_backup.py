@@ -1,5 +1,6 @@
 """Short-term phase: back up, verify, and only then allow shutdown."""
 
+import gzip
 import json
 import os
 import shutil
@@ -330,3 +331,45 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
     assert rdb.zcard("queue:completed") == 0
     facts = json.loads((folder / "MANIFEST.json").read_text())["redis"]
     assert facts["queues"]["queue:completed"] == completed
+
+
+def test_the_configuration_can_be_kept_encrypted_with_ansible_vault(workshop_id, tmp_path):
+    secret = "vault-pass-for-the-test-6f1c"
+    run = backup(workshop_id, extra={"backup_config_vault_password": secret})
+
+    [folder] = backups(workshop_id)
+    assert not (folder / "config" / ".env").exists()
+    vaulted = folder / "config" / ".env.vault"
+    assert vaulted.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
+    (tmp_path / "pass").write_text(secret)
+    decrypted = subprocess.run(
+        ["ansible-vault", "view", "--vault-password-file", str(tmp_path / "pass"), str(vaulted)], capture_output=True, check=True
+    ).stdout
+    assert decrypted == (PROJECT_DIR / ".env").read_bytes()
+    assert secret not in run.output
+
+
+def test_compose_logs_exports_every_line_of_every_service_in_time_order(played, tmp_path):
+    from conftest import run_module
+
+    ok, result = run_module("compose_logs", {"project_dir": str(PROJECT_DIR), "dest": str(tmp_path)})
+
+    assert ok and result["changed"]
+    docker_lines = subprocess.run(
+        ["docker", "logs", "--timestamps", "comfy-worker-1"], capture_output=True, text=True, check=True
+    )
+    expected = (docker_lines.stdout + docker_lines.stderr).count("\n")
+    worker = next(entry for entry in result["services"] if entry["service"] == "worker-1")
+    assert worker["lines"] == expected > 0
+    with gzip.open(tmp_path / "worker-1.log.gz", "rt") as exported:
+        lines = exported.read().splitlines()
+    assert len(lines) == expected and "Processing job" in "\n".join(lines)
+    with gzip.open(tmp_path / "workshop-logs.txt.gz", "rt") as combined:
+        merged = combined.read().splitlines()
+    assert len(merged) == result["combined"]["lines"] == sum(entry["lines"] for entry in result["services"])
+    stamps = [line.split(" | ", 1)[1][:30] for line in merged]
+    assert stamps == sorted(stamps)
+    assert {line.split(" | ", 1)[0].strip() for line in merged} >= {"worker-1", "queue-manager", "redis"}
+
+    again_ok, again = run_module("compose_logs", {"project_dir": str(PROJECT_DIR), "dest": str(tmp_path), "services": ["admin"]})
+    assert again_ok and [entry["service"] for entry in again["services"]] == ["admin"]
