@@ -23,6 +23,7 @@ lint: setup
 # Benchmarks against the checklist's own commands, side by side on the same data.
 bench: setup
 	@python bench/backup_speed.py
+	@python bench/metrics_speed.py
 	@$(ENGINE) run sh -c 'ansible-playbook playbooks/staging.yml -e staging_workshop_num_users=6 >/dev/null && python bench/drain_latency.py'
 
 staging-up staging-play staging-reset staging-down: setup

@@ -62,3 +62,17 @@ def write_atomically(path, data, mode=0o640):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_if_changed(path, content, mode=0o640, check_mode=False):
+    """Write `content` (bytes) atomically unless `path` holds it already; returns whether it changed."""
+    try:
+        with open(path, "rb") as current:
+            if current.read() == content:
+                return False
+    except FileNotFoundError:
+        pass
+    if not check_mode:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        write_atomically(path, content, mode)
+    return True

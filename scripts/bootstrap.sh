@@ -10,7 +10,7 @@ declare -A wanted=(
     [dockerd]=docker.io [docker-compose]=docker-compose [redis-server]=redis-server
     [busybox]=busybox-static [sshd]=openssh-server [ssh]=openssh-client
     [openssl]=openssl [rsync]=rsync [zstd]=zstd [/usr/bin/python3.11]=python3.11
-    [ldd]=libc-bin [setsid]=util-linux [curl]=curl [jq]=jq
+    [ldd]=libc-bin [setsid]=util-linux [curl]=curl [jq]=jq [chromium]=chromium
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -128,7 +128,7 @@ def staging_workshop():
     staging("down")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def rdb(staging_workshop):
     client = redis.Redis(host="127.0.0.1", port=6379, password=dotenv("REDIS_PASSWORD"), decode_responses=True)
     yield client

@@ -1,0 +1,188 @@
+#!/usr/bin/python
+"""Ansible module: the workshop's metrics, from every job record, written to metrics.json."""
+
+DOCUMENTATION = r"""
+---
+module: workshop_metrics
+short_description: Compute a ComfyUI workshop's metrics from its job records and logs
+description:
+  - Reads every job record from the live Redis (SCAN and pipelined MGET, never one round trip per
+    job) or, with O(source=rdb), from an RDB snapshot when the live Redis is gone, and computes the
+    report's figures - jobs submitted, completed, failed, cancelled, still open, success rate; job
+    duration mean, median, p95 and longest; wait times; queue depth over time and its peak; time to
+    clear the queue after the cut-off (from the drain phase's run record); jobs per participant,
+    attendance and dropouts; failures by error; models, resolutions and batch sizes.
+  - With O(logs_dir), also counts errors, warnings, SSL, connection, thermal, restart, crash and
+    requeue lines in the exported logs, exactly, with samples.
+  - Writes C(metrics.json) through a temporary name; an unchanged result leaves the file alone.
+version_added: "0.1.0"
+author: comfy-wrapup
+requirements:
+  - redis (Python library, for O(source=redis))
+attributes:
+  check_mode:
+    support: full
+    description: Computes everything and reports whether metrics.json would change, without writing it.
+  diff_mode:
+    support: none
+options:
+  dest:
+    description: The metrics file to write (C(metrics.json)).
+    type: path
+    required: true
+  source:
+    description: Read the jobs from the live Redis or from an RDB snapshot.
+    type: str
+    choices: [redis, rdb]
+    default: redis
+  rdb_path:
+    description: The RDB snapshot, for O(source=rdb).
+    type: path
+  registered_users:
+    description: The participants registered. Default C(user001) to C(userNNN) with C(NUM_USERS) of O(env_file).
+    type: list
+    elements: str
+  run_record:
+    description: The workshop's run record; the drain's start and final time give the time to clear the queue.
+    type: path
+  logs_dir:
+    description: Folder of the exported logs (C(<service>.log.gz)) to analyse.
+    type: path
+  redis_host:
+    description: Address of the workshop's Redis, as seen from the host.
+    type: str
+    default: 127.0.0.1
+  redis_port:
+    description: Port of the workshop's Redis.
+    type: int
+    default: 6379
+  redis_db:
+    description: Redis database of the queue.
+    type: int
+    default: 0
+  redis_password:
+    description: Password of Redis, where there is no O(env_file) to read it from.
+    type: str
+  env_file:
+    description: The workshop's C(.env); the Redis password and C(NUM_USERS) are read from it.
+    type: path
+  redis_password_key:
+    description: Key of the Redis password in O(env_file).
+    type: str
+    default: REDIS_PASSWORD
+  redis_timeout:
+    description: Seconds to wait for Redis to connect or answer.
+    type: float
+    default: 5.0
+"""
+
+EXAMPLES = r"""
+- name: Collect metrics and statistics
+  workshop_metrics:
+    env_file: /home/dev/projects/comfyui/.env
+    run_record: /var/backups/comfy-wrapup/berlin/run-record.json
+    logs_dir: /var/backups/comfy-wrapup/berlin/backup-20261129T170211Z/logs
+    dest: /var/backups/comfy-wrapup/berlin/report/metrics.json
+  register: metrics
+
+- name: Every job is accounted for
+  ansible.builtin.assert:
+    that: metrics.metrics.jobs.submitted >= metrics.metrics.jobs.completed + metrics.metrics.jobs.failed
+"""
+
+RETURN = r"""
+metrics:
+  description: Every figure (the content of metrics.json).
+  returned: always
+  type: dict
+path:
+  description: The metrics file.
+  returned: always
+  type: str
+invalid_records:
+  description: Keys C(job:*) whose value is not a JSON object (skipped).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.workshop_dotenv import read_dotenv
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import write_if_changed
+from ansible.module_utils.workshop_loganalysis import analyze_log_dir
+from ansible.module_utils.workshop_metrics import compute_metrics, job_times, jobs_from_rdb, jobs_from_redis
+from ansible.module_utils.workshop_record import read_record
+from ansible.module_utils.workshop_redis import (
+    HAS_REDIS,
+    REDIS_IMPORT_ERROR,
+    REDIS_MUTUALLY_EXCLUSIVE,
+    WorkshopRedis,
+    redis_argument_spec,
+)
+
+
+def registered(params):
+    if params["registered_users"] is not None:
+        return params["registered_users"]
+    if not params["env_file"]:
+        return []
+    count = read_dotenv(params["env_file"]).get("NUM_USERS", "0")
+    if not count.isdigit():
+        raise WorkshopError(f"NUM_USERS in {params['env_file']} is '{count}', not a number", path=params["env_file"])
+    return [f"user{number:03d}" for number in range(1, int(count) + 1)]
+
+
+def durations_of(jobs):
+    """Seconds of every completed job, sorted (the report's histogram)."""
+    return sorted(
+        round((t.completed - t.started).total_seconds(), 3)
+        for job, t in zip(jobs, job_times(jobs), strict=True)
+        if job.get("status") == "completed" and t.started and t.completed
+    )
+
+
+def collect(params):
+    if params["source"] == "rdb":
+        records = jobs_from_rdb(params["rdb_path"])
+    else:
+        records = jobs_from_redis(WorkshopRedis.from_params(params))
+    drain = read_record(params["run_record"]).get("drain", {}) if params["run_record"] else {}
+    metrics = compute_metrics(records.jobs, registered(params), drain.get("started_at"), drain.get("final_time"))
+    metrics["duration_seconds"] = durations_of(records.jobs)
+    metrics["logs"] = analyze_log_dir(params["logs_dir"]) if params["logs_dir"] else None
+    return metrics, records.invalid
+
+
+def main():
+    argument_spec = redis_argument_spec()
+    argument_spec.update(
+        dest=dict(type="path", required=True),
+        source=dict(type="str", choices=["redis", "rdb"], default="redis"),
+        rdb_path=dict(type="path"),
+        registered_users=dict(type="list", elements="str"),
+        run_record=dict(type="path"),
+        logs_dir=dict(type="path"),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+        required_if=[("source", "rdb", ["rdb_path"])],
+        supports_check_mode=True,
+    )
+    if module.params["source"] == "redis" and not HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
+    dest = module.params["dest"]
+    try:
+        metrics, invalid = collect(module.params)
+        content = (json.dumps(metrics, indent=1, sort_keys=True, default=str) + "\n").encode()
+        changed = write_if_changed(dest, content, 0o640, module.check_mode)
+    except WorkshopError as exc:
+        module.fail_json(msg=exc.msg, **exc.context)
+    module.exit_json(changed=changed, metrics=json.loads(content), path=dest, invalid_records=invalid)
+
+
+if __name__ == "__main__":
+    main()

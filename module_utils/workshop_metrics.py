@@ -1,0 +1,449 @@
+"""What the workshop did, from its job records: counts, durations, waits, queue depth, who came, which models.
+
+The records are read from the live Redis (SCAN + pipelined MGET, a few round trips for 100,000 jobs)
+or from a dump.rdb without a server; compute_metrics turns either list into one plain dict of figures.
+Every figure is a small function of the job list (and, to parse each job once, of its parsed
+timestamps and workflow facts), so each can be tested on its own.
+
+Timestamps are ISO-8601 (a naive one is taken as UTC, as the platform writes UTC); times in the
+result are normalised to `datetime.isoformat()` in UTC ("2025-11-20T10:00:00+00:00").
+"""
+
+import contextlib
+import gc
+import json
+import math
+import statistics
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+from ansible.module_utils.workshop_rdb import iter_rdb
+
+JOB_PREFIX = "job:"
+STATUSES = ("completed", "failed", "cancelled", "pending", "running")
+# Inputs that name a model file. Matched by input name rather than by class_type, so variants
+# (CheckpointLoader, LoraLoaderModelOnly, DualCLIPLoader's clip_name1/2) count too.
+MODEL_FIELDS = frozenset(
+    ("ckpt_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "vae_name", "lora_name")
+)
+# Names too generic to trust outside a loader node (LTX-2's LTXAVTextEncoderLoader, LatentUpscaleModelLoader).
+LOADER_MODEL_FIELDS = MODEL_FIELDS | {"text_encoder", "model_name"}
+NO_ERROR = "(no error recorded)"
+# Keys per MGET, and MGETs per pipeline (one round trip): 20,000 records a round trip keeps the
+# replies a few tens of MB at most while 100,000 jobs need only five.
+MGET_BATCH = 1000
+MGETS_PER_ROUND_TRIP = 20
+SCAN_COUNT = 10000
+
+
+class JobRecords(NamedTuple):
+    """What jobs_from_redis and jobs_from_rdb return; unpacks as `jobs, invalid = ...`.
+
+    jobs: the parsed records (dicts), ordered by key. invalid: the keys whose value is not a
+    JSON object (skipped; len(invalid) is the count)."""
+
+    jobs: list
+    invalid: list
+
+
+class WorkflowFacts(NamedTuple):
+    """models: [(loader_field, name)]; resolutions: ["WxH"]; batch_sizes: [int]; each without repeats, in node order."""
+
+    models: list
+    resolutions: list
+    batch_sizes: list
+
+
+# --- reading the records ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection while building or walking 100,000 records.
+
+    Job records form no reference cycles, yet every few hundred new containers the collector
+    re-walks all the records built so far: measured, it made reading and computing about three
+    times slower. The collector's previous state is restored, and nothing is lost: a cycle made
+    meanwhile is collected at the next collection.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _glob_escape(text):
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+def _parse_records(pairs):
+    """JobRecords from (key, raw JSON) pairs; a None value (key gone since SCAN, or not a string) is skipped silently."""
+    jobs, invalid = [], []
+    with _gc_paused():
+        for key, raw in sorted(pairs, key=lambda pair: pair[0]):
+            if raw is None:
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                jobs.append(record)
+            else:
+                invalid.append(key)
+    return JobRecords(jobs, invalid)
+
+
+def job_keys(conn, prefix=JOB_PREFIX, scan_count=SCAN_COUNT):
+    """Every key starting with `prefix`, by SCAN (never KEYS, which blocks the server); sorted, without repeats."""
+    keys, cursor = set(), 0
+    while True:
+        # SCAN may return a key twice (when the table rehashes mid-scan): the set drops repeats.
+        cursor, batch = conn.call(conn.client.scan, cursor, match=f"{_glob_escape(prefix)}*", count=scan_count)
+        keys.update(batch)
+        if int(cursor) == 0:
+            return sorted(keys)
+
+
+def jobs_from_redis(conn, prefix=JOB_PREFIX, batch=MGET_BATCH, per_round_trip=MGETS_PER_ROUND_TRIP):
+    """Every job record on the WorkshopRedis `conn`: SCAN for the keys, then MGETs of `batch` keys,
+    `per_round_trip` of them pipelined together. Returns JobRecords(jobs, invalid)."""
+    keys = job_keys(conn, prefix)
+    values = []
+    step = batch * per_round_trip
+    for start in range(0, len(keys), step):
+        pipe = conn.client.pipeline(transaction=False)
+        chunk = keys[start : start + step]
+        for offset in range(0, len(chunk), batch):
+            pipe.mget(chunk[offset : offset + batch])
+        for reply in conn.call(pipe.execute):
+            values.extend(reply)
+    return _parse_records(zip(keys, values, strict=True))
+
+
+def jobs_from_rdb(path, prefix=JOB_PREFIX, db=0, now_ms=None):
+    """The same JobRecords from an RDB snapshot: the string keys of `db` starting with `prefix`.
+
+    A key already expired at `now_ms` (default: now) is left out, as Redis drops it when loading the file.
+    """
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    pairs = (
+        (entry.key, entry.value)
+        for entry in iter_rdb(path)
+        if entry.db == db
+        and entry.type == "string"
+        and entry.key.startswith(prefix)
+        and (entry.expire_ms is None or entry.expire_ms > now_ms)
+    )
+    return _parse_records(pairs)
+
+
+# --- what a workflow uses -----------------------------------------------------------------------
+
+
+def _integer(value):
+    """An int input value; None for links (["4", 0]), text, booleans and fractions."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def workflow_facts(workflow):
+    """Models, resolutions and batch sizes of an API-format workflow ({node_id: {class_type, inputs}}).
+
+    Anything else (None, UI format, a malformed node) yields what can be read, never an error:
+    a job record is the participants' data, not ours to reject.
+    """
+    if isinstance(workflow, str):
+        try:
+            workflow = json.loads(workflow)
+        except ValueError:
+            workflow = None
+    models, resolutions, batch_sizes = {}, {}, {}  # dicts as ordered sets
+    nodes = workflow.values() if isinstance(workflow, dict) else ()
+    for node in nodes:
+        if not isinstance(node, dict) or not isinstance(inputs := node.get("inputs"), dict):
+            continue
+        class_type = node.get("class_type")
+        if not isinstance(class_type, str):
+            class_type = ""
+        fields = LOADER_MODEL_FIELDS if "Loader" in class_type else MODEL_FIELDS
+        # This runs for every job: most nodes name no model, and isdisjoint says so at C speed.
+        if not fields.isdisjoint(inputs):
+            for field, value in inputs.items():
+                if field in fields and isinstance(value, str) and value:
+                    models[(field, value)] = None
+        if class_type.startswith("Empty") and "Latent" in class_type:
+            width, height = _integer(inputs.get("width")), _integer(inputs.get("height"))
+            if width is not None and height is not None:
+                resolutions[f"{width}x{height}"] = None
+            size = _integer(inputs.get("batch_size"))
+            if size is not None:
+                batch_sizes[size] = None
+    return WorkflowFacts(list(models), list(resolutions), list(batch_sizes))
+
+
+# --- small helpers --------------------------------------------------------------------------------
+
+
+class JobTimes(NamedTuple):
+    """A job's created_at, started_at and completed_at as aware UTC datetimes (None when unset or unreadable)."""
+
+    created: datetime | None
+    started: datetime | None
+    completed: datetime | None
+
+
+def moment(value):
+    """Aware UTC datetime of an ISO-8601 string, a datetime or epoch seconds; None when unset or unreadable."""
+    if type(value) is str:  # the common case first: this runs three times per job
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, timezone.utc)
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def job_times(jobs):
+    """JobTimes of each job, in the same order; compute_metrics parses them once for every figure."""
+    return [
+        JobTimes(moment(job.get("created_at")), moment(job.get("started_at")), moment(job.get("completed_at"))) for job in jobs
+    ]
+
+
+def job_facts(jobs):
+    """workflow_facts of each job, in the same order."""
+    return [workflow_facts(job.get("workflow")) for job in jobs]
+
+
+def iso(when):
+    return when.isoformat() if when is not None else None
+
+
+def _round(value, digits=3):
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def _percent(part, whole):
+    return round(100 * part / whole, 1) if whole else None
+
+
+def _ranked(counter):
+    """A Counter as a dict, most frequent first, ties by key (so the order does not depend on the jobs' order)."""
+    return dict(sorted(counter.items(), key=lambda item: (-item[1], str(item[0]))))
+
+
+def percentile(values, q):
+    """The q-th percentile (0-100) of `values` by linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _longest(measured):
+    """(value, job id) of the largest value; the first such job on a tie."""
+    value, job = max(measured, key=lambda pair: pair[0])
+    return value, job.get("id")
+
+
+# --- the figures --------------------------------------------------------------------------------
+# Each takes the job list; those that need timestamps or workflow facts also take them already
+# parsed (job_times, job_facts), so compute_metrics parses each job once, not once per figure.
+
+
+def job_counts(jobs):
+    statuses = Counter(job.get("status") for job in jobs)
+    counts = {"submitted": len(jobs), **{status: statuses[status] for status in STATUSES}}
+    counts["success_rate"] = _percent(statuses["completed"], statuses["completed"] + statuses["failed"])
+    return counts
+
+
+def durations(jobs, times=None):
+    """Run time (completed_at - started_at, seconds) of the completed jobs."""
+    times = job_times(jobs) if times is None else times
+    measured = [
+        ((when.completed - when.started).total_seconds(), job)
+        for job, when in zip(jobs, times, strict=True)
+        if job.get("status") == "completed" and when.started is not None and when.completed is not None
+    ]
+    if not measured:
+        return {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "max_job_id": None}
+    values = [seconds for seconds, _ in measured]
+    longest, job_id = _longest(measured)
+    return {
+        "count": len(values),
+        "mean": _round(statistics.fmean(values)),
+        "median": _round(float(statistics.median(values))),
+        "p95": _round(float(percentile(values, 95))),
+        "max": _round(longest),
+        "max_job_id": job_id,
+    }
+
+
+def waits(jobs, times=None):
+    """Time in the queue (started_at - created_at, seconds) of every job that started."""
+    times = job_times(jobs) if times is None else times
+    measured = [
+        ((when.started - when.created).total_seconds(), job)
+        for job, when in zip(jobs, times, strict=True)
+        if when.created is not None and when.started is not None
+    ]
+    if not measured:
+        return {"count": 0, "mean": None, "max": None, "max_job_id": None}
+    longest, job_id = _longest(measured)
+    return {
+        "count": len(measured),
+        "mean": _round(statistics.fmean(seconds for seconds, _ in measured)),
+        "max": _round(longest),
+        "max_job_id": job_id,
+    }
+
+
+def queue_depth(jobs, times=None):
+    """Jobs waiting (created, not yet started) over time: [[iso, depth], ...] with one point per change.
+
+    A job leaves the queue when it starts; one that never started (cancelled or failed while
+    pending) leaves at its completed_at; one with neither is still waiting. All events of one
+    instant are applied before its point is recorded, and an instant whose events cancel out
+    records no point. A terminal job that never started and has no completed_at cannot be placed
+    and is left out, as is a job without created_at.
+    """
+    times = job_times(jobs) if times is None else times
+    changes = Counter()
+    for job, when in zip(jobs, times, strict=True):
+        if when.created is None:
+            continue
+        left = when.started or when.completed
+        if left is None and job.get("status") in ("completed", "failed", "cancelled"):
+            continue
+        changes[when.created] += 1
+        if left is not None:
+            changes[max(left, when.created)] -= 1  # a clock that put leaving before arriving: count it as instant
+    series, depth = [], 0
+    for instant in sorted(changes):
+        if changes[instant]:
+            depth += changes[instant]
+            series.append([iso(instant), depth])
+    if not series:
+        return {"series": [], "peak": None, "peak_at": None}
+    peak_at, peak = max(series, key=lambda point: point[1])  # the first time the peak is reached
+    return {"series": series, "peak": peak, "peak_at": peak_at}
+
+
+def timeline(jobs, times=None):
+    """From the first submission to the last thing that happened to any job."""
+    times = job_times(jobs) if times is None else times
+    created = [when.created for when in times if when.created is not None]
+    activity = [instant for when in times for instant in when if instant is not None]
+    if not created:
+        return {"first_job_at": None, "last_activity_at": iso(max(activity)) if activity else None, "duration_hours": None}
+    first, last = min(created), max(activity)
+    return {
+        "first_job_at": iso(first),
+        "last_activity_at": iso(last),
+        "duration_hours": _round((last - first).total_seconds() / 3600),
+    }
+
+
+def drain(cutoff=None, final_time=None):
+    """How long the queue took to clear after submissions were closed at `cutoff`."""
+    start, end = moment(cutoff), moment(final_time)
+    minutes = _round((end - start).total_seconds() / 60) if start is not None and end is not None else None
+    return {"cutoff": iso(start), "final_time": iso(end), "time_to_clear_minutes": minutes}
+
+
+def participants(jobs, registered_users):
+    """Who came: registered users with at least one job; jobs per user, registered or not.
+
+    registered, attended, dropouts and unregistered are lists of user ids (registered in the order
+    given, without repeats); jobs_per_participant holds every registered user (0 for a dropout) and
+    every user with a job, most jobs first.
+    """
+    registered = list(dict.fromkeys(registered_users or ()))
+    per_user = Counter(job.get("user_id") for job in jobs)
+    attended = [user for user in registered if per_user[user]]
+    known = set(registered)
+    return {
+        "registered": registered,
+        "attended": attended,
+        "dropouts": [user for user in registered if not per_user[user]],
+        "attendance_rate": _percent(len(attended), len(registered)),
+        "jobs_per_participant": _ranked(Counter({**dict.fromkeys(registered, 0), **per_user})),
+        "unregistered": sorted((user for user in per_user if user not in known), key=str),
+    }
+
+
+def failures(jobs):
+    errors = Counter(job.get("error") or NO_ERROR for job in jobs if job.get("status") == "failed")
+    return {"by_error": _ranked(errors)}
+
+
+def models(jobs, facts=None):
+    """Jobs per model file: all, completed and failed ones; a model counts once per job however often it is loaded."""
+    facts = job_facts(jobs) if facts is None else facts
+    used, succeeded, failed = Counter(), Counter(), Counter()
+    for job, fact in zip(jobs, facts, strict=True):
+        names = {name for _, name in fact.models}
+        used.update(names)
+        if job.get("status") == "completed":
+            succeeded.update(names)
+        elif job.get("status") == "failed":
+            failed.update(names)
+    return {"used": _ranked(used), "succeeded": _ranked(succeeded), "failed": _ranked(failed)}
+
+
+def resolutions(jobs, facts=None):
+    """Jobs per "WxH" of their latent nodes, each counted once per job."""
+    facts = job_facts(jobs) if facts is None else facts
+    return _ranked(Counter(size for fact in facts for size in fact.resolutions))
+
+
+def batch_sizes(jobs, facts=None):
+    """Jobs per batch size of their latent nodes ({"1": n, ...}), each counted once per job."""
+    facts = job_facts(jobs) if facts is None else facts
+    counts = Counter(size for fact in facts for size in fact.batch_sizes)
+    return {str(size): n for size, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))}
+
+
+def compute_metrics(jobs, registered_users, cutoff=None, final_time=None):
+    """Every figure of the wrap-up report from the job records (see each function for its definition).
+
+    cutoff and final_time (ISO-8601 strings, datetimes or epoch seconds) only feed the drain figure.
+    """
+    with _gc_paused():
+        return _all_figures(jobs, registered_users, cutoff, final_time)
+
+
+def _all_figures(jobs, registered_users, cutoff, final_time):
+    times, facts = job_times(jobs), job_facts(jobs)
+    return {
+        "jobs": job_counts(jobs),
+        "durations": durations(jobs, times),
+        "wait": waits(jobs, times),
+        "queue_depth": queue_depth(jobs, times),
+        "timeline": timeline(jobs, times),
+        "drain": drain(cutoff, final_time),
+        "participants": participants(jobs, registered_users),
+        "failures": failures(jobs),
+        "models": models(jobs, facts),
+        "resolutions": resolutions(jobs, facts),
+        "batch_sizes": batch_sizes(jobs, facts),
+    }
