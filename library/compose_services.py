@@ -23,23 +23,13 @@ attributes:
   diff_mode:
     support: full
     description: The state of each chosen service before and after.
+extends_documentation_fragment:
+  - workshop_compose
 options:
   project_dir:
     description: The workshop's project directory (docker-compose.yml, .env).
     type: path
     required: true
-  project_name:
-    description:
-      - Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else
-        the name of O(project_dir), as compose itself chooses.
-    type: str
-  docker_host:
-    description: Docker Engine to use. Default C(DOCKER_HOST) of the environment, else the local socket.
-    type: str
-  docker_timeout:
-    description: Seconds to wait for the Docker Engine.
-    type: int
-    default: 60
   pattern:
     description: Regular expression; the services whose names it matches are chosen.
     type: str

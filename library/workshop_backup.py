@@ -30,6 +30,9 @@ attributes:
     description: V(planned) and V(verified) only read; V(sealed) reports the rename it would make.
   diff_mode:
     support: none
+extends_documentation_fragment:
+  - workshop_redis
+  - workshop_compose
 options:
   state:
     description: What to do.
@@ -59,42 +62,6 @@ options:
   project_dir:
     description: For V(planned), the workshop's project directory, to find its containers.
     type: path
-  project_name:
-    description: Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else the directory's name.
-    type: str
-  docker_host:
-    description: Docker Engine to ask. Default C(DOCKER_HOST) of the environment, else the local socket.
-    type: str
-  docker_timeout:
-    description: Seconds to wait for the Docker Engine.
-    type: int
-    default: 60
-  redis_host:
-    description: Address of the workshop's Redis, as seen from the host.
-    type: str
-    default: 127.0.0.1
-  redis_port:
-    description: Port of the workshop's Redis.
-    type: int
-    default: 6379
-  redis_db:
-    description: Redis database of the queue.
-    type: int
-    default: 0
-  redis_password:
-    description: Password of Redis, where there is no O(env_file) to read it from.
-    type: str
-  env_file:
-    description: The workshop's C(.env); the password is read from its O(redis_password_key).
-    type: path
-  redis_password_key:
-    description: Key of the Redis password in O(env_file).
-    type: str
-    default: REDIS_PASSWORD
-  redis_timeout:
-    description: Seconds to wait for Redis to connect or answer.
-    type: float
-    default: 5.0
 """
 
 EXAMPLES = r"""

@@ -25,6 +25,8 @@ attributes:
     description: Computes everything and reports whether metrics.json would change, without writing it.
   diff_mode:
     support: none
+extends_documentation_fragment:
+  - workshop_redis
 options:
   dest:
     description: The metrics file to write (C(metrics.json)).
@@ -48,32 +50,6 @@ options:
   logs_dir:
     description: Folder of the exported logs (C(<service>.log.gz)) to analyse.
     type: path
-  redis_host:
-    description: Address of the workshop's Redis, as seen from the host.
-    type: str
-    default: 127.0.0.1
-  redis_port:
-    description: Port of the workshop's Redis.
-    type: int
-    default: 6379
-  redis_db:
-    description: Redis database of the queue.
-    type: int
-    default: 0
-  redis_password:
-    description: Password of Redis, where there is no O(env_file) to read it from.
-    type: str
-  env_file:
-    description: The workshop's C(.env); the Redis password and C(NUM_USERS) are read from it.
-    type: path
-  redis_password_key:
-    description: Key of the Redis password in O(env_file).
-    type: str
-    default: REDIS_PASSWORD
-  redis_timeout:
-    description: Seconds to wait for Redis to connect or answer.
-    type: float
-    default: 5.0
 """
 
 EXAMPLES = r"""

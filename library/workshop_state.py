@@ -21,49 +21,14 @@ attributes:
     description: Read-only; it runs the same in check mode.
   diff_mode:
     support: none
+extends_documentation_fragment:
+  - workshop_redis
+  - workshop_compose
 options:
-  redis_host:
-    description: Address of the workshop's Redis, as seen from the host.
-    type: str
-    default: 127.0.0.1
-  redis_port:
-    description: Port of the workshop's Redis.
-    type: int
-    default: 6379
-  redis_db:
-    description: Redis database of the queue.
-    type: int
-    default: 0
-  redis_password:
-    description: Password of Redis, where there is no O(env_file) to read it from.
-    type: str
-  env_file:
-    description: The workshop's C(.env); the password is read from its O(redis_password_key).
-    type: path
-  redis_password_key:
-    description: Key of the Redis password in O(env_file).
-    type: str
-    default: REDIS_PASSWORD
-  redis_timeout:
-    description: Seconds to wait for Redis to connect or answer.
-    type: float
-    default: 5.0
   project_dir:
     description: The workshop's project directory (docker-compose.yml, .env).
     type: path
     required: true
-  project_name:
-    description:
-      - Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else
-        the name of O(project_dir), as compose itself chooses.
-    type: str
-  docker_host:
-    description: Docker Engine to ask. Default C(DOCKER_HOST) of the environment, else the local socket.
-    type: str
-  docker_timeout:
-    description: Seconds to wait for the Docker Engine.
-    type: int
-    default: 60
   outputs_dir:
     description: The participants' outputs (C(data/outputs)), one folder per participant.
     type: path
@@ -72,8 +37,6 @@ options:
     description: Regular expression matching the compose services that are participant frontends.
     type: str
     default: '^user\d+$'
-notes:
-  - Either O(env_file) or O(redis_password), not both.
 """
 
 EXAMPLES = r"""

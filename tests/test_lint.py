@@ -1,5 +1,6 @@
 """Static checks: linters, playbook syntax, module documentation, role argument specs."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -55,3 +56,38 @@ def test_argument_specs_match_defaults(role):
     for entry in specs["argument_specs"].values():
         for name, option in entry["options"].items():
             assert str(option.get("default")) == str(defaults[name]), name
+
+
+class _SpecCaptured(Exception):
+    pass
+
+
+def argument_spec_of(module):
+    """The argument_spec a module's main() builds, caught at the AnsibleModule call."""
+    from conftest import load_module
+
+    loaded = load_module(module)
+
+    def capture(argument_spec, **_):
+        raise _SpecCaptured(argument_spec)
+
+    loaded.AnsibleModule = capture
+    with pytest.raises(_SpecCaptured) as caught:
+        loaded.main()
+    return caught.value.args[0]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_documented_options_match_the_argument_spec(module):
+    """DOCUMENTATION (with its fragments) says exactly what the code accepts: names, types, defaults, choices."""
+    documented = json.loads(run("ansible-doc", "-M", "library", "--json", module))[module]["doc"]["options"]
+    spec = argument_spec_of(module)
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        doc = documented[name]
+        assert doc.get("type", "str") == option.get("type", "str"), name
+        assert doc.get("default") == option.get("default"), name
+        assert bool(doc.get("required")) == bool(option.get("required")), name
+        assert doc.get("choices") == option.get("choices"), name
+        assert doc.get("elements") == option.get("elements"), name
+        assert bool(option.get("no_log")) == (name.endswith("password") or "token" in name), name

@@ -1,0 +1,19 @@
+"""Documentation of the compose-project options every Docker-facing module shares (compose_argument_spec)."""
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  project_name:
+    description:
+      - Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else
+        the name of O(project_dir), as compose itself chooses.
+    type: str
+  docker_host:
+    description: Docker Engine to use. Default C(DOCKER_HOST) of the environment, else the local socket.
+    type: str
+  docker_timeout:
+    description: Seconds to wait for the Docker Engine.
+    type: int
+    default: 60
+"""
