@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 # Each demo is a workshop of its own: its backups and run record go to a folder of their own.
 workshop_id="demo-$(date -u +%Y%m%d-%H%M%S)"
 
+# Slower jobs than the tests use, so the queue is still busy when the drain starts and its progress shows.
 echo "== Bringing up the staging workshop (empty) =="
-ansible-playbook playbooks/staging.yml -e staging_workshop_action=reset
+ansible-playbook playbooks/staging.yml -e staging_workshop_action=reset -e staging_workshop_job_seconds=1.5
 echo "== Playing a workshop: participants submit jobs in bursts, jobs still running at the end =="
-ansible-playbook playbooks/staging.yml -e staging_workshop_action=play -e staging_workshop_play_wait=false
+ansible-playbook playbooks/staging.yml -e staging_workshop_action=play -e staging_workshop_play_wait=false -e staging_workshop_job_seconds=1.5
 echo "== Wrapping it up: ansible-playbook post_workshop.yml =="
 ansible-playbook post_workshop.yml -e workshop_id="$workshop_id" -e drain_progress_seconds=3
 
