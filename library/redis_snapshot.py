@@ -123,7 +123,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_backup import sha256_file
-from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject
+from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, compose_argument_spec
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_rdb import rdb_summary
 from ansible.module_utils.workshop_redis import (
@@ -203,11 +203,8 @@ def main():
         rdb_path=dict(type="str"),
         service=dict(type="str", default="redis"),
         save_timeout=dict(type="int", default=300),
-        project_dir=dict(type="path"),
-        project_name=dict(type="str"),
-        docker_host=dict(type="str"),
-        docker_timeout=dict(type="int", default=60),
     )
+    argument_spec.update(compose_argument_spec(project_dir_required=False))
     module = AnsibleModule(
         argument_spec=argument_spec,
         mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,

@@ -145,6 +145,7 @@ from ansible.module_utils.workshop_backup import (
     PARTIAL_PREFIX,
     backup_name,
     check_space,
+    free_space,
     read_manifest,
     seal,
     sealed_backups,
@@ -152,7 +153,13 @@ from ansible.module_utils.workshop_backup import (
     tree_fingerprint,
     verify_folder,
 )
-from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, containers_fingerprint
+from ansible.module_utils.workshop_compose import (
+    DOCKER_IMPORT_ERROR,
+    HAS_DOCKER,
+    ComposeProject,
+    compose_argument_spec,
+    containers_fingerprint,
+)
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_rdb import verify_rdb
 from ansible.module_utils.workshop_redis import HAS_REDIS, REDIS_IMPORT_ERROR, WorkshopRedis, redis_argument_spec
@@ -172,7 +179,7 @@ def plan(params, check_mode):
         raise WorkshopError(f"{os.path.join(backup_dir, name)} exists already: run again in a second", path=backup_dir)
     memory = conn.call(conn.client.info, "memory").get("used_memory_dataset", 0)
     estimate = files_bytes + memory + (64 << 20)  # logs: compressed, far below 64 MiB for a workshop
-    free = check_space(backup_dir, estimate) if needed else shutil.disk_usage(_existing(backup_dir)).free
+    free = check_space(backup_dir, estimate) if needed else free_space(backup_dir)
     partials = stale_partials(backup_dir)
     if not check_mode:
         for folder in partials:
@@ -195,12 +202,6 @@ def _canonical(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def _existing(path):
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def seal_backup(params, check_mode):
     backup_dir, name, partial = params["backup_dir"], params["name"], params["partial"]
     final = os.path.join(backup_dir, name)
@@ -220,7 +221,7 @@ def verify(params):
     name = params["name"] or (sealed[-1] if sealed else None)
     if name is None or name not in sealed:
         raise WorkshopError(
-            f"No sealed backup {name or ''} in {backup_dir}: make one first (tag backup)".replace("  ", " "),
+            f"No sealed backup {name + ' ' if name else ''}in {backup_dir}: make one first (tag backup)",
             path=backup_dir,
         )
     folder = os.path.join(backup_dir, name)
@@ -244,11 +245,8 @@ def main():
         partial=dict(type="path"),
         name=dict(type="str"),
         facts=dict(type="dict", default={}),
-        project_dir=dict(type="path"),
-        project_name=dict(type="str"),
-        docker_host=dict(type="str"),
-        docker_timeout=dict(type="int", default=60),
     )
+    argument_spec.update(compose_argument_spec(project_dir_required=False))
     module = AnsibleModule(
         argument_spec=argument_spec,
         required_if=[("state", "planned", ["project_dir"]), ("state", "sealed", ["partial", "name"])],

@@ -196,12 +196,17 @@ def stale_partials(backup_dir):
     return sorted(os.path.join(backup_dir, n) for n in os.listdir(backup_dir) if n.startswith(PARTIAL_PREFIX))
 
 
-def check_space(backup_dir, needed):
-    """Raise unless the disk holding `backup_dir` has room for `needed` bytes and the margin."""
+def free_space(backup_dir):
+    """Free bytes on the disk that holds (or will hold) `backup_dir`."""
     probe = backup_dir
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    free = shutil.disk_usage(probe).free
+    return shutil.disk_usage(probe).free
+
+
+def check_space(backup_dir, needed):
+    """Raise unless the disk holding `backup_dir` has room for `needed` bytes and the margin."""
+    free = free_space(backup_dir)
     if free < needed + SPACE_MARGIN:
         raise WorkshopError(
             f"Not enough space for the backup in {backup_dir}: about {needed >> 20} MiB needed (+{SPACE_MARGIN >> 20} MiB "

@@ -26,10 +26,10 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
 
-def compose_argument_spec():
-    """Options of every compose-facing module."""
+def compose_argument_spec(project_dir_required=True):
+    """Options of every compose-facing module; project_dir may be optional where Docker is used only by option."""
     return dict(
-        project_dir=dict(type="path", required=True),
+        project_dir=dict(type="path", required=project_dir_required),
         project_name=dict(type="str"),
         docker_host=dict(type="str"),
         docker_timeout=dict(type="int", default=60),
