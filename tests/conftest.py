@@ -156,6 +156,14 @@ def epoch(iso):
     return datetime.fromisoformat(iso).timestamp()
 
 
+def redis_answers(client):
+    """Whether Redis answers a PING; any error means not (yet), as while it restarts."""
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False
+
+
 def job_record(rdb, job_id):
     raw = rdb.get(f"job:{job_id}")
     return json.loads(raw) if raw else None

@@ -15,6 +15,7 @@ from conftest import (
     epoch,
     http,
     job_record,
+    redis_answers,
     run_module,
     run_playbook,
     submit,
@@ -158,14 +159,7 @@ def test_redis_stopped_during_the_wait_fails_clearly(staging_workshop, rdb, clea
         assert "While draining the queue" in result["msg"]
     finally:
         compose("start", "redis")
-        wait_for(lambda: _pings(rdb), what="redis back")
-
-
-def _pings(client):
-    try:
-        return client.ping()
-    except Exception:  # noqa: BLE001 - redis is starting: any error means not yet
-        return False
+        wait_for(lambda: redis_answers(rdb), what="redis back")
 
 
 def test_check_mode_of_the_module_reports_what_it_would_wait_for(staging_workshop, rdb, cleanup_jobs):

@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import PROJECT_DIR, compose, dotenv, http, job_record, staging, submit, wait_for, wait_for_status
+from conftest import PROJECT_DIR, compose, dotenv, http, job_record, redis_answers, staging, submit, wait_for, wait_for_status
 
 JOB_FIELDS = {
     "id",
@@ -137,7 +137,7 @@ def test_redis_data_survives_a_restart_of_the_redis_service(staging_workshop, rd
     before = _contents(rdb, job_id)
 
     compose("restart", "redis")
-    wait_for(lambda: _pings(rdb), what="redis to answer after its restart")
+    wait_for(lambda: redis_answers(rdb), what="redis to answer after its restart")
 
     assert _contents(rdb, job_id) == before
     assert json.loads(rdb.get(f"job:{job_id}"))["status"] == "completed"
@@ -151,13 +151,6 @@ def _contents(client, job_id):
         client.smembers("user:user002:jobs"),
         client.dbsize() - len(list(client.scan_iter("worker:*:heartbeat"))),
     )
-
-
-def _pings(client):
-    try:
-        return client.ping()
-    except Exception:  # noqa: BLE001 - redis is restarting: any error means not yet
-        return False
 
 
 def test_the_project_directory_looks_like_the_platforms(staging_workshop):
