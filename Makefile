@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The modules run on a workshop host's own Python 3.10 (inventory/local), where bootstrap made one.
+export COMFY_WRAPUP_HOST_PYTHON := $(CURDIR)/.venv-host/bin/python
 ENGINE := scripts/docker-engine.sh
 
 .PHONY: setup demo test lint bench staging-up staging-play staging-reset staging-down engine-stop

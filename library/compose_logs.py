@@ -83,7 +83,6 @@ project:
 """
 
 import os
-from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_compose import (
@@ -95,9 +94,10 @@ from ansible.module_utils.workshop_compose import (
 )
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_logs import export_container, log_file_name, write_combined
+from ansible.module_utils.workshop_time import parse_time
 
 
-def moment(value):
+def docker_time(value):
     """since/until as Docker takes them: a datetime or epoch seconds."""
     if value is None:
         return None
@@ -105,10 +105,10 @@ def moment(value):
         return int(float(value))
     except ValueError:
         pass
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise WorkshopError(f"'{value}' is neither epoch seconds nor an ISO-8601 time: fix since/until") from None
+    parsed = parse_time(value)
+    if parsed is None:
+        raise WorkshopError(f"'{value}' is neither epoch seconds nor an ISO-8601 time: fix since/until")
+    return parsed
 
 
 def export(params, check_mode):
@@ -120,7 +120,7 @@ def export(params, check_mode):
     for container in containers:
         service = container.labels.get(SERVICE_LABEL, container.name)
         services_seen[service] = services_seen.get(service, 0) + 1
-    since, until = moment(params["since"]), moment(params["until"])
+    since, until = docker_time(params["since"]), docker_time(params["until"])
     entries, parts, changed = [], [], False
     if not check_mode:
         os.makedirs(params["dest"], exist_ok=True)

@@ -203,7 +203,6 @@ from ansible.module_utils.workshop_drain import (
     RedisQueue,
     describe,
     is_drained,
-    utc_iso,
     wait_until_drained,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
@@ -214,6 +213,7 @@ from ansible.module_utils.workshop_redis import (
     WorkshopRedis,
     redis_argument_spec,
 )
+from ansible.module_utils.workshop_time import utc_iso
 
 try:
     import jmespath  # noqa: F401 - only its presence is checked here

@@ -115,7 +115,7 @@ def durations_of(jobs):
     """Seconds of every completed job, sorted (the report's histogram)."""
     return sorted(
         round((t.completed - t.started).total_seconds(), 3)
-        for job, t in zip(jobs, job_times(jobs), strict=True)
+        for job, t in zip(jobs, job_times(jobs))
         if job.get("status") == "completed" and t.started and t.completed
     )
 

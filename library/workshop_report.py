@@ -128,10 +128,7 @@ def main():
     files = [os.path.join(dest, "report.md"), os.path.join(dest, "report.html")]
     try:
         markdown, page = render(module.params)
-        changed = [
-            write_if_changed(path, text.encode(), 0o640, module.check_mode)
-            for path, text in zip(files, (markdown, page), strict=True)
-        ]
+        changed = [write_if_changed(path, text.encode(), 0o640, module.check_mode) for path, text in zip(files, (markdown, page))]
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
     module.exit_json(changed=any(changed), files=files)

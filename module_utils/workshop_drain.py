@@ -7,28 +7,13 @@ within a second either way.
 
 import json
 import time
-from datetime import datetime, timezone
 
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_redis import QUEUES, queue_key
+from ansible.module_utils.workshop_time import epoch_of, utc_iso
 
 UPDATES_CHANNEL = "queue:updates"
 STUCK_POLICIES = ("leave", "requeue", "fail")
-
-
-def utc_iso(epoch):
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
-
-
-def epoch_of(iso):
-    """Epoch seconds of an ISO-8601 timestamp of a job record, None when unset or unreadable."""
-    try:
-        moment = datetime.fromisoformat(iso)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 class RedisQueue:
@@ -84,9 +69,9 @@ class RedisQueue:
         running = self.conn.call(self.conn.client.zrange, queue_key("running"), 0, -1, withscores=True)
         records = self.jobs([job_id for job_id, _ in running])
         workers = sorted({record["worker_id"] for record in records if record and record.get("worker_id")})
-        alive = dict(zip(workers, self.conn.call(self._heartbeats, workers), strict=True))
+        alive = dict(zip(workers, self.conn.call(self._heartbeats, workers)))
         stuck = []
-        for (job_id, started), record in zip(running, records, strict=True):
+        for (job_id, started), record in zip(running, records):
             record = record or {}
             worker = record.get("worker_id")
             stuck.append(
@@ -112,7 +97,7 @@ class RedisQueue:
         ids = self.conn.call(self.conn.client.zrange, queue_key("pending"), 0, -1)
         return [
             dict(id=job_id, user_id=(record or {}).get("user_id"), created_at=(record or {}).get("created_at"))
-            for job_id, record in zip(ids, self.jobs(ids), strict=True)
+            for job_id, record in zip(ids, self.jobs(ids))
         ]
 
     def settle(self, job_id, from_queue, policy, reason):

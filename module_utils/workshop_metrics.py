@@ -16,10 +16,11 @@ import math
 import statistics
 import time
 from collections import Counter
-from datetime import datetime, timezone
-from typing import NamedTuple
+from datetime import datetime
+from typing import NamedTuple, Optional
 
 from ansible.module_utils.workshop_rdb import iter_rdb
+from ansible.module_utils.workshop_time import iso, parse_time
 
 JOB_PREFIX = "job:"
 STATUSES = ("completed", "failed", "cancelled", "pending", "running")
@@ -123,7 +124,7 @@ def jobs_from_redis(conn, prefix=JOB_PREFIX, batch=MGET_BATCH, per_round_trip=MG
             pipe.mget(chunk[offset : offset + batch])
         for reply in conn.call(pipe.execute):
             values.extend(reply)
-    return _parse_records(zip(keys, values, strict=True))
+    return _parse_records(zip(keys, values))
 
 
 def jobs_from_rdb(path, prefix=JOB_PREFIX, db=0, now_ms=None):
@@ -198,41 +199,22 @@ def workflow_facts(workflow):
 class JobTimes(NamedTuple):
     """A job's created_at, started_at and completed_at as aware UTC datetimes (None when unset or unreadable)."""
 
-    created: datetime | None
-    started: datetime | None
-    completed: datetime | None
-
-
-def moment(value):
-    """Aware UTC datetime of an ISO-8601 string, a datetime or epoch seconds; None when unset or unreadable."""
-    if type(value) is str:  # the common case first: this runs three times per job
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc)
-    if not isinstance(value, datetime):
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    created: Optional[datetime]
+    started: Optional[datetime]
+    completed: Optional[datetime]
 
 
 def job_times(jobs):
     """JobTimes of each job, in the same order; compute_metrics parses them once for every figure."""
     return [
-        JobTimes(moment(job.get("created_at")), moment(job.get("started_at")), moment(job.get("completed_at"))) for job in jobs
+        JobTimes(parse_time(job.get("created_at")), parse_time(job.get("started_at")), parse_time(job.get("completed_at")))
+        for job in jobs
     ]
 
 
 def job_facts(jobs):
     """workflow_facts of each job, in the same order."""
     return [workflow_facts(job.get("workflow")) for job in jobs]
-
-
-def iso(when):
-    return when.isoformat() if when is not None else None
 
 
 def _round(value, digits=3):
@@ -281,7 +263,7 @@ def durations(jobs, times=None):
     times = job_times(jobs) if times is None else times
     measured = [
         ((when.completed - when.started).total_seconds(), job)
-        for job, when in zip(jobs, times, strict=True)
+        for job, when in zip(jobs, times)
         if job.get("status") == "completed" and when.started is not None and when.completed is not None
     ]
     if not measured:
@@ -303,7 +285,7 @@ def waits(jobs, times=None):
     times = job_times(jobs) if times is None else times
     measured = [
         ((when.started - when.created).total_seconds(), job)
-        for job, when in zip(jobs, times, strict=True)
+        for job, when in zip(jobs, times)
         if when.created is not None and when.started is not None
     ]
     if not measured:
@@ -328,7 +310,7 @@ def queue_depth(jobs, times=None):
     """
     times = job_times(jobs) if times is None else times
     changes = Counter()
-    for job, when in zip(jobs, times, strict=True):
+    for job, when in zip(jobs, times):
         if when.created is None:
             continue
         left = when.started or when.completed
@@ -365,7 +347,7 @@ def timeline(jobs, times=None):
 
 def drain(cutoff=None, final_time=None):
     """How long the queue took to clear after submissions were closed at `cutoff`."""
-    start, end = moment(cutoff), moment(final_time)
+    start, end = parse_time(cutoff), parse_time(final_time)
     minutes = _round((end - start).total_seconds() / 60) if start is not None and end is not None else None
     return {"cutoff": iso(start), "final_time": iso(end), "time_to_clear_minutes": minutes}
 
@@ -400,7 +382,7 @@ def models(jobs, facts=None):
     """Jobs per model file: all, completed and failed ones; a model counts once per job however often it is loaded."""
     facts = job_facts(jobs) if facts is None else facts
     used, succeeded, failed = Counter(), Counter(), Counter()
-    for job, fact in zip(jobs, facts, strict=True):
+    for job, fact in zip(jobs, facts):
         names = {name for _, name in fact.models}
         used.update(names)
         if job.get("status") == "completed":

@@ -13,7 +13,7 @@ import functools
 import os
 import struct
 from collections import Counter
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from ansible.module_utils.workshop_errors import WorkshopError
 
@@ -50,13 +50,13 @@ class RdbEntry(NamedTuple):
     key: str
     type: str
     value: object
-    expire_ms: int | None
+    expire_ms: Optional[int]
 
 
 # --- CRC-64 -------------------------------------------------------------------------------------
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def _crc_after_zeros():
     """after[d][v]: the CRC register after byte v followed by d zero bytes, from 0."""
     first = []
@@ -71,7 +71,7 @@ def _crc_after_zeros():
     return after
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def _crc_block_tables():
     """Per position in a block, eight 256-byte translate tables: one per byte of its CRC contribution;
     and the eight tables that carry the register across a whole block."""
@@ -392,7 +392,7 @@ def _texts(items):
 
 def _pairs(items):
     _expect(len(items) % 2 == 0, "odd number of entries in a field/value encoding")
-    return zip(items[0::2], items[1::2], strict=True)
+    return zip(items[0::2], items[1::2])
 
 
 def _hash_of(items):
@@ -627,7 +627,7 @@ def _count(path, on_entry):
     for entry in _scan(path, facts):
         per_db[entry.db] += 1
         on_entry(entry)
-    return {**facts, "keys": per_db.total(), "keys_per_db": dict(sorted(per_db.items()))}
+    return {**facts, "keys": sum(per_db.values()), "keys_per_db": dict(sorted(per_db.items()))}
 
 
 def verify_rdb(path):

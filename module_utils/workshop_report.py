@@ -12,6 +12,8 @@ import html
 import math
 from datetime import datetime, timezone
 
+from ansible.module_utils.workshop_time import parse_time
+
 LOG_CATEGORIES = ("errors", "warnings", "ssl", "connection", "thermal", "restarts", "requeues")
 TOP_ERRORS = 5
 TOP_LIST = 5
@@ -39,7 +41,7 @@ def as_number(value):
     """An int or float of `value` (numeric text included, as templated facts may be text); None otherwise."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return value if not (isinstance(value, float) and math.isnan(value)) else None
     if isinstance(value, str):
         try:
@@ -76,19 +78,6 @@ def format_minutes(seconds):
     return f"{float(as_number(seconds)) / 60:.1f} minutes"
 
 
-def parse_time(value):
-    """Aware UTC datetime of an ISO-8601 text (naive taken as UTC); None when unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
 def format_clock(value):
     """ "16:48 UTC" of an ISO time; the text itself when it is not one (e.g. an announced "4:30 PM")."""
     moment = parse_time(value)
@@ -102,7 +91,7 @@ def format_stamp(value):
 
 def count_of(value):
     """A count given either as a number or as the list of what was counted (the metrics list user ids)."""
-    if isinstance(value, list | tuple | set | dict):
+    if isinstance(value, (list, tuple, set, dict)):
         return len(value)
     return as_number(value)
 
@@ -486,7 +475,7 @@ def _backup_layout(backup):
     """{kind: [relative paths]} of the backup: from its file list when the record has one, else the
     fixed layout the backup role writes (outputs.tar, redis/dump.rdb, logs/, config/)."""
     files = backup.get("files")
-    if isinstance(files, dict | list):
+    if isinstance(files, (dict, list)):
         names = sorted(str(name) for name in files)
     else:
         redis_file = _get(backup, "redis", "file") or "redis/dump.rdb"
@@ -744,7 +733,7 @@ def queue_depth_chart(queue_depth, reason="no queue depth series"):
     name = "Queue depth over time"
     series = []
     for entry in _get(queue_depth, "series") or []:
-        moment = parse_time(entry[0]) if isinstance(entry, list | tuple) and len(entry) == 2 else None
+        moment = parse_time(entry[0]) if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
         depth = as_number(entry[1]) if moment else None
         if depth is not None:
             series.append((moment.timestamp(), depth))

@@ -34,10 +34,24 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-host.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "Installing the virtualenv in .venv"
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
     echo "$want" >"$stamp"
+fi
+
+# A workshop host's own Python for the modules in tests and the demo: Ubuntu 22.04's 3.10, from the
+# machine image's pyenv builds, with only the host libraries (no Ansible: modules bring their own).
+host_stamp=.venv-host/.requirements.sha256
+host_want=$(sha256sum requirements-host.txt | cut -d' ' -f1)
+host_build=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10.* 2>/dev/null | sort -V | tail -n 1)
+if [ -z "$host_build" ]; then
+    echo "No pyenv build of Python 3.10: modules will run on the control node's Python" >&2
+elif [ ! -x .venv-host/bin/python ] || [ "$(cat "$host_stamp" 2>/dev/null)" != "$host_want" ]; then
+    echo "Installing the workshop host's Python 3.10 in .venv-host"
+    "$host_build/bin/python" -m venv --clear .venv-host
+    .venv-host/bin/pip install -q --disable-pip-version-check -r requirements-host.txt
+    echo "$host_want" >"$host_stamp"
 fi

@@ -24,6 +24,16 @@ REPO = Path(__file__).resolve().parent.parent
 ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 
 
+def pyenv_python(version):
+    """The newest pyenv build of `version` (e.g. "3.10"): the old Pythons of workshop hosts."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    builds = [b.name for b in versions.glob(f"{version}.*") if re.fullmatch(r"\d+\.\d+\.\d+", b.name)]
+    if not builds:
+        pytest.fail(f"no pyenv build of Python {version} in {versions}: the machine image provides them")
+    newest = max(builds, key=lambda b: tuple(int(part) for part in b.split(".")))
+    return str(versions / newest / "bin" / "python")
+
+
 def load_module(name):
     """Import library/<name>.py, the way a test calls a module's main() directly."""
     spec = importlib.util.spec_from_file_location(name, REPO / "library" / f"{name}.py")

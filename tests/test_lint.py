@@ -1,11 +1,14 @@
-"""Static checks: linters, playbook syntax, module documentation, role argument specs."""
+"""Static checks: linters, playbook syntax, module documentation, role argument specs, host Python."""
 
+import ast
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import pyenv_python
 
 REPO = Path(__file__).resolve().parent.parent
 PLAYBOOKS = ["post_workshop.yml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "playbooks").glob("*.yml"))]
@@ -91,3 +94,54 @@ def test_documented_options_match_the_argument_spec(module):
         assert doc.get("choices") == option.get("choices"), name
         assert doc.get("elements") == option.get("elements"), name
         assert bool(option.get("no_log")) == (name.endswith("password") or "token" in name), name
+
+
+# The oldest Python a workshop host may have (README, "Workshop hosts"): modules and module_utils
+# run there, not on the control node's Python.
+OLDEST_HOST_PYTHON = "3.8"
+HOST_CODE = sorted([*(REPO / "library").glob("*.py"), *(REPO / "module_utils").rglob("*.py")])
+# Builtins that `X | Y` would combine into a types.UnionType: a TypeError before Python 3.10.
+_TYPE_NAMES = {"int", "float", "str", "bytes", "bool", "dict", "list", "tuple", "set", "None", "datetime", "Path"}
+
+
+def test_host_code_needs_no_newer_python_than_the_oldest_host():
+    out = run(
+        "vermin",
+        "--no-tips",
+        "--violations",
+        "--eval-annotations",
+        "--backport",
+        "typing",
+        f"-t={OLDEST_HOST_PYTHON}-",
+        *map(str, HOST_CODE),
+    )
+    assert f"Minimum required versions: {OLDEST_HOST_PYTHON}" in out or "Minimum required versions: 3.0" in out, out
+
+
+def _pep604_unions(tree):
+    """`int | None`-style unions of type names, which vermin does not see and Python < 3.10 rejects."""
+
+    def is_type(node):
+        if isinstance(node, ast.Constant) and node.value is None:
+            return True
+        if isinstance(node, ast.Name) and node.id in _TYPE_NAMES:
+            return True
+        return isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) and is_type(node.left) and is_type(node.right)
+
+    unions = (node for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr))
+    return sorted({node.lineno for node in unions if is_type(node)})
+
+
+@pytest.mark.parametrize("path", HOST_CODE, ids=lambda p: str(p.relative_to(REPO)))
+def test_host_code_has_no_runtime_type_unions(path):
+    assert _pep604_unions(ast.parse(path.read_text())) == [], f"{path}: use Optional[...] or a tuple of types"
+
+
+def test_the_union_check_catches_what_it_should():
+    assert _pep604_unions(ast.parse("isinstance(v, int | float)\nx: int | None = None\ny = a | b")) == [1, 2]
+
+
+@pytest.mark.parametrize("version", ["3.8", "3.10"])
+def test_host_code_compiles_on_old_pythons(version):
+    python = pyenv_python(version)
+    run(python, "-m", "py_compile", *map(str, HOST_CODE))
