@@ -10,6 +10,10 @@ description:
     the size of each job queue in Redis, the compose project's services with their state and
     restart counts, how much the participants' outputs take, and the free disk space.
   - The Redis password is read from the workshop's C(.env) on the host.
+  - A part that does not answer (Redis not reachable, no Docker Engine, no containers of the project,
+    as after a shutdown) is returned as V(null) with the reason in RV(unread), so phases that can work
+    without it (a report from the backup's snapshot) still run. A misconfiguration (no C(.env), a
+    wrong password) fails.
 version_added: "0.1.0"
 author: comfy-wrapup
 requirements:
@@ -61,14 +65,14 @@ queue:
   type: dict
   sample: {pending: 3, running: 1, completed: 120, failed: 7, depth: 3}
 services:
-  description: The compose project's containers, sorted by service.
+  description: The compose project's containers, sorted by service; V(null) when they cannot be listed (see RV(unread)).
   returned: always
   type: list
   elements: dict
   sample:
     - {service: redis, container: comfy-redis, state: running, restart_count: 0, started_at: "2026-11-29T09:00:01Z"}
 frontends:
-  description: How many participant frontends there are and how many run.
+  description: How many participant frontends there are and how many run; V(null) with RV(services).
   returned: always
   type: dict
   sample: {total: 20, running: 20}
@@ -91,6 +95,11 @@ disk:
   returned: always
   type: dict
   sample: {path: /home/dev/projects/comfyui, total: 107374182400, used: 53687091200, free: 53687091200}
+unread:
+  description: The parts that could not be read (C(queue), C(services)), each with the reason.
+  returned: always
+  type: dict
+  sample: {queue: "Cannot reach Redis at 127.0.0.1:6379 (Connection refused): is the workshop's redis service running?"}
 """
 
 import re
@@ -101,8 +110,9 @@ from ansible.module_utils.workshop_compose import (
     HAS_DOCKER,
     ComposeProject,
     compose_argument_spec,
+    resolve_project_name,
 )
-from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import filesystem_usage, tree_usage
 from ansible.module_utils.workshop_redis import (
     HAS_REDIS,
@@ -113,21 +123,46 @@ from ansible.module_utils.workshop_redis import (
 )
 
 
-def workshop_state(params):
-    """Gather the state; raises WorkshopError."""
+def _read(part, unread, read):
+    """read(), or None with the reason in `unread` when that part of the workshop does not answer."""
+    try:
+        return read()
+    except WorkshopUnreachable as exc:
+        unread[part] = exc.msg
+        return None
+
+
+def _queue(params):
     queue = WorkshopRedis.from_params(params).queue_counts()
     queue["depth"] = queue["pending"]
+    return queue
+
+
+def _services(params):
     project = ComposeProject.from_params(params)
-    services = project.services()
+    return project.name, project.services()
+
+
+def workshop_state(params):
+    """Gather the state; a misconfiguration raises WorkshopError, a part that does not answer is `unread`."""
+    unread = {}
+    queue = _read("queue", unread, lambda: _queue(params))
+    project, services = _read("services", unread, lambda: _services(params)) or (
+        resolve_project_name(params["project_dir"], params.get("project_name")),
+        None,
+    )
     frontend = re.compile(params["frontend_pattern"])
-    frontends = [entry for entry in services if frontend.search(entry["service"])]
+    frontends = [entry for entry in services or () if frontend.search(entry["service"])]
     return dict(
-        project=project.name,
+        project=project,
         queue=queue,
         services=services,
-        frontends=dict(total=len(frontends), running=sum(entry["state"] == "running" for entry in frontends)),
+        frontends=dict(total=len(frontends), running=sum(entry["state"] == "running" for entry in frontends))
+        if services is not None
+        else None,
         outputs=tree_usage(params["outputs_dir"]),
         disk=filesystem_usage(params["project_dir"]),
+        unread=unread,
     )
 
 

@@ -10,7 +10,7 @@ import re
 import traceback
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
-from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 
 try:
     import docker
@@ -70,7 +70,7 @@ class ComposeProject:
             client = docker.DockerClient(base_url=engine, timeout=params.get("docker_timeout", 60))
             client.ping()
         except docker.errors.DockerException as exc:
-            raise WorkshopError(
+            raise WorkshopUnreachable(
                 f"No Docker Engine answers at {engine} ({exc}): is Docker running? Set docker_host "
                 "(workshop_docker_host) if it listens elsewhere",
                 docker_host=engine,
@@ -88,7 +88,7 @@ class ComposeProject:
             )
         except docker.errors.DockerException as exc:
             raise WorkshopError(f"Docker at {self.engine} failed listing containers: {exc}", docker_host=self.engine) from None
-        raise WorkshopError(
+        raise WorkshopUnreachable(
             f"No containers of compose project '{self.name}' on {self.engine}; projects there: "
             f"{', '.join(known) or 'none'}. Set workshop_compose_project (or COMPOSE_PROJECT_NAME in the .env)",
             project=self.name,

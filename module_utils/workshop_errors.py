@@ -12,3 +12,8 @@ class WorkshopError(Exception):
         super().__init__(msg)
         self.msg = msg
         self.context = context
+
+
+class WorkshopUnreachable(WorkshopError):
+    """A part of the workshop that does not answer (Redis, the Docker Engine, a project with no
+    containers): read-only phases report it and go on, where a misconfiguration stops them."""

@@ -9,7 +9,7 @@ import time
 import traceback
 
 from ansible.module_utils.workshop_dotenv import dotenv_secret
-from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 
 try:
     import redis
@@ -99,7 +99,7 @@ class WorkshopRedis:
                 ) from None
             raise WorkshopError(f"Redis at {self.address} answered an error: {exc}", redis=self.address) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise WorkshopError(
+            raise WorkshopUnreachable(
                 f"Cannot reach Redis at {self.address} ({exc}): is the workshop's redis service running "
                 "and its port published there?",
                 redis=self.address,

@@ -61,6 +61,11 @@ class PlaybookRun:
             for m in RECAP.findall(completed.stdout)
         }
 
+    @property
+    def text(self):
+        """The output as one line of words, as the YAML callback's folded and quoted lines read."""
+        return " ".join(self.output.split()).replace("''", "'")
+
     def changed(self, host="localhost"):
         return self.recap[host]["changed"]
 

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -145,3 +146,46 @@ def test_the_union_check_catches_what_it_should():
 def test_host_code_compiles_on_old_pythons(version):
     python = pyenv_python(version)
     run(python, "-m", "py_compile", *map(str, HOST_CODE))
+
+
+def _boolean_variables():
+    """(role, name) of every variable a role's argument spec types as bool."""
+    for role in ROLES:
+        specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
+        for entry in specs["argument_specs"].values():
+            for name, option in entry["options"].items():
+                if option.get("type") == "bool":
+                    yield role, name
+
+
+BOOLEANS = sorted(set(_boolean_variables()))
+# Files where a variable is read in Jinja: every task file, template and playbook.
+JINJA_FILES = sorted(
+    [
+        *REPO.glob("roles/*/tasks/*.yml"),
+        *REPO.glob("roles/*/templates/*"),
+        *REPO.glob("playbooks/*.yml"),
+        REPO / "post_workshop.yml",
+    ]
+)
+
+
+def _unconverted_reads(name, text):
+    """Lines reading `name` without `| bool`: `-e name=false` arrives as the string "false", which is true.
+
+    Passing the value on as a module option (`option: "{{ name }}"`) is fine: modules convert it.
+    """
+    read = re.compile(rf"\b{name}\b(?!\s*\|\s*bool)")
+    passed_on = re.compile(rf"^\s*[\w.]+:\s*[\"']\{{\{{\s*{name}\s*\}}\}}[\"']\s*$")
+    return [line.strip() for line in text.splitlines() if read.search(line) and not passed_on.match(line)]
+
+
+@pytest.mark.parametrize(("role", "name"), BOOLEANS, ids=[name for _, name in BOOLEANS])
+def test_every_boolean_switch_works_given_as_a_string(role, name):
+    found = {str(path.relative_to(REPO)): _unconverted_reads(name, path.read_text()) for path in JINJA_FILES}
+    assert {path: lines for path, lines in found.items() if lines} == {}, f"read {name} with '| bool'"
+
+
+def test_the_boolean_check_catches_a_bare_read():
+    text = 'when: drain_reopen\nflag: "{{ drain_reopen }}"\nwhen: drain_reopen | bool\nwhen: not drain_reopen|bool'
+    assert _unconverted_reads("drain_reopen", text) == ["when: drain_reopen"]
