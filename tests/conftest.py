@@ -8,7 +8,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -203,3 +206,50 @@ def run_module(name, args, check=False, env=None):
 
 
 REDIS_ARGS = {"env_file": str(PROJECT_DIR / ".env")}
+
+
+SSH_PORT = 22022
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A real sshd on loopback that lets root in with a key made for this test."""
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / name], check=True)
+    shutil.copy(tmp_path / "client_key.pub", tmp_path / "authorized_keys")
+    config = tmp_path / "sshd_config"
+    config.write_text(
+        f"Port {SSH_PORT}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host_key'}\n"
+        f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PidFile {tmp_path / 'sshd.pid'}\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)
+    daemon = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", SSH_PORT), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                pytest.fail(f"sshd did not start: {daemon.stderr.read().decode() if daemon.poll() is not None else ''}")
+            time.sleep(0.1)
+    yield tmp_path / "client_key"
+    daemon.terminate()
+    daemon.wait(timeout=10)
+
+
+def ssh_inventory(tmp_path, client_key, host_vars=""):
+    """An inventory reaching the staging workshop as host `vps` over the real sshd, with the host's Python."""
+    python = os.environ.get("COMFY_WRAPUP_HOST_PYTHON") or sys.executable
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        "[workshop]\n"
+        f"vps ansible_host=127.0.0.1 ansible_port={SSH_PORT} ansible_user=root "
+        f"ansible_ssh_private_key_file={client_key} ansible_python_interpreter={python} "
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' "
+        f"workshop_project_dir={PROJECT_DIR} workshop_backup_root=/var/lib/comfy-wrapup/backups "
+        f"workshop_docker_host={os.environ['DOCKER_HOST']} {host_vars}\n"
+    )
+    return inventory

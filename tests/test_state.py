@@ -1,18 +1,8 @@
 """post_workshop.yml's first play, workshop_state, locally and over real SSH."""
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
 
-import pytest
-
-from conftest import PROJECT_DIR, compose, redis_answers, run_playbook, submit, wait_for, wait_for_status
-
-SSH_PORT = 22022
+from conftest import PROJECT_DIR, compose, redis_answers, run_playbook, ssh_inventory, submit, wait_for, wait_for_status
 
 
 def queue_line(output):
@@ -66,45 +56,8 @@ def test_an_unknown_compose_project_lists_the_known_ones(staging_workshop):
     assert "comfyui" in run.output
 
 
-@pytest.fixture
-def sshd(tmp_path):
-    """A real sshd on loopback that lets root in with a key made for this test."""
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / name], check=True)
-    shutil.copy(tmp_path / "client_key.pub", tmp_path / "authorized_keys")
-    config = tmp_path / "sshd_config"
-    config.write_text(
-        f"Port {SSH_PORT}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host_key'}\n"
-        f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {tmp_path / 'sshd.pid'}\n"
-    )
-    os.makedirs("/run/sshd", exist_ok=True)
-    daemon = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", SSH_PORT), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                pytest.fail(f"sshd did not start: {daemon.stderr.read().decode() if daemon.poll() is not None else ''}")
-            time.sleep(0.1)
-    yield tmp_path / "client_key"
-    daemon.terminate()
-    daemon.wait(timeout=10)
-
-
 def test_post_workshop_runs_over_ssh(staging_workshop, rdb, sshd, tmp_path):
-    inventory = tmp_path / "inventory"
-    inventory.write_text(
-        "[workshop]\n"
-        f"vps ansible_host=127.0.0.1 ansible_port={SSH_PORT} ansible_user=root "
-        f"ansible_ssh_private_key_file={sshd} ansible_python_interpreter={sys.executable} "
-        "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' "
-        f"workshop_id=staging-ssh workshop_project_dir={PROJECT_DIR} "
-        f"workshop_docker_host={os.environ['DOCKER_HOST']}\n"
-    )
+    inventory = ssh_inventory(tmp_path, sshd, "workshop_id=staging-ssh")
 
     run = run_playbook("post_workshop.yml", "--tags", "state", "-i", str(inventory))
 
