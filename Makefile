@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export COMFY_WRAPUP_HOST_PYTHON := $(CURDIR)/.venv-host/bin/python
 ENGINE := scripts/docker-engine.sh
 
-.PHONY: setup demo test lint bench staging-up staging-play staging-reset staging-down engine-stop
+.PHONY: setup demo test test-unit lint bench staging-up staging-play staging-reset staging-down engine-stop
 
 setup:
 	@scripts/bootstrap.sh
@@ -18,6 +18,10 @@ demo: setup
 
 test: setup
 	@$(ENGINE) run --stop pytest tests
+
+# The fast tier: everything that needs no Docker Engine.
+test-unit: setup
+	@pytest -m unit tests
 
 lint: setup
 	@pytest tests/test_lint.py

@@ -253,3 +253,10 @@ def ssh_inventory(tmp_path, client_key, host_vars=""):
         f"workshop_docker_host={os.environ['DOCKER_HOST']} {host_vars}\n"
     )
     return inventory
+
+
+def pytest_collection_modifyitems(items):
+    """Tiers: a test that needs the staging workshop (Docker) is marked `staging`; the rest are `unit`."""
+    for item in items:
+        needs_docker = "staging_workshop" in getattr(item, "fixturenames", ()) or item.get_closest_marker("staging")
+        item.add_marker(pytest.mark.staging if needs_docker else pytest.mark.unit)

@@ -2,6 +2,8 @@
 
 import subprocess
 
+import pytest
+
 from conftest import PROJECT_DIR, STAGING_VARS, compose, run_playbook, staging
 
 
@@ -28,6 +30,7 @@ def test_check_mode_previews_a_change_without_making_it(staging_workshop):
     assert "user007" not in compose("config", "--services").stdout
 
 
+@pytest.mark.staging  # asks the Docker Engine before it refuses
 def test_down_refuses_a_project_it_did_not_create(tmp_path):
     real = tmp_path / "comfyui"
     real.mkdir()
