@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export COMFY_WRAPUP_HOST_PYTHON := $(CURDIR)/.venv-host/bin/python
 ENGINE := scripts/docker-engine.sh
 
-.PHONY: setup demo test test-unit lint bench staging-up staging-play staging-reset staging-down engine-stop
+.PHONY: setup demo test test-unit lint sanity bench staging-up staging-play staging-reset staging-down engine-stop
 
 setup:
 	@scripts/bootstrap.sh
@@ -25,6 +25,10 @@ test-unit: setup
 
 lint: setup
 	@pytest tests/test_lint.py
+
+# Ansible's own sanity suite on the modules, laid out as a collection in a temporary folder.
+sanity: setup
+	@scripts/sanity.sh
 
 # Benchmarks against the checklist's own commands, side by side on the same data.
 bench: setup
