@@ -49,4 +49,8 @@ open(sys.argv[1], "w").write(script)
 PY
 cd "$collection"
 git init -q . && git add -A >/dev/null
-exec ansible-test sanity --color no --python "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" "$@"
+# compile and import run on every target Python that is on PATH: add pyenv's builds of the old ones.
+for build in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.*; do
+    [ -x "$build/bin/python" ] && PATH=$PATH:$build/bin
+done
+exec ansible-test sanity --color no "$@"
