@@ -12,6 +12,10 @@ description:
     duration mean, median, p95 and longest; wait times; queue depth over time and its peak; time to
     clear the queue after the cut-off (from the drain phase's run record); jobs per participant,
     attendance and dropouts; failures by error; models, resolutions and batch sizes.
+  - Ranked figures (jobs per participant, failures by error, models, resolutions, batch sizes) are
+    lists of C({name, count}) in rank order (most first, ties by name), so their order survives
+    C(metrics.json). Records that cannot be counted (not a JSON object, no C(user_id) or C(status))
+    are left out of every figure and counted, with their keys, in C(records).
   - With O(logs_dir), also counts errors, warnings, SSL, connection, thermal, restart, crash and
     requeue lines in the exported logs, exactly, with samples.
   - Writes C(metrics.json) through a temporary name; an unchanged result leaves the file alone.
@@ -76,7 +80,9 @@ path:
   returned: always
   type: str
 invalid_records:
-  description: Keys C(job:*) whose value is not a JSON object (skipped).
+  description:
+    - Keys C(job:*) whose value is not a JSON object, or whose record has no C(user_id) or C(status)
+      (skipped, and counted in the C(records) figure).
   returned: always
   type: list
   elements: str
@@ -126,7 +132,9 @@ def collect(params):
     else:
         records = jobs_from_redis(WorkshopRedis.from_params(params))
     drain = read_record(params["run_record"]).get("drain", {}) if params["run_record"] else {}
-    metrics = compute_metrics(records.jobs, registered(params), drain.get("started_at"), drain.get("final_time"))
+    metrics = compute_metrics(
+        records.jobs, registered(params), drain.get("started_at"), drain.get("final_time"), invalid=records.invalid
+    )
     metrics["duration_seconds"] = durations_of(records.jobs)
     metrics["logs"] = analyze_log_dir(params["logs_dir"]) if params["logs_dir"] else None
     return metrics, records.invalid

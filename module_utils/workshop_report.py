@@ -14,9 +14,12 @@ from datetime import datetime, timezone
 
 from ansible.module_utils.workshop_time import parse_time
 
-LOG_CATEGORIES = ("errors", "warnings", "ssl", "connection", "thermal", "restarts", "requeues")
-TOP_ERRORS = 5
+LOG_CATEGORIES = ("errors", "warnings", "ssl", "connection", "thermal", "restarts", "crashes", "requeues")
+# Log categories the job figures already say: listed as issues only when there are no job metrics.
+JOB_LOG_CATEGORIES = ("job_failures",)
+TOP_ISSUES = 10
 TOP_LIST = 5
+INVALID_SHOWN = 5
 SAMPLE_CHARS = 300
 MAX_BARS = 60
 TIME_STEPS_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 240, 360, 720, 1440)
@@ -70,12 +73,21 @@ def format_percent(value):
     return f"{float(as_number(value)):.1f}%"
 
 
-def format_seconds(value):
-    return f"{float(as_number(value)):.1f} seconds"
+def _trimmed(number):
+    """One decimal, without a trailing .0: 93.0 -> "93", 47.84 -> "47.8"."""
+    text = f"{number:.1f}"
+    return text[:-2] if text.endswith(".0") else text
 
 
-def format_minutes(seconds):
-    return f"{float(as_number(seconds)) / 60:.1f} minutes"
+def format_duration(seconds):
+    """A duration in the unit that fits: "6 s", "93 s", "3.1 min", "7.3 h" (under 2 minutes in seconds,
+    under 2 hours in minutes), so a short workshop never reads "0.0 hours"."""
+    value = float(as_number(seconds))
+    if abs(value) < 120:
+        return f"{_trimmed(value)} s"
+    if abs(value) < 7200:
+        return f"{_trimmed(value / 60)} min"
+    return f"{_trimmed(value / 3600)} h"
 
 
 def format_clock(value):
@@ -183,10 +195,25 @@ def _get(data, *keys):
     return data
 
 
-def _ranked_list(counts, suffix="", limit=TOP_LIST):
-    """Runs naming the most frequent entries of {name: n}: `name` (n jobs<suffix>), ..."""
+def ranked_pairs(ranking):
+    """[(name, count)] of a ranked figure, in its order: metrics.json holds a list of {name, count}
+    (or of [name, count] pairs); a dict (older metrics) gives its items in its order. Entries of
+    another shape are skipped."""
+    if isinstance(ranking, dict):
+        return list(ranking.items())
+    pairs = []
+    for entry in ranking if isinstance(ranking, (list, tuple)) else ():
+        if isinstance(entry, dict) and "name" in entry:
+            pairs.append((entry["name"], entry.get("count")))
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+            pairs.append((entry[0], entry[1]))
+    return pairs
+
+
+def _ranked_list(ranking, suffix="", limit=TOP_LIST):
+    """Runs naming the first entries of a ranked figure, in its order: `name` (n jobs<suffix>), ..."""
     runs = []
-    for name, n in list(counts.items())[:limit]:
+    for name, n in ranked_pairs(ranking)[:limit]:
         runs += [", "] if runs else []
         runs += [Code(name), f" ({plural(n, 'job')}{suffix})"]
     return runs
@@ -224,7 +251,7 @@ def _participants(metrics, reason):
         _field("Attended", _get(people, "attended"), listed, why),
         _field("Dropouts", _get(people, "dropouts"), listed, why),
         _field(
-            "Completion rate", _get(people, "attendance_rate"), format_percent, why if people is None else "nobody registered"
+            "Attendance rate", _get(people, "attendance_rate"), format_percent, why if people is None else "nobody registered"
         ),
     ]
     unregistered = _get(people, "unregistered")
@@ -239,16 +266,16 @@ def _performance(metrics, reason):
     durations = _get(metrics, "durations")
 
     def average(mean):
-        runs = [format_seconds(mean)]
+        runs = [format_duration(mean)]
         if durations.get("median") is not None and durations.get("p95") is not None:
             runs.append(
-                f" (median {format_number(durations['median'])} s, 95th percentile {format_number(durations['p95'])} s,"
-                f" over {format_number(durations.get('count'))} completed jobs)"
+                f" (median {format_duration(durations['median'])}, 95th percentile {format_duration(durations['p95'])},"
+                f" over {plural(durations.get('count'), 'completed job')})"
             )
         return runs
 
     def longest(seconds):
-        runs = [format_minutes(seconds)]
+        runs = [format_duration(seconds)]
         if durations.get("max_job_id"):
             runs += [" (job ", Code(durations["max_job_id"]), ")"]
         return runs
@@ -265,7 +292,37 @@ def _performance(metrics, reason):
     others = [(name, _get(jobs, name)) for name in ("cancelled", "pending", "running")]
     if any(n for _, n in others):
         lines.append(("Not completed otherwise", [", ".join(f"{name}: {format_number(n or 0)}" for name, n in others)]))
+    lines.append(_field("Job records", _get(metrics, "records"), _records, why if metrics is None else "not counted"))
     return ("System Performance Metrics", lines, False)
+
+
+def _records(read):
+    """ "57 read, all counted", or which records could not be counted and are left out of every figure."""
+    invalid = as_number(read.get("invalid")) or 0
+    total = format_number(read.get("read"))
+    if not invalid:
+        return [f"{total} read, all counted"]
+    keys = [str(key) for key in read.get("invalid_keys") or []]
+    runs = [f"{total} read; {plural(invalid, 'unreadable or invalid record')} left out of every figure"]
+    if keys:
+        runs.append(" (")
+        for i, key in enumerate(keys[:INVALID_SHOWN]):
+            runs += [", "] if i else []
+            runs.append(Code(key))
+        if invalid > min(len(keys), INVALID_SHOWN):
+            runs.append(f" and {format_number(invalid - min(len(keys), INVALID_SHOWN))} more")
+        runs.append(")")
+    runs.append(": not a JSON object, or no user_id or status")
+    return runs
+
+
+def _seconds(figures, name, unit):
+    """figures[name_seconds], or an older metrics.json's figure in hours or minutes (unit: its seconds)."""
+    seconds = as_number(_get(figures, f"{name}_seconds"))
+    if seconds is None:
+        older = as_number(_get(figures, f"{name}_{'hours' if unit == 3600 else 'minutes'}"))
+        seconds = older * unit if older is not None else None
+    return seconds
 
 
 def _timing(metrics, reason):
@@ -276,22 +333,22 @@ def _timing(metrics, reason):
         runs = [f"{format_number(depth)} jobs"]
         return [*runs, f" (at {format_clock(queue['peak_at'])})"] if queue.get("peak_at") else runs
 
-    def clear(minutes):
-        runs = [f"{format_number(minutes)} minutes"]
+    def clear(seconds):
+        runs = [format_duration(seconds)]
         if drain.get("cutoff") and drain.get("final_time"):
             runs.append(f" (cut-off {format_clock(drain['cutoff'])}, queue empty {format_clock(drain['final_time'])})")
         return runs
 
     def longest_wait(seconds):
-        runs = [format_minutes(seconds)]
+        runs = [format_duration(seconds)]
         return [*runs, " (job ", Code(wait["max_job_id"]), ")"] if wait.get("max_job_id") else runs
 
     lines = [
-        _field("Workshop duration", _get(metrics, "timeline", "duration_hours"), lambda h: f"{format_number(h)} hours", why),
+        _field("Workshop duration", _seconds(_get(metrics, "timeline"), "duration", 3600), format_duration, why),
         _field("Peak queue depth", _get(queue, "peak"), peak, why),
         _field(
             "Time to clear queue",
-            _get(drain, "time_to_clear_minutes"),
+            _seconds(drain, "time_to_clear", 60),
             clear,
             reason if metrics is None else "the drain's cut-off or final time was not recorded",
         ),
@@ -346,15 +403,22 @@ def _network(network, network_reason, logs):
     reason = network_reason or "no network probe was run"
     timeouts = as_number(_get(network, "timeouts"))
     connection = as_number(_get(logs, "totals", "connection"))
-    if network is None and logs is None:
-        stability = [Missing(reason)]
+    problems = []
+    if timeouts:
+        problems.append(plural(timeouts, "timeout"))
+    if connection:
+        problems.append(f"{plural(connection, 'connection error')} in the logs")
+    if problems:
+        stability = [f"Issues ({', '.join(problems)})"]
+    elif network is None and logs is None:
+        stability = [Missing(f"{reason}, and no logs were analysed")]
+    elif network is None:
+        # The logs say nothing went wrong; without a probe, nobody measured the link itself.
+        stability = ["No connection errors in the logs; the link itself ", Missing(reason)]
+    elif logs is None:
+        stability = ["Stable (no probe timeouts; logs not analysed)"]
     else:
-        problems = []
-        if timeouts:
-            problems.append(plural(timeouts, "timeout"))
-        if connection:
-            problems.append(f"{plural(connection, 'connection error')} in the logs")
-        stability = [f"Issues ({', '.join(problems)})"] if problems else ["Stable"]
+        stability = ["Stable (no probe timeouts, no connection errors in the logs)"]
     lines = [
         _field("Latency VPS ↔ GPU", _get(network, "latency_ms"), lambda ms: f"{format_number(ms)}ms", reason),
         ("Connection stability", stability),
@@ -377,25 +441,44 @@ def _log_sample(services, category):
 
 
 def _issues(metrics, logs):
-    lines = []
-    for error, n in list((_get(metrics, "failures", "by_error") or {}).items())[:TOP_ERRORS]:
-        lines.append(
-            (None, ["Failed jobs: ", Code(one_line(error)), f" ({plural(n, 'job')}). Resolution: ", Prompt("resolution")])
-        )
+    """One numbered line per issue, most frequent first (ties: failed jobs first, then by name).
+
+    Failed jobs are listed once per distinct error (the same text counts once, whatever its
+    spacing); log categories by their line counts. The worker's `Job ... failed` lines are the
+    failed jobs again, so they are listed only when there are no job metrics to list them from.
+    """
+    entries = {}  # (kind, name) -> [count, runs], so an issue is listed once
+    for error, n in ranked_pairs(_get(metrics, "failures", "by_error")):
+        count = as_number(n) or 0
+        text = one_line(" ".join(str(error).split()))
+        key = ("job", text)
+        if key in entries:
+            entries[key][0] += count
+        else:
+            entries[key] = [count, None]
+    for key, entry in entries.items():
+        entry[1] = ["Failed jobs: ", Code(key[1]), f" ({plural(entry[0], 'job')})"]
     totals = _get(logs, "totals") or {}
-    for category in [*LOG_CATEGORIES, *sorted(set(totals) - set(LOG_CATEGORIES))]:
+    categories = [*LOG_CATEGORIES, *sorted(set(totals) - set(LOG_CATEGORIES) - set(JOB_LOG_CATEGORIES))]
+    if metrics is None:
+        categories += list(JOB_LOG_CATEGORIES)
+    for category in categories:
         n = as_number(totals.get(category))
         if not n:
             continue
         where, sample = _log_sample(_get(logs, "services"), category)
-        runs = [f"Log lines about {category}: {format_number(n)}"]
+        runs = [f"Log lines about {category.replace('_', ' ')}: {format_number(n)}"]
         if where:
             runs.append(" (")
             runs.append(Code(where))
             runs.append(")")
         if sample is not None:
             runs += [", e.g. ", Code(one_line(sample))]
-        lines.append((None, [*runs, ". Resolution: ", Prompt("resolution")]))
+        entries[("log", category)] = [n, runs]
+    ranked = sorted(entries.items(), key=lambda item: (-item[1][0], item[0][0] != "job", item[0][1]))
+    lines = [(None, [*runs, ". Resolution: ", Prompt("resolution")]) for _, (_, runs) in ranked[:TOP_ISSUES]]
+    if len(ranked) > TOP_ISSUES:
+        lines.append((None, [f"{len(ranked) - TOP_ISSUES} less frequent issues not listed (see metrics.json)."]))
     if not lines:
         if metrics is None and logs is None:
             lines.append((None, [Missing("no job metrics and no logs were collected")]))
@@ -409,7 +492,7 @@ def _issues(metrics, logs):
 def _workflows(metrics, reason):
     why = reason if metrics is None else "no model loaders in the workflows"
     models = _get(metrics, "models")
-    failed = _get(models, "failed") or {}
+    failed = ranked_pairs(_get(models, "failed"))
 
     def worked(succeeded):
         runs = _ranked_list(succeeded, " completed")
@@ -419,16 +502,16 @@ def _workflows(metrics, reason):
 
     resolutions, batches = _get(metrics, "resolutions"), _get(metrics, "batch_sizes")
     lines = [
-        _field("Models that worked well", _get(models, "succeeded") or None, worked, why),
+        _field("Models that worked well", ranked_pairs(_get(models, "succeeded")) or None, worked, why),
         _field(
             "Popular resolutions",
-            resolutions or None,
+            ranked_pairs(resolutions) or None,
             _ranked_list,
             reason if metrics is None else "no latent sizes",
         ),
         _field(
             "Most common batch sizes",
-            batches or None,
+            ranked_pairs(batches) or None,
             _ranked_list,
             reason if metrics is None else "no batch sizes",
         ),
@@ -459,7 +542,8 @@ def _stability(logs, context):
         return [*runs, f"; {plural(in_logs, 'restart line')} in the logs"] if in_logs else runs
 
     lines = [
-        _field("Service restarts", restarts, restart_count, "Docker's restart counts were not collected"),
+        # No counts at all ({} as well as None) is "not collected", never "0".
+        _field("Service restarts", restarts or None, restart_count, "Docker's restart counts were not collected"),
         ("Emergency procedures", [Prompt("None/Count")]),
         ("SLA achievement", [Prompt("% of the agreed service level met")]),
         ("Uptime", [Prompt("% (calculated as: working_time / total_time)")]),
@@ -495,6 +579,63 @@ def _backup_layout(backup):
     return kinds
 
 
+MAX_FAILURES_SHOWN = 5
+
+
+def backup_verify(record):
+    """The run record's verification of the backup: backup.verify, or the older top-level verify; None when absent."""
+    verify = _get(record, "backup", "verify")
+    if not isinstance(verify, dict):
+        verify = _get(record, "verify")
+    return verify if isinstance(verify, dict) and "ok" in verify else None
+
+
+def verify_state(record):
+    """ "verified", "failed" or "unverified": what the run record says of the recorded backup.
+
+    A verification of another backup than the one recorded verifies nothing of it; `ok` must be
+    true itself (not just truthy text), and a failure is never read as verified.
+    """
+    verify, backup = backup_verify(record), _get(record, "backup") or {}
+    if verify is None:
+        return "unverified"
+    checked = verify.get("backup") or verify.get("name")
+    if checked and backup.get("name") and str(checked) != str(backup.get("name")):
+        return "unverified"
+    ok = verify.get("ok")
+    if ok is True or (isinstance(ok, str) and ok.strip().lower() == "true"):
+        return "verified"
+    return "failed"
+
+
+def _verify_runs(verify, backup):
+    """The verification, as runs after the backup's path: ", verified <when>", or what FAILED, down to the member."""
+    state = verify_state({"backup": {**backup, "verify": verify}} if verify else {"backup": backup})
+    when = f" at {format_stamp(verify['at'])}" if verify and verify.get("at") else ""
+    if state == "verified":
+        return [f", verified{when}"]
+    if state == "unverified":
+        checked = verify and (verify.get("backup") or verify.get("name"))
+        if checked:
+            return [", NOT VERIFIED (the last verification was of ", Code(str(checked)), ")"]
+        return [", NOT VERIFIED (no verification is recorded)"]
+    runs = [f", FAILED verification{when}"]
+    failures = [entry for entry in verify.get("failures") or [] if isinstance(entry, dict)]
+    for i, failure in enumerate(failures[:MAX_FAILURES_SHOWN]):
+        runs.append(": " if i == 0 else "; ")
+        where = str(failure.get("file") or "?")
+        if failure.get("member"):
+            where += f" member {failure['member']}"
+        runs.append(Code(where))
+        if failure.get("reason"):
+            runs += [" (", Code(str(failure["reason"])), ")"]
+    if len(failures) > MAX_FAILURES_SHOWN:
+        runs.append(f"; and {len(failures) - MAX_FAILURES_SHOWN} more")
+    if not failures:
+        runs.append(" (what failed was not recorded)")
+    return runs
+
+
 def _files(record):
     backup = _get(record, "backup")
     if not backup:
@@ -519,11 +660,7 @@ def _files(record):
     full = [Code(path)]
     if as_number(backup.get("files")) is not None:
         full.append(f" ({format_number(backup['files'])} files)")
-    verify = _get(record, "verify")
-    if verify and verify.get("ok"):
-        full.append(", verified")
-    else:
-        full.append(", not verified")
+    full += _verify_runs(backup_verify(record), backup)
     lines = [
         ("Logs", log_runs),
         ("Outputs backup", named(kinds["outputs"])),
@@ -536,11 +673,22 @@ def _files(record):
     return ("Files Generated", lines, False)
 
 
+def announced_cutoff(cutoff, zone):
+    """The announced cut-off with its time zone: an ISO time as "16:30 UTC"; a clock time as
+    announced ("4:30 PM") followed by `zone` (the zone the announcement was made in), unless it names one."""
+    moment = parse_time(cutoff) if "T" in str(cutoff) else None
+    if moment is not None:
+        return format_clock(moment)
+    text = str(cutoff).strip()
+    zone = str(zone or "UTC").strip()
+    return text if text.upper().endswith(zone.upper()) else f"{text} {zone}"
+
+
 def _notes(record, context):
     lines = []
     announcement, drain = _get(record, "announcement"), _get(record, "drain")
     if announcement and announcement.get("cutoff"):
-        lines.append(("Announced cut-off", [Code(announcement["cutoff"])]))
+        lines.append(("Announced cut-off", [Code(announced_cutoff(announcement["cutoff"], context.get("timezone")))]))
     if drain and drain.get("final_time"):
         runs = [format_stamp(drain["final_time"])]
         if drain.get("total_jobs") is not None:
@@ -583,21 +731,34 @@ def build_report(metrics, logs, gpu, gpu_reason, network, network_reason, record
         _files(record),
         _notes(record, context),
     ]
-    verified = bool(_get(record, "verify", "ok"))
+    state = verify_state(record)
+    follow_up = {
+        "verified": [],
+        "unverified": [" (the backup was not verified: NEEDS FOLLOW-UP at least for that)"],
+        "failed": [" (the backup FAILED verification: NEEDS FOLLOW-UP, see Files Generated)"],
+    }[state]
     footer = [
         (
             "Report completed",
             [f"{format_stamp(context['generated_at'])} (generated)"] if context.get("generated_at") else [Prompt("date")],
         ),
         ("Completed by", [Prompt("admin name")]),
-        (
-            "Status",
-            [Prompt("READY FOR STORAGE / NEEDS FOLLOW-UP")]
-            + ([] if verified else [" (the backup was not verified: NEEDS FOLLOW-UP at least for that)"]),
-        ),
+        ("Status", [Prompt("READY FOR STORAGE / NEEDS FOLLOW-UP"), *follow_up]),
     ]
-    title = f"Workshop Report - {context.get('date') or format_stamp(context.get('generated_at'))}"
-    return title, header, sections, footer
+    return report_title(metrics, record, context), header, sections, footer
+
+
+def report_title(metrics, record, context):
+    """ "Workshop Report - <day>": the date given, else the day the first job came in, else the drain's
+    day; with none of them, the workshop's name (never "None", never the time the report was written)."""
+    day = context.get("date")
+    for moment in (_get(metrics, "timeline", "first_job_at"), _get(record, "drain", "final_time")):
+        if not day and parse_time(moment) is not None:
+            day = parse_time(moment).strftime("%Y-%m-%d")
+    name = context.get("workshop_id")
+    if day:
+        return f"Workshop Report - {day}"
+    return f"Workshop Report - {name}" if name else "Workshop Report"
 
 
 # --- Markdown ----------------------------------------------------------------------------------------
@@ -777,7 +938,7 @@ def queue_depth_chart(queue_depth, reason="no queue depth series"):
 def jobs_per_participant_chart(per_participant, reason="no jobs per participant"):
     """The <figure> of jobs per participant: one horizontal bar each, most jobs first (dropouts show 0)."""
     name = "Jobs per participant"
-    rows = [(user, as_number(n) or 0) for user, n in (per_participant or {}).items()]
+    rows = [(user, as_number(n) or 0) for user, n in ranked_pairs(per_participant)]
     if not rows:
         return _not_measured_figure("chart-jobs-per-participant", name, reason)
     rows.sort(key=lambda row: (-row[1], str(row[0])))
