@@ -45,7 +45,9 @@ options:
     description: The RDB snapshot, for O(source=rdb).
     type: path
   registered_users:
-    description: The participants registered. Default C(user001) to C(userNNN) with C(NUM_USERS) of O(env_file).
+    description:
+      - The participants registered. Default C(user001) to C(userNNN) with C(NUM_USERS) of O(env_file).
+      - With O(source=rdb), a missing O(env_file) leaves them unknown (with a warning) rather than failing.
     type: list
     elements: str
   run_record:
@@ -89,6 +91,7 @@ invalid_records:
 """
 
 import json
+import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_dotenv import read_dotenv
@@ -106,10 +109,15 @@ from ansible.module_utils.workshop_redis import (
 )
 
 
-def registered(params):
+def registered(params, warn=None):
     if params["registered_users"] is not None:
         return params["registered_users"]
     if not params["env_file"]:
+        return []
+    if params["source"] == "rdb" and not os.path.exists(params["env_file"]):
+        # Reading from the snapshot is for a workshop that is gone, .env and all: the jobs still count.
+        if warn:
+            warn(f"No .env at {params['env_file']}: registered participants unknown; set registered_users")
         return []
     count = read_dotenv(params["env_file"]).get("NUM_USERS", "0")
     if not count.isdigit():
@@ -126,14 +134,14 @@ def durations_of(jobs):
     )
 
 
-def collect(params):
+def collect(params, warn=None):
     if params["source"] == "rdb":
         records = jobs_from_rdb(params["rdb_path"])
     else:
         records = jobs_from_redis(WorkshopRedis.from_params(params))
     drain = read_record(params["run_record"]).get("drain", {}) if params["run_record"] else {}
     metrics = compute_metrics(
-        records.jobs, registered(params), drain.get("started_at"), drain.get("final_time"), invalid=records.invalid
+        records.jobs, registered(params, warn), drain.get("started_at"), drain.get("final_time"), invalid=records.invalid
     )
     metrics["duration_seconds"] = durations_of(records.jobs)
     metrics["logs"] = analyze_log_dir(params["logs_dir"]) if params["logs_dir"] else None
@@ -160,7 +168,7 @@ def main():
         module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
     dest = module.params["dest"]
     try:
-        metrics, invalid = collect(module.params)
+        metrics, invalid = collect(module.params, module.warn)
         content = (json.dumps(metrics, indent=1, sort_keys=True, default=str) + "\n").encode()
         changed = write_if_changed(dest, content, 0o640, module.check_mode)
     except WorkshopError as exc:

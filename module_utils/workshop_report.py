@@ -10,8 +10,12 @@ text that comes from job records or logs is escaped: error messages and log line
 
 import html
 import math
+import os
+import re
 from datetime import datetime, timezone
 
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import write_if_changed
 from ansible.module_utils.workshop_time import parse_time
 
 LOG_CATEGORIES = ("errors", "warnings", "ssl", "connection", "thermal", "restarts", "crashes", "requeues")
@@ -1042,3 +1046,56 @@ def render_html(metrics, logs, gpu, gpu_reason, network, network_reason, record,
         out.append(f"<p><strong>{_e(label)}:</strong> {_html_runs(runs)}</p>")
     out += ["</footer>", "</body>", "</html>", ""]
     return "\n".join(out)
+
+
+# --- the files ------------------------------------------------------------------------------------------
+
+# Stands for the generation time while rendering: plain letters, so neither rendering escapes it.
+STAMP = "QQREPORTGENERATEDATQQ"
+REPORT_FILES = ("report.md", "report.html")
+
+
+def _stamp_in(template, current):
+    """The generation time `current` shows where `template` has STAMP, when everything else is equal; else None."""
+    if current is None:
+        return None
+    if STAMP not in template:
+        return "" if current == template else None
+    pattern = re.escape(template).replace(re.escape(STAMP), r"([^\n<>]{1,64}?)")
+    match = re.fullmatch(pattern, current, re.S)
+    if match is None or len(set(match.groups())) != 1:
+        return None
+    return match.group(1)
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8") as current:
+            return current.read()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    except OSError as exc:
+        raise WorkshopError(f"Cannot read the report {path}: {exc.strerror}", path=path) from None
+
+
+def write_report(dest, inputs, now, check_mode=False):
+    """Render the report (render_markdown's keyword `inputs`) into `dest`/report.md and report.html.
+
+    The generation time is `now` (the time of writing, as a datetime, ISO text or epoch), unless the
+    context gives one. A report whose content is unchanged but for that time is left alone (keeping
+    the time it was written), so a second run on the same data changes nothing; when any part
+    changed, both files are written with the new time. In check mode nothing is written.
+
+    Returns (changed, {file name: text as written or as it would be}, generation time shown).
+    """
+    context = dict(inputs.get("context") or {})
+    stamp = format_stamp(context.get("generated_at") or now)
+    rendering = {**inputs, "context": {**context, "generated_at": STAMP}}
+    templates = dict(zip(REPORT_FILES, (render_markdown(**rendering), render_html(**rendering))))
+    paths = {name: os.path.join(dest, name) for name in REPORT_FILES}
+    found = {_stamp_in(templates[name], _read_text(paths[name])) for name in REPORT_FILES}
+    if not context.get("generated_at") and len(found) == 1 and None not in found:
+        stamp = found.pop()  # unchanged: keep the time it was written
+    texts = {name: template.replace(STAMP, stamp) for name, template in templates.items()}
+    changed = [write_if_changed(paths[name], texts[name].encode(), 0o640, check_mode) for name in REPORT_FILES]
+    return any(changed), texts, stamp

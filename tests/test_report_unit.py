@@ -3,6 +3,7 @@
 import copy
 import json
 import re
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
@@ -581,3 +582,62 @@ def test_a_verify_of_another_backup_does_not_verify_this_one(inputs):
     inputs["record"]["backup"].pop("verify")
     inputs["record"].pop("verify")
     assert full_backup_line(inputs).endswith("NOT VERIFIED (no verification is recorded)")
+
+
+# --- the module: metrics passed in, a preview in check mode, stamped with the time of writing --------
+
+
+def run_report_module(capsys, args, check=False):
+    from ansible.module_utils.testing import patch_module_args
+
+    from conftest import load_module
+
+    module = load_module("workshop_report")
+    with patch_module_args({**args, "_ansible_check_mode": check}), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def module_args(inputs, dest, record):
+    record.write_text(json.dumps(inputs["record"]))
+    context = {key: value for key, value in inputs["context"].items() if key != "generated_at"}
+    metrics = {**inputs["metrics"], "logs": inputs["logs"], "duration_seconds": inputs["durations"]}
+    return {"dest": str(dest), "metrics": metrics, "run_record": str(record), "context": context}
+
+
+def test_check_mode_returns_the_preview_and_writes_nothing(inputs, tmp_path, capsys):
+    args = module_args(inputs, tmp_path / "report", tmp_path / "run-record.json")
+    result = run_report_module(capsys, args, check=True)
+    assert result["changed"] is True
+    assert result["markdown"].startswith("# Workshop Report - 2026-01-15\n")
+    assert "- Total jobs submitted: 57" in result["markdown"]
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_report_is_stamped_when_written_and_a_rerun_changes_nothing(inputs, tmp_path, capsys):
+    args = module_args(inputs, tmp_path / "report", tmp_path / "run-record.json")
+    before = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    first = run_report_module(capsys, args)
+    after = datetime.now(timezone.utc)
+    assert first["changed"] is True
+    stamped = datetime.strptime(first["generated_at"], "%Y-%m-%d %H:%M UTC").replace(tzinfo=timezone.utc)
+    assert before <= stamped <= after  # the time of writing, not the drain's 16:48
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert markdown == first["markdown"]
+    assert f"**Report completed:** {first['generated_at']} (generated)" in markdown
+    html_page = (tmp_path / "report" / "report.html").read_text()
+    assert f"{first['generated_at']} (generated)" in html_page
+
+    # The same data a minute later: nothing changes, the first time stays.
+    for name in ("report.md", "report.html"):
+        path = tmp_path / "report" / name
+        path.write_text(path.read_text().replace(first["generated_at"], "2026-01-16 09:00 UTC"))
+    again = run_report_module(capsys, args)
+    assert again["changed"] is False
+    assert again["generated_at"] == "2026-01-16 09:00 UTC"
+
+    # New data: both files are written again, with the new time.
+    args["metrics"]["jobs"]["failed"] = 5
+    third = run_report_module(capsys, args)
+    assert third["changed"] is True and third["generated_at"] != "2026-01-16 09:00 UTC"
+    assert "2026-01-16 09:00 UTC" not in (tmp_path / "report" / "report.html").read_text()
