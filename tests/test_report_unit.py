@@ -9,18 +9,16 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.workshop_report import (
+from ansible.module_utils.workshop_report import render_html, render_markdown
+from ansible.module_utils.workshop_report_charts import (
     count_ticks,
-    format_duration,
-    format_percent,
     histogram_bins,
     linear_scale,
     nice_step,
-    render_html,
-    render_markdown,
     step_points,
     time_ticks,
 )
+from ansible.module_utils.workshop_report_text import format_duration, format_percent
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_inputs.json"
 SECTIONS = [
