@@ -718,3 +718,32 @@ def test_jobs_from_rdb_reads_db_0_only(tmp_path):
 def test_an_empty_server_has_no_jobs(tmp_path):
     with scratch_redis(tmp_path) as conn:
         assert jobs_from_redis(conn) == JobRecords([], [])
+
+
+# --- the module on a snapshot alone: no Redis, no .env -------------------------------------------------
+
+
+def test_the_module_reads_a_version_12_snapshot_with_no_redis_and_no_env(tmp_path, capsys):
+    """report_source=rdb is for a workshop that is gone: the snapshot is enough, a missing .env a warning."""
+    from ansible.module_utils.testing import patch_module_args
+    from test_rdb import build_rdb
+
+    from conftest import load_module
+
+    dump = tmp_path / "dump.rdb"
+    dump.write_bytes(bytes(build_rdb(12)))
+    args = {
+        "dest": str(tmp_path / "report" / "metrics.json"),
+        "source": "rdb",
+        "rdb_path": str(dump),
+        "env_file": str(tmp_path / "gone" / ".env"),
+        "redis_port": free_port(),  # nothing listens there
+    }
+    with patch_module_args(args), pytest.raises(SystemExit):
+        load_module("workshop_metrics").main()
+    result = json.loads(capsys.readouterr().out)
+    assert result.get("failed") is not True, result
+    assert result["metrics"]["jobs"]["submitted"] == 3
+    assert result["metrics"]["records"] == {"read": 3, "valid": 3, "invalid": 0, "invalid_keys": []}
+    assert "No .env at" in json.dumps(result["warnings"])
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == result["metrics"]
