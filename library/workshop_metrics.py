@@ -12,6 +12,10 @@ description:
     duration mean, median, p95 and longest; wait times; queue depth over time and its peak; time to
     clear the queue after the cut-off (from the drain phase's run record); jobs per participant,
     attendance and dropouts; failures by error; models, resolutions and batch sizes.
+  - Ranked figures (jobs per participant, failures by error, models, resolutions, batch sizes) are
+    lists of C({name, count}) in rank order (most first, ties by name), so their order survives
+    C(metrics.json). Records that cannot be counted (not a JSON object, no C(user_id) or C(status))
+    are left out of every figure and counted, with their keys, in C(records).
   - With O(logs_dir), also counts errors, warnings, SSL, connection, thermal, restart, crash and
     requeue lines in the exported logs, exactly, with samples.
   - Writes C(metrics.json) through a temporary name; an unchanged result leaves the file alone.
@@ -41,7 +45,9 @@ options:
     description: The RDB snapshot, for O(source=rdb).
     type: path
   registered_users:
-    description: The participants registered. Default C(user001) to C(userNNN) with C(NUM_USERS) of O(env_file).
+    description:
+      - The participants registered. Default C(user001) to C(userNNN) with C(NUM_USERS) of O(env_file).
+      - With O(source=rdb), a missing O(env_file) leaves them unknown (with a warning) rather than failing.
     type: list
     elements: str
   run_record:
@@ -76,13 +82,16 @@ path:
   returned: always
   type: str
 invalid_records:
-  description: Keys C(job:*) whose value is not a JSON object (skipped).
+  description:
+    - Keys C(job:*) whose value is not a JSON object, or whose record has no C(user_id) or C(status)
+      (skipped, and counted in the C(records) figure).
   returned: always
   type: list
   elements: str
 """
 
 import json
+import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_dotenv import read_dotenv
@@ -100,10 +109,15 @@ from ansible.module_utils.workshop_redis import (
 )
 
 
-def registered(params):
+def registered(params, warn=None):
     if params["registered_users"] is not None:
         return params["registered_users"]
     if not params["env_file"]:
+        return []
+    if params["source"] == "rdb" and not os.path.exists(params["env_file"]):
+        # Reading from the snapshot is for a workshop that is gone, .env and all: the jobs still count.
+        if warn:
+            warn(f"No .env at {params['env_file']}: registered participants unknown; set registered_users")
         return []
     count = read_dotenv(params["env_file"]).get("NUM_USERS", "0")
     if not count.isdigit():
@@ -120,13 +134,15 @@ def durations_of(jobs):
     )
 
 
-def collect(params):
+def collect(params, warn=None):
     if params["source"] == "rdb":
         records = jobs_from_rdb(params["rdb_path"])
     else:
         records = jobs_from_redis(WorkshopRedis.from_params(params))
     drain = read_record(params["run_record"]).get("drain", {}) if params["run_record"] else {}
-    metrics = compute_metrics(records.jobs, registered(params), drain.get("started_at"), drain.get("final_time"))
+    metrics = compute_metrics(
+        records.jobs, registered(params, warn), drain.get("started_at"), drain.get("final_time"), invalid=records.invalid
+    )
     metrics["duration_seconds"] = durations_of(records.jobs)
     metrics["logs"] = analyze_log_dir(params["logs_dir"]) if params["logs_dir"] else None
     return metrics, records.invalid
@@ -152,7 +168,7 @@ def main():
         module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
     dest = module.params["dest"]
     try:
-        metrics, invalid = collect(module.params)
+        metrics, invalid = collect(module.params, module.warn)
         content = (json.dumps(metrics, indent=1, sort_keys=True, default=str) + "\n").encode()
         changed = write_if_changed(dest, content, 0o640, module.check_mode)
     except WorkshopError as exc:

@@ -6,18 +6,21 @@ DOCUMENTATION = r"""
 module: workshop_report
 short_description: Write the workshop report (Markdown and self-contained HTML) from its metrics
 description:
-  - Fills the checklist's report template section by section from C(metrics.json), the run record,
-    the GPU facts and the network probe. A figure without a measurement reads
-    C(not measured - <reason>); what only a person can know is left as a marked prompt.
+  - Fills the checklist's report template section by section from the metrics (the result of the
+    workshop_metrics module, passed in, not read back from disk), the run record, the GPU facts and
+    the network probe. A figure without a measurement reads C(not measured - <reason>); what only a
+    person can know is left as a marked prompt.
+  - Ranked figures are shown in the order the metrics give them (most first).
   - Writes C(report.md) and C(report.html) (inline SVG charts of the queue depth over time, jobs per
-    participant and job durations; nothing fetched, readable offline) through temporary names; an
-    unchanged report leaves the files alone.
+    participant and job durations; nothing fetched, readable offline) through temporary names.
+  - The report is stamped with the time it is written. A report unchanged but for that time is left
+    alone, so a second run on the same data changes nothing.
 version_added: "0.1.0"
 author: comfy-wrapup
 attributes:
   check_mode:
     support: full
-    description: Renders the report and tells whether the files would change, without writing them.
+    description: Renders the report and returns it (O(markdown)) with whether the files would change, writing nothing.
   diff_mode:
     support: none
 options:
@@ -25,12 +28,12 @@ options:
     description: Folder to write report.md and report.html into.
     type: path
     required: true
-  metrics_file:
-    description: The metrics.json written by the workshop_metrics module.
-    type: path
+  metrics:
+    description: The workshop's figures, as the workshop_metrics module returns them (its C(metrics)).
+    type: dict
     required: true
   run_record:
-    description: The workshop's run record (drain, backup, verify).
+    description: The workshop's run record (announcement, drain, backup and its verification).
     type: path
   gpu:
     description: The result of the gpu_facts module on the GPU host; omit when there is none.
@@ -47,19 +50,28 @@ options:
     type: str
     default: no GPU host to measure the latency to
   context:
-    description: C(workshop_id), C(host), C(domain), C(generated_at), C(restarts) (per service).
+    description:
+      - C(workshop_id), C(host), C(domain), C(date) (the workshop's day, for the title), C(restarts)
+        (per service; omit when not collected), C(timezone) (the zone the announced cut-off was
+        given in, default UTC), C(generated_at) (default the time of writing).
     type: dict
     default: {}
 """
 
 EXAMPLES = r"""
+- name: Collect metrics and statistics
+  workshop_metrics:
+    dest: /var/backups/comfy-wrapup/berlin/report/metrics.json
+  register: metrics
+
 - name: Create the workshop report
   workshop_report:
     dest: /var/backups/comfy-wrapup/berlin/report
-    metrics_file: /var/backups/comfy-wrapup/berlin/report/metrics.json
+    metrics: "{{ metrics.metrics }}"
     run_record: /var/backups/comfy-wrapup/berlin/run-record.json
     context:
       workshop_id: berlin
+      timezone: Europe/Berlin
   register: report
 
 - name: Both files are there
@@ -74,29 +86,32 @@ files:
   type: list
   elements: str
   sample: [/var/backups/comfy-wrapup/berlin/report/report.md, /var/backups/comfy-wrapup/berlin/report/report.html]
+markdown:
+  description: The report as Markdown, as written (in check mode, as it would be written).
+  returned: always
+  type: str
+generated_at:
+  description: The generation time the report shows (kept from the files when nothing else changed).
+  returned: always
+  type: str
+  sample: 2026-11-29 17:05 UTC
 """
 
-import json
 import os
+from datetime import datetime, timezone
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import write_if_changed
 from ansible.module_utils.workshop_record import read_record
-from ansible.module_utils.workshop_report import render_html, render_markdown
+from ansible.module_utils.workshop_report import REPORT_FILES, write_report
 
 
-def render(params):
-    try:
-        with open(params["metrics_file"], encoding="utf-8") as source:
-            metrics = json.load(source)
-    except (OSError, ValueError) as exc:
-        raise WorkshopError(
-            f"Cannot read the metrics {params['metrics_file']} ({exc}): run the metrics step first", path=params["metrics_file"]
-        ) from None
+def inputs_of(params):
+    """render_markdown's inputs from the module's parameters."""
+    metrics = params["metrics"]
     gpu = params["gpu"] if params["gpu"] and params["gpu"].get("measured") else None
     gpu_reason = params["gpu"].get("reason") if params["gpu"] and not gpu else params["gpu_reason"]
-    inputs = dict(
+    return dict(
         metrics=metrics,
         logs=metrics.get("logs"),
         gpu=gpu,
@@ -107,14 +122,13 @@ def render(params):
         context=params["context"],
         durations=metrics.get("duration_seconds"),
     )
-    return render_markdown(**inputs), render_html(**inputs)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             dest=dict(type="path", required=True),
-            metrics_file=dict(type="path", required=True),
+            metrics=dict(type="dict", required=True),
             run_record=dict(type="path"),
             gpu=dict(type="dict"),
             gpu_reason=dict(type="str", default="no host in the inventory group gpu"),
@@ -125,13 +139,13 @@ def main():
         supports_check_mode=True,
     )
     dest = module.params["dest"]
-    files = [os.path.join(dest, "report.md"), os.path.join(dest, "report.html")]
     try:
-        markdown, page = render(module.params)
-        changed = [write_if_changed(path, text.encode(), 0o640, module.check_mode) for path, text in zip(files, (markdown, page))]
+        now = datetime.now(timezone.utc)
+        changed, texts, stamp = write_report(dest, inputs_of(module.params), now, module.check_mode)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
-    module.exit_json(changed=any(changed), files=files)
+    files = [os.path.join(dest, name) for name in REPORT_FILES]
+    module.exit_json(changed=changed, files=files, markdown=texts["report.md"], generated_at=stamp)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ a record counts at most once per category, and may count in several categories.
   logged: a traceback right after an ERROR/CRITICAL record is that record's logger.exception()
   output (a handled exception), part of it and not a crash.
 - requeues: requeue/re-queue, retry/retrying/retries/retried.
+- job_failures: the worker's `Job {id} failed: {error}`. A job's failure (a CUDA out-of-memory in
+  one job, a bad prompt) is the job's, not the service's: such a record counts here and never
+  as an error or a crash, so the report does not list one failed job three times.
 - stale_jobs: the queue manager's `Cleaned up N stale jobs`, counting N (its count is jobs, not lines).
 
 Worker jobs come from the worker's lines: `Processing job {id} for user {user}`,
@@ -43,7 +46,18 @@ from datetime import datetime, timezone
 
 from ansible.module_utils.workshop_errors import WorkshopError
 
-CATEGORIES = ("errors", "warnings", "ssl", "connection", "thermal", "restarts", "crashes", "requeues", "stale_jobs")
+CATEGORIES = (
+    "errors",
+    "warnings",
+    "ssl",
+    "connection",
+    "thermal",
+    "restarts",
+    "crashes",
+    "requeues",
+    "stale_jobs",
+    "job_failures",
+)
 DEFAULT_RESTART_GAP = 300
 # A record longer than this keeps only its first lines for matching, so one runaway traceback
 # cannot grow memory.
@@ -213,7 +227,10 @@ class LogAnalysis:
 
     def _close(self, record):
         level, head = record.level, record.line
-        if level is None:
+        job_failure = _FAILED.search(record.lines[0][1]) is not None
+        if job_failure:
+            self._count("job_failures", head)
+        elif level is None:
             line = record.find(_ERROR_WORDS)
             if line:
                 self._count("errors", line)
@@ -242,7 +259,7 @@ class LogAnalysis:
         elif record.after_gap and record.kind in ("platform", "json", "uvicorn"):
             self._count("restarts", head)
 
-        crash = record.find(_CRASH) or (head if record.traceback else None)
+        crash = None if job_failure else record.find(_CRASH) or (head if record.traceback else None)
         if crash:
             self._count("crashes", crash)
 

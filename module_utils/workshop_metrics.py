@@ -37,13 +37,16 @@ NO_ERROR = "(no error recorded)"
 MGET_BATCH = 1000
 MGETS_PER_ROUND_TRIP = 20
 SCAN_COUNT = 10000
+# Keys of invalid records listed in metrics.json (their count is always exact).
+MAX_INVALID_KEYS = 100
 
 
 class JobRecords(NamedTuple):
     """What jobs_from_redis and jobs_from_rdb return; unpacks as `jobs, invalid = ...`.
 
     jobs: the parsed records (dicts), ordered by key. invalid: the keys whose value is not a
-    JSON object (skipped; len(invalid) is the count)."""
+    JSON object, or a record without the fields every figure needs (record_problem); they are
+    skipped, and len(invalid) is their count."""
 
     jobs: list
     invalid: list
@@ -82,18 +85,36 @@ def _glob_escape(text):
     return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
 
 
+def record_problem(record):
+    """Why a job record cannot be counted (a short phrase), or None when it can.
+
+    Every figure needs a record that is a JSON object with text field names, a `user_id` and a
+    `status` (both text); anything else in it is read leniently (an unreadable time is unset).
+    """
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not all(isinstance(field, str) for field in record):
+        return "a field name that is not text"
+    user = record.get("user_id")
+    if not isinstance(user, str) or not user:
+        return "no user_id"
+    if not isinstance(record.get("status"), str):
+        return "no status"
+    return None
+
+
 def _parse_records(pairs):
     """JobRecords from (key, raw JSON) pairs; a None value (key gone since SCAN, or not a string) is skipped silently."""
     jobs, invalid = [], []
     with _gc_paused():
-        for key, raw in sorted(pairs, key=lambda pair: pair[0]):
+        for key, raw in sorted(pairs, key=lambda pair: str(pair[0])):
             if raw is None:
                 continue
             try:
                 record = json.loads(raw)
             except ValueError:
                 record = None
-            if isinstance(record, dict):
+            if record_problem(record) is None:
                 jobs.append(record)
             else:
                 invalid.append(key)
@@ -225,9 +246,24 @@ def _percent(part, whole):
     return round(100 * part / whole, 1) if whole else None
 
 
-def _ranked(counter):
-    """A Counter as a dict, most frequent first, ties by key (so the order does not depend on the jobs' order)."""
-    return dict(sorted(counter.items(), key=lambda item: (-item[1], str(item[0]))))
+def _ranked(counter, tie=str):
+    """A Counter as a ranked list [{"name", "count"}], most frequent first, ties by tie(name).
+
+    A list, not a dict: metrics.json is written with sorted keys, which would put a dict's names in
+    alphabetical order and lose the ranking the report shows.
+    """
+    ordered = sorted(counter.items(), key=lambda item: (-item[1], tie(item[0])))
+    return [{"name": name, "count": count} for name, count in ordered]
+
+
+def error_text(value):
+    """A job's error as one line of text: whitespace runs collapsed, so the same error written with
+    another line break or trailing space counts as the same; a non-text error as its JSON."""
+    if value is None or value == "":
+        return NO_ERROR
+    if not isinstance(value, str):
+        value = json.dumps(value, sort_keys=True, default=str)
+    return " ".join(value.split()) or NO_ERROR
 
 
 def percentile(values, q):
@@ -336,20 +372,20 @@ def timeline(jobs, times=None):
     created = [when.created for when in times if when.created is not None]
     activity = [instant for when in times for instant in when if instant is not None]
     if not created:
-        return {"first_job_at": None, "last_activity_at": iso(max(activity)) if activity else None, "duration_hours": None}
+        return {"first_job_at": None, "last_activity_at": iso(max(activity)) if activity else None, "duration_seconds": None}
     first, last = min(created), max(activity)
     return {
         "first_job_at": iso(first),
         "last_activity_at": iso(last),
-        "duration_hours": _round((last - first).total_seconds() / 3600),
+        "duration_seconds": _round((last - first).total_seconds()),
     }
 
 
 def drain(cutoff=None, final_time=None):
     """How long the queue took to clear after submissions were closed at `cutoff`."""
     start, end = parse_time(cutoff), parse_time(final_time)
-    minutes = _round((end - start).total_seconds() / 60) if start is not None and end is not None else None
-    return {"cutoff": iso(start), "final_time": iso(end), "time_to_clear_minutes": minutes}
+    seconds = _round((end - start).total_seconds()) if start is not None and end is not None else None
+    return {"cutoff": iso(start), "final_time": iso(end), "time_to_clear_seconds": seconds}
 
 
 def participants(jobs, registered_users):
@@ -357,7 +393,7 @@ def participants(jobs, registered_users):
 
     registered, attended, dropouts and unregistered are lists of user ids (registered in the order
     given, without repeats); jobs_per_participant holds every registered user (0 for a dropout) and
-    every user with a job, most jobs first.
+    every user with a job, ranked ([{name, count}], most jobs first).
     """
     registered = list(dict.fromkeys(registered_users or ()))
     per_user = Counter(job.get("user_id") for job in jobs)
@@ -374,12 +410,13 @@ def participants(jobs, registered_users):
 
 
 def failures(jobs):
-    errors = Counter(job.get("error") or NO_ERROR for job in jobs if job.get("status") == "failed")
+    errors = Counter(error_text(job.get("error")) for job in jobs if job.get("status") == "failed")
     return {"by_error": _ranked(errors)}
 
 
 def models(jobs, facts=None):
-    """Jobs per model file: all, completed and failed ones; a model counts once per job however often it is loaded."""
+    """Jobs per model file (ranked lists): all, completed and failed ones; a model counts once per job
+    however often it is loaded."""
     facts = job_facts(jobs) if facts is None else facts
     used, succeeded, failed = Counter(), Counter(), Counter()
     for job, fact in zip(jobs, facts):
@@ -393,30 +430,55 @@ def models(jobs, facts=None):
 
 
 def resolutions(jobs, facts=None):
-    """Jobs per "WxH" of their latent nodes, each counted once per job."""
+    """Jobs per "WxH" of their latent nodes (a ranked list), each counted once per job."""
     facts = job_facts(jobs) if facts is None else facts
     return _ranked(Counter(size for fact in facts for size in fact.resolutions))
 
 
 def batch_sizes(jobs, facts=None):
-    """Jobs per batch size of their latent nodes ({"1": n, ...}), each counted once per job."""
+    """Jobs per batch size of their latent nodes ([{"name": "1", "count": n}, ...]), each counted once per job;
+    ties smallest size first."""
     facts = job_facts(jobs) if facts is None else facts
     counts = Counter(size for fact in facts for size in fact.batch_sizes)
-    return {str(size): n for size, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))}
+    return [{"name": str(entry["name"]), "count": entry["count"]} for entry in _ranked(counts, tie=lambda size: size)]
 
 
-def compute_metrics(jobs, registered_users, cutoff=None, final_time=None):
+def records(jobs, invalid=()):
+    """How many records were read, and which could not be counted: (valid jobs, {read, valid, invalid,
+    invalid_keys}). `invalid` are the keys the reader already skipped; a job of `jobs` that
+    record_problem refuses is skipped here too, named `job:<id>` (or `#<position>` without an id)."""
+    valid, skipped = [], [str(key) for key in invalid]
+    for position, job in enumerate(jobs):
+        if record_problem(job) is None:
+            valid.append(job)
+        else:
+            job_id = job.get("id") if isinstance(job, dict) else None
+            skipped.append(f"{JOB_PREFIX}{job_id}" if isinstance(job_id, str) else f"#{position}")
+    shown = sorted(skipped)
+    return valid, {
+        "read": len(valid) + len(skipped),
+        "valid": len(valid),
+        "invalid": len(skipped),
+        "invalid_keys": shown[:MAX_INVALID_KEYS],
+    }
+
+
+def compute_metrics(jobs, registered_users, cutoff=None, final_time=None, invalid=()):
     """Every figure of the wrap-up report from the job records (see each function for its definition).
 
     cutoff and final_time (ISO-8601 strings, datetimes or epoch seconds) only feed the drain figure.
+    invalid: keys of records the reader could not use; with the jobs record_problem refuses, they
+    are counted in the `records` figure and left out of every other one.
     """
     with _gc_paused():
-        return _all_figures(jobs, registered_users, cutoff, final_time)
+        return _all_figures(jobs, registered_users, cutoff, final_time, invalid)
 
 
-def _all_figures(jobs, registered_users, cutoff, final_time):
+def _all_figures(jobs, registered_users, cutoff, final_time, invalid):
+    jobs, read = records(jobs, invalid)
     times, facts = job_times(jobs), job_facts(jobs)
     return {
+        "records": read,
         "jobs": job_counts(jobs),
         "durations": durations(jobs, times),
         "wait": waits(jobs, times),

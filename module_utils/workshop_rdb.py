@@ -1,7 +1,12 @@
 """Read the queue's Redis snapshot (dump.rdb) without a Redis server: verify it, list its keys.
 
-Handles the RDB versions written by Redis 5/6 (9), 7.0 (10) and 7.2 (11), every encoding they
-use, and the CRC-64 trailer. Pure standard library, so it runs on the hosts' own Python.
+Handles the RDB versions written by Redis 5/6 (9), 7.0 (10), 7.2 (11: listpack-encoded sets) and
+7.4 (12: hashes whose fields carry their own TTL), every encoding they use, and the CRC-64 trailer.
+A newer version is refused with a message that says so, never misread. Pure standard library, so it
+runs on the hosts' own Python.
+
+The layout follows Redis's own src/rdb.h and src/rdb.c (rdbLoadObject, rdbLoadRio): the numbers of
+the value types and opcodes below are theirs.
 
 Values are returned as text: every string (keys, values, members, fields) is decoded from UTF-8
 with errors="surrogateescape", so job records read as JSON text while binary values still
@@ -17,7 +22,9 @@ from typing import NamedTuple, Optional
 
 from ansible.module_utils.workshop_errors import WorkshopError
 
-SUPPORTED_VERSIONS = range(9, 12)
+SUPPORTED_VERSIONS = range(9, 13)
+# The Redis release that first wrote each version: named in the message for a version not supported.
+_VERSION_WRITERS = {9: "5.0", 10: "7.0", 11: "7.2", 12: "7.4"}
 
 # Redis's CRC-64 ("Jones", src/crc64.c): polynomial 0xad93d23594c935a9 bit-reversed, init 0, no xorout.
 _CRC_POLY = 0x95AC9329AC4BC9B5
@@ -26,6 +33,7 @@ _CRC_POLY = 0x95AC9329AC4BC9B5
 _CRC_BLOCK = 256
 _READ_CHUNK = 1 << 20
 
+_OP_SLOT_INFO = 0xF4
 _OP_FUNCTION_PRE_GA = 0xF6
 _OP_EXPIRETIME_MS = 0xFC
 _OP_EXPIRETIME = 0xFD
@@ -444,6 +452,31 @@ def _load_quicklist_2(src):
     return _texts(items)
 
 
+def _load_hash_with_ttls(src, relative):
+    """A hash whose fields may expire (Redis 7.4, RDB_TYPE_HASH_METADATA and its 7.4 RC form): per
+    field, its TTL (a length), the field, the value. The GA form (relative) starts with the smallest
+    expiry (8 bytes), and each TTL is relative to it (+1, 0 meaning none); the RC form's are absolute.
+    The fields' expiries are not returned: the value is the hash's fields and values, as for any hash."""
+    if relative:
+        src.int_le(8)  # min expire
+    fields = {}
+    for _ in range(src.length()):
+        src.length()  # the field's TTL
+        field = _text(src.string())
+        fields[field] = _text(src.string())
+    return fields
+
+
+def _load_hash_listpack_ex(src, with_min_expire):
+    """A small hash with field TTLs (RDB_TYPE_HASH_LISTPACK_EX, and its 7.4 RC form without the
+    leading 8-byte smallest expiry): a listpack of field, value, TTL triples (TTL 0: none)."""
+    if with_min_expire:
+        src.int_le(8)
+    items = _listpack(src.string())
+    _expect(len(items) % 3 == 0, "a field/value/TTL listpack whose length is not a multiple of 3")
+    return {_text(field): _text(value) for field, value in zip(items[0::3], items[1::3])}
+
+
 def _skip_stream(src, revision):
     """Streams are not decoded, only stepped over; revision 2 (7.0) and 3 (7.2) add fields."""
     for _ in range(src.length()):  # radix tree nodes: master entry ID, listpack
@@ -503,6 +536,10 @@ _VALUE_TYPES = {
     19: ("stream", lambda src: _skip_stream(src, 2)),
     20: ("set", lambda src: set(_texts(_listpack(src.string())))),
     21: ("stream", lambda src: _skip_stream(src, 3)),
+    22: ("hash", lambda src: _load_hash_with_ttls(src, relative=False)),  # RDB_TYPE_HASH_METADATA_PRE_GA
+    23: ("hash", lambda src: _load_hash_listpack_ex(src, with_min_expire=False)),  # RDB_TYPE_HASH_LISTPACK_EX_PRE_GA
+    24: ("hash", lambda src: _load_hash_with_ttls(src, relative=True)),  # RDB_TYPE_HASH_METADATA
+    25: ("hash", lambda src: _load_hash_listpack_ex(src, with_min_expire=True)),  # RDB_TYPE_HASH_LISTPACK_EX
 }
 
 
@@ -524,6 +561,7 @@ def _refuse_pre_ga_functions(src):
 
 # Opcodes that carry nothing a reader of keys needs: stepped over.
 _SKIPPED_OPCODES = {
+    _OP_SLOT_INFO: lambda src: (src.length(), src.length(), src.length()),  # slot id, keys, expiring keys
     0xF5: lambda src: src.string(),  # FUNCTION2: a library's source
     _OP_FUNCTION_PRE_GA: _refuse_pre_ga_functions,
     0xF7: _skip_module_aux,
@@ -540,10 +578,21 @@ def _read_header(src):
         raise src.fail("not an RDB snapshot (no REDIS magic and version)", 0, f"it starts with {head!r}")
     version = int(head[5:])
     if version not in SUPPORTED_VERSIONS:
-        raise src.fail(
-            f"RDB version {version} is not supported", 5, f"this reader knows {SUPPORTED_VERSIONS[0]}-{SUPPORTED_VERSIONS[-1]}"
-        )
+        raise src.fail(f"RDB version {version} is not supported", 5, _unsupported_advice(version))
     return version
+
+
+def _unsupported_advice(version):
+    first, last = SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1]
+    writers = f"Redis {_VERSION_WRITERS[first]} to {_VERSION_WRITERS[last]}"
+    known = f"this reader knows versions {first}-{last} (as {writers} write them)"
+    if version > last:
+        return (
+            f"{known}; version {version} was written by a newer Redis. Check the file with that Redis's own"
+            " redis-check-rdb (in the same image as the server that wrote it), and update comfy-wrapup's"
+            f" workshop_rdb for version {version} before relying on it"
+        )
+    return f"{known}; version {version} is from a Redis older than 5.0: load it into a newer Redis and save it again"
 
 
 def _read_entry(src, db, type_code, expire_ms):

@@ -391,7 +391,7 @@ def log_dir(tmp_path):
 
 
 EXPECTED = {
-    "worker-1": dict(errors=2, warnings=2, connection=1, requeues=1),
+    "worker-1": dict(job_failures=2, warnings=2, connection=1, requeues=1),
     "queue-manager": dict(errors=1, warnings=2, connection=1, restarts=1, stale_jobs=3),
     "redis": dict(errors=1, warnings=1, connection=1, restarts=1),
     "nginx": dict(errors=2, warnings=1, ssl=1, connection=1),
@@ -429,9 +429,9 @@ def test_log_samples_are_input_lines(log_dir):
 
 def test_log_samples_are_limited(log_dir):
     result = analyze_log_dir(str(log_dir))
-    errors = result["services"]["worker-1"]["errors"]
-    assert errors["samples"] == [worker_lines()[6], worker_lines()[12]]
-    assert analyze_log_dir(str(log_dir), max_samples=0)["services"]["worker-1"]["errors"] == {"count": 2, "samples": []}
+    failures = result["services"]["worker-1"]["job_failures"]
+    assert failures["samples"] == [worker_lines()[6], worker_lines()[12]]
+    assert analyze_log_dir(str(log_dir), max_samples=0)["services"]["worker-1"]["job_failures"] == {"count": 2, "samples": []}
 
 
 def test_worker_jobs(log_dir):
@@ -449,7 +449,12 @@ def test_worker_jobs(log_dir):
     [
         (
             '{"timestamp": "2026-01-10 14:00:01,001", "name": "worker", "level": "ERROR", "message": "Job j1 failed: boom"}',
-            {"errors"},
+            {"job_failures"},
+        ),
+        # A job's out-of-memory is the job's failure: not an error of the worker, not a crash.
+        (
+            "2026-01-10 14:00:01,001 - worker - ERROR - Job j2 failed: CUDA out of memory. Tried to allocate 2.50 GiB",
+            {"job_failures"},
         ),
         ('{"timestamp": "2026-01-10 14:00:01,001", "name": "worker", "level": "INFO", "message": "error budget fine"}', set()),
         ('{"level": "WARNING", "message": "Connection refused or lost: retrying in 1s"}', {"warnings", "connection", "requeues"}),

@@ -15,6 +15,7 @@ import redis
 from ansible.module_utils.workshop_metrics import (
     NO_ERROR,
     JobRecords,
+    _parse_records,
     compute_metrics,
     drain,
     jobs_from_rdb,
@@ -160,6 +161,11 @@ def brute_depth(jobs_times):
     return series
 
 
+def ranked(*pairs):
+    """A ranked figure as metrics.json holds it: [{name, count}] in this order."""
+    return [{"name": name, "count": count} for name, count in pairs]
+
+
 @pytest.fixture(scope="module")
 def metrics():
     return compute_metrics(HISTORY, REGISTERED, cutoff=at(3600), final_time=at(3901, "z"))
@@ -255,11 +261,11 @@ def test_queue_depth_by_brute_force(metrics):
 
 
 def test_timeline(metrics):
-    assert metrics["timeline"] == {"first_job_at": out(0), "last_activity_at": out(3901), "duration_hours": round(3901 / 3600, 3)}
+    assert metrics["timeline"] == {"first_job_at": out(0), "last_activity_at": out(3901), "duration_seconds": 3901}
 
 
 def test_drain_of_the_afternoon(metrics):
-    assert metrics["drain"] == {"cutoff": out(3600), "final_time": out(3901), "time_to_clear_minutes": round(301 / 60, 3)}
+    assert metrics["drain"] == {"cutoff": out(3600), "final_time": out(3901), "time_to_clear_seconds": 301}
 
 
 def test_participants(metrics):
@@ -268,29 +274,98 @@ def test_participants(metrics):
         "attended": ["alice", "bob", "carol"],
         "dropouts": ["dave", "erin"],
         "attendance_rate": 60.0,
-        "jobs_per_participant": {"alice": 5, "bob": 3, "carol": 3, "instructor": 1, "zed": 1, "dave": 0, "erin": 0},
+        "jobs_per_participant": ranked(
+            ("alice", 5), ("bob", 3), ("carol", 3), ("instructor", 1), ("zed", 1), ("dave", 0), ("erin", 0)
+        ),
         "unregistered": ["instructor", "zed"],
     }
-    assert list(metrics["participants"]["jobs_per_participant"].values()) == [5, 3, 3, 1, 1, 0, 0]
 
 
 def test_failures_by_error_most_frequent_first(metrics):
-    assert metrics["failures"] == {"by_error": {OOM: 2, NO_ERROR: 1, TIMEOUT: 1}}
-    assert list(metrics["failures"]["by_error"]) == [OOM, NO_ERROR, TIMEOUT]
+    assert metrics["failures"] == {"by_error": ranked((OOM, 2), (NO_ERROR, 1), (TIMEOUT, 1))}
 
 
 def test_models_once_per_job(metrics):
     # SDXL: j01 j04 j05 j07 j08 j09 j11; flux trio: j02 j03 j10 j12; LTX: j06; the LoRA: j01.
-    assert metrics["models"]["used"] == {SDXL: 7, FLUX: 4, FLUX_VAE: 4, QWEN: 4, DETAIL_LORA: 1, LTX: 1}
-    assert metrics["models"]["succeeded"] == {SDXL: 4, FLUX: 2, FLUX_VAE: 2, QWEN: 2, DETAIL_LORA: 1}
-    assert metrics["models"]["failed"] == {FLUX: 1, FLUX_VAE: 1, QWEN: 1, LTX: 1, SDXL: 1}
-    assert list(metrics["models"]["used"].values()) == [7, 4, 4, 4, 1, 1]
+    assert metrics["models"]["used"] == ranked((SDXL, 7), (FLUX, 4), (FLUX_VAE, 4), (QWEN, 4), (DETAIL_LORA, 1), (LTX, 1))
+    assert metrics["models"]["succeeded"] == ranked((SDXL, 4), (FLUX, 2), (FLUX_VAE, 2), (QWEN, 2), (DETAIL_LORA, 1))
+    assert metrics["models"]["failed"] == ranked((FLUX, 1), (FLUX_VAE, 1), (LTX, 1), (QWEN, 1), (SDXL, 1))
 
 
 def test_resolutions_and_batch_sizes(metrics):
-    assert metrics["resolutions"] == {"1024x1024": 6, "1024x768": 2, "2048x2048": 1, "512x512": 1, "768x512": 1, "768x768": 1}
-    assert list(metrics["resolutions"]) == ["1024x1024", "1024x768", "2048x2048", "512x512", "768x512", "768x768"]
-    assert metrics["batch_sizes"] == {"1": 10, "2": 1, "4": 1}
+    assert metrics["resolutions"] == ranked(
+        ("1024x1024", 6), ("1024x768", 2), ("2048x2048", 1), ("512x512", 1), ("768x512", 1), ("768x768", 1)
+    )
+    assert metrics["batch_sizes"] == ranked(("1", 10), ("2", 1), ("4", 1))
+
+
+def test_ranked_figures_keep_their_order_through_metrics_json(metrics):
+    """metrics.json is written with sorted keys: a ranking must come back in rank order, not alphabetical."""
+    errors = [error_job(f"e{n}", f"error {letter}") for n, letter in enumerate("abcde")]
+    errors += [error_job(f"z{n}", "zz most common") for n in range(8)]
+    written = json.loads(json.dumps(compute_metrics(errors, []), sort_keys=True))
+    assert [entry["name"] for entry in written["failures"]["by_error"]][:3] == ["zz most common", "error a", "error b"]
+    assert written["failures"]["by_error"][0] == {"name": "zz most common", "count": 8}
+    again = json.loads(json.dumps(metrics, sort_keys=True))
+    assert [entry["name"] for entry in again["participants"]["jobs_per_participant"]] == [
+        "alice",
+        "bob",
+        "carol",
+        "instructor",
+        "zed",
+        "dave",
+        "erin",
+    ]
+    assert [entry["name"] for entry in again["models"]["used"]] == [SDXL, FLUX, FLUX_VAE, QWEN, DETAIL_LORA, LTX]
+
+
+def test_batch_sizes_tie_by_size_not_by_text():
+    jobs = [job(f"b{size}", "amy", "completed", 0, 1, 2, sdxl(batch=size)) for size in (10, 2, 1)]
+    assert [entry["name"] for entry in compute_metrics(jobs, [])["batch_sizes"]] == ["1", "2", "10"]
+
+
+def error_job(job_id, error):
+    return job(job_id, "amy", "failed", 0, 1, 2, sdxl(), error)
+
+
+def test_the_same_error_written_differently_counts_once():
+    jobs = [error_job("a", "CUDA out of memory.\n"), error_job("b", "CUDA  out of memory. "), error_job("c", {"code": 7})]
+    assert compute_metrics(jobs, [])["failures"]["by_error"] == [
+        {"name": "CUDA out of memory.", "count": 2},
+        {"name": '{"code": 7}', "count": 1},
+    ]
+
+
+def test_records_without_the_needed_fields_are_counted_as_invalid_never_a_crash():
+    good = job("ok", "amy", "completed", 0, 1, 2)
+    no_user = {**job("nouser", "amy", "completed", 0, 1, 2), "user_id": None}
+    del no_user["user_id"]
+    number_user = {**job("numuser", "amy", "completed", 0, 1, 2), "user_id": 7}
+    no_status = {key: value for key, value in job("nostatus", "amy", "failed", 0).items() if key != "status"}
+    listed_status = {**job("liststatus", "amy", "failed", 0), "status": ["failed"]}
+    odd_keys = {**job("oddkeys", "amy", "completed", 0, 1, 2), 5: "x"}
+    result = compute_metrics([good, no_user, number_user, no_status, listed_status, odd_keys, "text", None], ["amy"])
+    assert result["records"] == {
+        "read": 8,
+        "valid": 1,
+        "invalid": 7,
+        "invalid_keys": sorted(["job:nouser", "job:numuser", "job:nostatus", "job:liststatus", "job:oddkeys", "#6", "#7"]),
+    }
+    assert result["jobs"]["submitted"] == 1
+    assert result["participants"]["jobs_per_participant"] == [{"name": "amy", "count": 1}]
+    json.dumps(result, sort_keys=True)  # no None or int among the keys
+
+
+def test_the_readers_skip_records_without_user_id_or_status():
+    pairs = [
+        ("job:a", json.dumps(job("a", "amy", "pending", 0))),
+        ("job:b", json.dumps({"id": "b", "status": "pending"})),
+        ("job:c", json.dumps({"id": "c", "user_id": "amy"})),
+        ("job:d", "[1, 2]"),
+    ]
+    assert _parse_records(pairs) == JobRecords([job("a", "amy", "pending", 0)], ["job:b", "job:c", "job:d"])
+    result = compute_metrics(*_parse_records(pairs)[:1], [], invalid=_parse_records(pairs).invalid)
+    assert result["records"] == {"read": 4, "valid": 1, "invalid": 3, "invalid_keys": ["job:b", "job:c", "job:d"]}
 
 
 def test_the_result_is_plain_json():
@@ -300,24 +375,25 @@ def test_the_result_is_plain_json():
 
 def test_nothing_to_measure():
     assert compute_metrics([], []) == {
+        "records": {"read": 0, "valid": 0, "invalid": 0, "invalid_keys": []},
         "jobs": {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0, "pending": 0, "running": 0, "success_rate": None},
         "durations": {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "max_job_id": None},
         "wait": {"count": 0, "mean": None, "max": None, "max_job_id": None},
         "queue_depth": {"series": [], "peak": None, "peak_at": None},
-        "timeline": {"first_job_at": None, "last_activity_at": None, "duration_hours": None},
-        "drain": {"cutoff": None, "final_time": None, "time_to_clear_minutes": None},
+        "timeline": {"first_job_at": None, "last_activity_at": None, "duration_seconds": None},
+        "drain": {"cutoff": None, "final_time": None, "time_to_clear_seconds": None},
         "participants": {
             "registered": [],
             "attended": [],
             "dropouts": [],
             "attendance_rate": None,
-            "jobs_per_participant": {},
+            "jobs_per_participant": [],
             "unregistered": [],
         },
-        "failures": {"by_error": {}},
-        "models": {"used": {}, "succeeded": {}, "failed": {}},
-        "resolutions": {},
-        "batch_sizes": {},
+        "failures": {"by_error": []},
+        "models": {"used": [], "succeeded": [], "failed": []},
+        "resolutions": [],
+        "batch_sizes": [],
     }
 
 
@@ -417,16 +493,16 @@ def test_queue_depth_ties_and_leavings(jobs, expected):
 @pytest.mark.parametrize(
     ("cutoff", "final_time", "expected"),
     [
-        (at(0), at(90), {"cutoff": out(0), "final_time": out(90), "time_to_clear_minutes": 1.5}),
-        (at(0, "z"), at(100, "naive"), {"cutoff": out(0), "final_time": out(100), "time_to_clear_minutes": round(100 / 60, 3)}),
+        (at(0), at(90), {"cutoff": out(0), "final_time": out(90), "time_to_clear_seconds": 90}),
+        (at(0, "z"), at(100, "naive"), {"cutoff": out(0), "final_time": out(100), "time_to_clear_seconds": 100}),
         (
             "2025-11-20T11:00:00+01:00",
             at(60),
-            {"cutoff": out(0), "final_time": out(60), "time_to_clear_minutes": 1.0},
+            {"cutoff": out(0), "final_time": out(60), "time_to_clear_seconds": 60},
         ),
-        (T0.timestamp(), T0 + timedelta(minutes=3), {"cutoff": out(0), "final_time": out(180), "time_to_clear_minutes": 3.0}),
-        (at(0), None, {"cutoff": out(0), "final_time": None, "time_to_clear_minutes": None}),
-        (None, at(0), {"cutoff": None, "final_time": out(0), "time_to_clear_minutes": None}),
+        (T0.timestamp(), T0 + timedelta(minutes=3), {"cutoff": out(0), "final_time": out(180), "time_to_clear_seconds": 180}),
+        (at(0), None, {"cutoff": out(0), "final_time": None, "time_to_clear_seconds": None}),
+        (None, at(0), {"cutoff": None, "final_time": out(0), "time_to_clear_seconds": None}),
     ],
 )
 def test_drain_from_cutoff_and_final_time(cutoff, final_time, expected):
@@ -479,7 +555,7 @@ def test_random_histories_against_brute_force(seed):
 
     for status in ("completed", "failed", "cancelled", "pending", "running"):
         assert metrics["jobs"][status] == sum(1 for j in jobs if j["status"] == status)
-    assert sum(metrics["participants"]["jobs_per_participant"].values()) == len(jobs)
+    assert sum(entry["count"] for entry in metrics["participants"]["jobs_per_participant"]) == len(jobs)
 
 
 def _seconds(text):
@@ -642,3 +718,32 @@ def test_jobs_from_rdb_reads_db_0_only(tmp_path):
 def test_an_empty_server_has_no_jobs(tmp_path):
     with scratch_redis(tmp_path) as conn:
         assert jobs_from_redis(conn) == JobRecords([], [])
+
+
+# --- the module on a snapshot alone: no Redis, no .env -------------------------------------------------
+
+
+def test_the_module_reads_a_version_12_snapshot_with_no_redis_and_no_env(tmp_path, capsys):
+    """report_source=rdb is for a workshop that is gone: the snapshot is enough, a missing .env a warning."""
+    from ansible.module_utils.testing import patch_module_args
+    from test_rdb import build_rdb
+
+    from conftest import load_module
+
+    dump = tmp_path / "dump.rdb"
+    dump.write_bytes(bytes(build_rdb(12)))
+    args = {
+        "dest": str(tmp_path / "report" / "metrics.json"),
+        "source": "rdb",
+        "rdb_path": str(dump),
+        "env_file": str(tmp_path / "gone" / ".env"),
+        "redis_port": free_port(),  # nothing listens there
+    }
+    with patch_module_args(args), pytest.raises(SystemExit):
+        load_module("workshop_metrics").main()
+    result = json.loads(capsys.readouterr().out)
+    assert result.get("failed") is not True, result
+    assert result["metrics"]["jobs"]["submitted"] == 3
+    assert result["metrics"]["records"] == {"read": 3, "valid": 3, "invalid": 0, "invalid_keys": []}
+    assert "No .env at" in json.dumps(result["warnings"])
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == result["metrics"]

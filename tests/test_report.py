@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, http, run_playbook, staging, submit, wait_for
+from conftest import REPO, dotenv, http, redis_answers, run_playbook, staging, submit, wait_for
 
 REPORTS = Path("/var/lib/comfy-wrapup/backups/staging")
 # Inputs naming a model: the platform's loader fields (README) in any node, and LTX-2's generic
@@ -109,6 +109,12 @@ def expected_figures(rdb, submitted):
     )
 
 
+def ranked(counter, tie=str):
+    """A Counter as metrics.json ranks it: most first, ties by name (or by tie(name))."""
+    ordered = sorted(counter.items(), key=lambda item: (-item[1], tie(item[0])))
+    return [{"name": name, "count": count} for name, count in ordered]
+
+
 def metrics_of(folder):
     return json.loads((folder / "metrics.json").read_text())
 
@@ -134,13 +140,17 @@ def test_every_figure_equals_the_independently_computed_one(history, rdb):
     participants = metrics["participants"]
     assert participants["attended"] == ["user001", "user002", "user003", "user004"]
     assert participants["dropouts"] == ["user005", "user006"]
-    assert participants["jobs_per_participant"]["user001"] == 3
-    assert metrics["failures"]["by_error"] == {"CUDA out of memory. Tried to allocate 2.50 GiB": 2, "Model file not found": 1}
-    assert metrics["models"]["used"] == dict(want["models"])
-    assert "flux-2-klein-4b.safetensors" in metrics["models"]["succeeded"]
-    assert metrics["resolutions"] == dict(want["resolutions"])
-    assert metrics["batch_sizes"] == dict(want["batches"])
-    assert metrics["drain"]["time_to_clear_minutes"] is not None
+    assert participants["jobs_per_participant"][0] == {"name": "user001", "count": 3}
+    assert metrics["failures"]["by_error"] == [
+        {"name": "CUDA out of memory. Tried to allocate 2.50 GiB", "count": 2},
+        {"name": "Model file not found", "count": 1},
+    ]
+    assert metrics["models"]["used"] == ranked(want["models"])
+    assert "flux-2-klein-4b.safetensors" in [entry["name"] for entry in metrics["models"]["succeeded"]]
+    assert metrics["resolutions"] == ranked(want["resolutions"])
+    assert metrics["batch_sizes"] == ranked(want["batches"], tie=int)
+    assert metrics["records"] == {"read": 10, "valid": 10, "invalid": 0, "invalid_keys": []}
+    assert metrics["drain"]["time_to_clear_seconds"] is not None
     assert metrics["logs"]["worker_jobs"]["failed"] >= 3  # from the exported logs of the backup
 
 
@@ -163,7 +173,11 @@ def test_the_report_fills_every_field_and_says_why_when_not_measured(history):
         assert f"## {heading}" in report
     assert "Total jobs submitted: 10" in report
     assert "not measured: no host in the inventory group gpu" in report
-    assert "Model file not found" in report
+    assert "Failed jobs: `CUDA out of memory. Tried to allocate 2.50 GiB` (2 jobs)" in report
+    assert report.index("CUDA out of memory") < report.index("Model file not found")
+    assert "Log lines about crashes" not in report  # the jobs' out-of-memory is a job failure, not a crash
+    assert "- Job records: 10 read, all counted" in report
+    assert "Workshop Report - None" not in report and "hours" not in report
 
 
 def test_an_rdb_only_run_gives_the_same_figures(history):
@@ -245,3 +259,78 @@ def test_the_html_report_opens_in_chromium_with_its_charts(history, tmp_path):
     artifacts = REPO / "tests" / ".artifacts"
     artifacts.mkdir(exist_ok=True)
     shutil.copy(shot, artifacts / "report.png")  # for a person to look at
+
+
+def redis_client():
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=6379, password=dotenv("REDIS_PASSWORD"), socket_timeout=2)
+
+
+def report_files():
+    return {name: (REPORTS / "report" / name).read_bytes() for name in ("metrics.json", "report.md", "report.html")}
+
+
+def test_check_mode_renders_a_preview_and_writes_nothing(history):
+    run_playbook("playbooks/report.yml")
+    before = report_files()
+    (REPORTS / "report" / "report.md").unlink()
+    preview = run_playbook("playbooks/report.yml", check=True)
+    assert "Total jobs submitted: 10" in preview.output  # the rendered report, shown
+    assert "# Workshop Report - " in preview.output
+    assert not (REPORTS / "report" / "report.md").exists()
+    assert (REPORTS / "report" / "metrics.json").read_bytes() == before["metrics.json"]
+    run_playbook("playbooks/report.yml")
+
+
+def test_a_failed_verify_in_the_run_record_reads_failed_in_the_report(history):
+    record_path = REPORTS / "run-record.json"
+    original = record_path.read_text()
+    record = json.loads(original)
+    name = record["backup"]["name"]
+    failure = {"file": "outputs.tar", "member": "user003/img.png", "reason": "sha256 differs from the manifest"}
+    record["backup"]["verify"] = {"ok": False, "at": "2026-11-29T17:10:02+00:00", "backup": name, "failures": [failure]}
+    record.setdefault("verify", {})["ok"] = True  # an earlier, passed verification left at the top
+    record_path.write_text(json.dumps(record))
+    try:
+        run_playbook("playbooks/report.yml")
+        report = (REPORTS / "report" / "report.md").read_text()
+    finally:
+        record_path.write_text(original)
+        run_playbook("playbooks/report.yml")
+    assert "FAILED verification at 2026-11-29 17:10 UTC: `outputs.tar member user003/img.png`" in report
+    assert ", verified" not in report
+
+
+def test_the_report_reads_the_snapshot_with_the_redis_container_stopped(history):
+    """report_source=rdb needs neither the live Redis nor Docker: it reads the newest backup's snapshot."""
+    run_playbook("playbooks/report.yml")
+    live = metrics_of(REPORTS / "report")
+    subprocess.run(["docker", "stop", "comfy-redis"], check=True, capture_output=True, timeout=120)
+    try:
+        run = run_playbook(
+            "playbooks/report.yml",
+            "-e",
+            "report_source=rdb",
+            "-e",
+            "report_show_preview=false",  # a boolean given as a string
+            "-e",
+            f"report_dir={REPORTS / 'report-rdb'}",
+        )
+        from_snapshot = metrics_of(REPORTS / "report-rdb")
+        assert "Total jobs submitted: 10" not in run.output  # the preview is off: "false" is false
+        assert from_snapshot == live
+        shown = run_playbook(
+            "playbooks/report.yml",
+            "-e",
+            "report_source=rdb",
+            "-e",
+            "report_show_preview=true",
+            "-e",
+            f"report_dir={REPORTS / 'report-rdb'}",
+        )
+        assert "Total jobs submitted: 10" in shown.output
+    finally:
+        subprocess.run(["docker", "start", "comfy-redis"], check=True, capture_output=True, timeout=120)
+        shutil.rmtree(REPORTS / "report-rdb", ignore_errors=True)
+        wait_for(lambda: redis_answers(redis_client()), timeout=60, what="Redis to answer again")

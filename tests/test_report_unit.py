@@ -3,22 +3,22 @@
 import copy
 import json
 import re
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.workshop_report import (
+from ansible.module_utils.workshop_report import render_html, render_markdown
+from ansible.module_utils.workshop_report_charts import (
     count_ticks,
-    format_percent,
     histogram_bins,
     linear_scale,
     nice_step,
-    render_html,
-    render_markdown,
     step_points,
     time_ticks,
 )
+from ansible.module_utils.workshop_report_text import format_duration, format_percent
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_inputs.json"
 SECTIONS = [
@@ -106,17 +106,17 @@ def test_markdown_has_every_section_in_order_and_no_placeholder(inputs):
         "- Total registered: 20",
         "- Attended: 18",
         "- Dropouts: 2 (`user07`, `user16`)",
-        "- Completion rate: 90.0%",
+        "- Attendance rate: 90.0%",
         "- Total jobs submitted: 57",
         "- Successfully completed: 53",
         "- Failed: 4",
         "- Success rate: 93.0%",
-        "- Average job duration: 47.8 seconds",
-        "- Longest job: 3.1 minutes (job `9f3c2a1e-5b7d-4e1a-9c2f-0d8e7b6a5c41`)",
-        "- Workshop duration: 7.3 hours",
+        "- Average job duration: 47.8 s (median 42.4 s, 95th percentile 82.7 s, over 53 completed jobs)",
+        "- Longest job: 3.1 min (job `9f3c2a1e-5b7d-4e1a-9c2f-0d8e7b6a5c41`)",
+        "- Workshop duration: 7.3 h",
         "- Peak queue depth: 14 jobs (at 11:46 UTC)",
-        "- Time to clear queue: 18.5 minutes (cut-off 16:30 UTC, queue empty 16:48 UTC)",
-        "- Longest wait time: 7.4 minutes",
+        "- Time to clear queue: 18.5 min (cut-off 16:30 UTC, queue empty 16:48 UTC)",
+        "- Longest wait time: 7.4 min (job `4b1d0c9e-2a3f-4c5d-8e7f-6a5b4c3d2e1f`)",
         "- Hardware: `NVIDIA H100 80GB HBM3, 80 GiB`",
         "- Peak memory usage: 97.3%",
         "- Average memory usage: 61.8%",
@@ -133,23 +133,69 @@ def test_markdown_has_every_section_in_order_and_no_placeholder(inputs):
         "- Outputs backup: `/var/backups/comfy-wrapup/ws-2026-01-15/backup-20260115T170212Z/outputs.tar`",
         "- Database snapshot: `/var/backups/comfy-wrapup/ws-2026-01-15/backup-20260115T170212Z/redis/dump.rdb`",
         "- Full backup: `/var/backups/comfy-wrapup/ws-2026-01-15/backup-20260115T170212Z` (11 files), verified",
-        "- Announced cut-off: `4:30 PM`",
+        "- Announced cut-off: `4:30 PM UTC`",
+        "- Job records: 57 read, all counted",
     ],
 )
 def test_markdown_fields_show_the_inputs(inputs, line):
     assert line in render_markdown(**inputs)
 
 
-def test_issues_list_top_errors_then_log_categories_with_a_sample(inputs):
+def issues_of(markdown):
+    return markdown.split("## Issues Encountered\n")[1].split("\n\n")[0].splitlines()
+
+
+def issue_names(markdown):
+    """(what, count) of each issue line, in the order rendered."""
+    found = []
+    for line in issues_of(markdown):
+        match = re.match(r"\d+\. (?:Failed jobs: `(.+?)` \((\d+) jobs?\)|Log lines about ([\w ]+): (\d+))", line)
+        assert match, line
+        error, jobs, category, lines = match.groups()
+        found.append((error or category, int(jobs or lines)))
+    return found
+
+
+def test_issues_are_sorted_by_frequency_with_a_sample(inputs):
     markdown = render_markdown(**inputs)
-    issues = markdown.split("## Issues Encountered\n")[1].split("\n\n")[0].splitlines()
-    assert issues[0].startswith("1. Failed jobs: `CUDA out of memory. Tried to allocate 2.50 GiB` (2 jobs).")
-    assert issues[2].startswith("3. Failed jobs: `Worker timed out after 600 s` (1 job).")
-    categories = [re.search(r"Log lines about (\w+): (\d+)", line).groups() for line in issues[3:]]
-    # ssl and thermal have no lines: they are left out.
-    assert categories == [("errors", "8"), ("warnings", "8"), ("connection", "5"), ("restarts", "1"), ("requeues", "1")]
-    assert "e.g. `2026-01-15T13:17:52.871000000Z ERROR torch.cuda.OutOfMemoryError" in issues[3]
+    issues = issues_of(markdown)
+    # ssl and thermal have no lines: they are left out. Ties: failed jobs first, then by name.
+    assert issue_names(markdown) == [
+        ("errors", 8),
+        ("warnings", 8),
+        ("connection", 5),
+        ("CUDA out of memory. Tried to allocate 2.50 GiB", 2),
+        ("Value not in list: ckpt_name: 'sdxl_refiner.safetensors' not in []", 1),
+        ("Worker timed out after 600 s", 1),
+        ("requeues", 1),
+        ("restarts", 1),
+    ]
+    assert "e.g. `2026-01-15T13:17:52.871000000Z ERROR torch.cuda.OutOfMemoryError" in issues[0]
     assert all(line.endswith("Resolution: _(to fill in: resolution)_") for line in issues)
+
+
+def test_issues_follow_the_ranking_not_the_alphabet_and_list_each_error_once(inputs):
+    """The most common error (8 jobs) sorts last alphabetically: it must still come first, and the
+    same error written with other spacing is one issue."""
+    inputs["logs"] = None
+    inputs["metrics"]["failures"]["by_error"] = [
+        {"name": "zz CUDA out of memory", "count": 8},
+        {"name": "a one-off", "count": 1},
+        {"name": "b one-off", "count": 1},
+        {"name": "zz CUDA out of  memory\n", "count": 2},
+    ]
+    markdown = render_markdown(**inputs)
+    assert issue_names(markdown) == [("zz CUDA out of memory", 10), ("a one-off", 1), ("b one-off", 1)]
+    text = "".join(data for data, stack in parse(render_html(**inputs)).text if "section" in stack)
+    assert text.index("zz CUDA out of memory") < text.index("a one-off") < text.index("b one-off")
+
+
+def test_a_job_failure_in_the_logs_is_not_listed_again_when_the_jobs_are(inputs):
+    inputs["logs"]["totals"]["job_failures"] = 4
+    inputs["logs"]["services"]["worker-1"]["job_failures"] = {"count": 4, "samples": ["Job x failed: CUDA out of memory"]}
+    assert "job failures" not in render_markdown(**inputs)
+    inputs["metrics"] = None
+    assert "Log lines about job failures: 4" in render_markdown(**inputs)
 
 
 def test_without_gpu_the_section_says_why_and_the_report_is_complete(inputs):
@@ -185,7 +231,7 @@ def test_with_nothing_measured_every_field_says_not_measured(inputs):
 def test_markdown_keeps_backticks_and_markup_of_untrusted_text_inside_code(inputs):
     inputs["metrics"]["failures"]["by_error"] = {"bad `x` **bold** [link](y)\nsecond line": 3}
     markdown = render_markdown(**inputs)
-    assert "1. Failed jobs: ``bad `x` **bold** [link](y) second line`` (3 jobs)." in markdown
+    assert "Failed jobs: ``bad `x` **bold** [link](y) second line`` (3 jobs)." in markdown
 
 
 def test_files_generated_names_the_files_of_the_record(inputs):
@@ -335,3 +381,261 @@ def test_inputs_are_not_modified(inputs):
     render_markdown(**inputs)
     render_html(**inputs)
     assert inputs == before
+
+
+# --- figures through metrics.json, rendered in rank order --------------------------------------------
+
+
+def afternoon_jobs():
+    """Jobs whose every ranking differs from the alphabet: the most used sorts last by name."""
+
+    def one(n, user, status, model, size, batch, error=None):
+        workflow = {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}},
+            "2": {"class_type": "EmptyLatentImage", "inputs": {"width": size[0], "height": size[1], "batch_size": batch}},
+        }
+        return {
+            "id": f"j{n:02d}",
+            "user_id": user,
+            "status": status,
+            "workflow": workflow,
+            "error": error,
+            "created_at": f"2026-01-15T10:{n:02d}:00Z",
+            "started_at": f"2026-01-15T10:{n:02d}:05Z",
+            "completed_at": f"2026-01-15T10:{n:02d}:35Z",
+        }
+
+    jobs = [one(n, "zoe", "completed", "zz-popular.safetensors", (1344, 768), 4) for n in range(6)]
+    jobs += [one(10 + n, "amy", "completed", "mm-middle.safetensors", (768, 1344), 10) for n in range(3)]
+    jobs += [one(20, "bob", "completed", "aa-rare.safetensors", (512, 512), 2)]
+    jobs += [one(30 + n, "zoe", "failed", "zz-popular.safetensors", (1344, 768), 4, "zz OOM") for n in range(4)]
+    jobs += [one(40, "amy", "failed", "aa-rare.safetensors", (512, 512), 2, "aa rare error")]
+    return jobs
+
+
+@pytest.fixture
+def written(inputs):
+    """The report's inputs with metrics computed from afternoon_jobs and read back from metrics.json's text."""
+    from ansible.module_utils.workshop_metrics import compute_metrics
+
+    metrics = compute_metrics(afternoon_jobs(), ["amy", "bob", "zoe", "cat"])
+    inputs["metrics"] = json.loads(json.dumps(metrics, indent=1, sort_keys=True))
+    inputs["logs"] = None
+    return inputs
+
+
+def field(markdown, label):
+    return next(line for line in markdown.splitlines() if line.startswith(f"- {label}: "))
+
+
+def order_in(text, *names):
+    positions = [text.index(name) for name in names]
+    return positions == sorted(positions)
+
+
+def test_ranked_figures_render_in_rank_order_from_metrics_json(written):
+    markdown = render_markdown(**written)
+    models = field(markdown, "Models that worked well")
+    assert models == (
+        "- Models that worked well: `zz-popular.safetensors` (6 jobs completed), `mm-middle.safetensors` (3 jobs completed),"
+        " `aa-rare.safetensors` (1 job completed); failed most: `zz-popular.safetensors` (4 jobs failed),"
+        " `aa-rare.safetensors` (1 job failed)"
+    )
+    assert field(markdown, "Popular resolutions") == (
+        "- Popular resolutions: `1344x768` (10 jobs), `768x1344` (3 jobs), `512x512` (2 jobs)"
+    )
+    assert field(markdown, "Most common batch sizes") == "- Most common batch sizes: `4` (10 jobs), `10` (3 jobs), `2` (2 jobs)"
+    assert issue_names(markdown)[:2] == [("zz OOM", 4), ("aa rare error", 1)]
+
+    page = render_html(**written)
+    text = "".join(data for data, _ in parse(page).text)
+    assert order_in(text, "zz-popular.safetensors (", "mm-middle.safetensors", "aa-rare.safetensors")
+    assert order_in(text, "1344x768", "768x1344", "512x512")
+    assert order_in(text, "zz OOM", "aa rare error")
+    chart = figure(page, "chart-jobs-per-participant")
+    bars = re.findall(r'text-anchor="end">([^<]+)</text>', chart)
+    assert bars == ["zoe", "amy", "bob", "cat"]  # 10, 4, 1, 0 jobs
+
+
+# --- labels, units, and "not measured" instead of made-up values --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (6, "6 s"),
+        (0.3, "0.3 s"),
+        (93, "93 s"),
+        (119.96, "120 s"),
+        (186, "3.1 min"),
+        (1110, "18.5 min"),
+        (7199, "120 min"),
+        (7200, "2 h"),
+        (26240.4, "7.3 h"),
+    ],
+)
+def test_durations_in_the_unit_that_fits(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_a_short_workshop_is_not_zero_hours(inputs):
+    inputs["metrics"]["timeline"]["duration_seconds"] = 93
+    inputs["metrics"]["durations"]["max"] = 6
+    markdown = render_markdown(**inputs)
+    assert "- Workshop duration: 93 s" in markdown
+    assert "- Longest job: 6 s (job `" in markdown
+    assert "hours" not in markdown and "0.1 minutes" not in markdown
+
+
+def test_nothing_measured_is_never_stable_and_no_counts_are_never_zero_restarts(inputs):
+    inputs.update(network=None, logs=None)
+    inputs["context"]["restarts"] = {}
+    markdown = render_markdown(**inputs)
+    assert "- Connection stability: not measured: " in markdown
+    assert "Stable" not in markdown
+    assert "- Service restarts: not measured: Docker's restart counts were not collected" in markdown
+
+
+def test_logs_without_a_probe_say_what_was_not_measured(inputs):
+    inputs["network"] = None
+    inputs["network_reason"] = "no GPU host"
+    inputs["logs"]["totals"]["connection"] = 0
+    markdown = render_markdown(**inputs)
+    assert "- Connection stability: No connection errors in the logs; the link itself not measured: no GPU host" in markdown
+
+
+def test_invalid_records_are_named_in_markdown_and_html(inputs):
+    inputs["metrics"]["records"] = {"read": 60, "valid": 57, "invalid": 3, "invalid_keys": ["job:a", "job:b", "job:c"]}
+    line = "- Job records: 60 read; 3 unreadable or invalid records left out of every figure (`job:a`, `job:b`, `job:c`)"
+    assert line in render_markdown(**inputs)
+    assert "3 unreadable or invalid records left out of every figure (<code>job:a</code>" in render_html(**inputs)
+
+
+def test_the_title_never_says_none(inputs):
+    inputs["context"] = {"workshop_id": "berlin"}
+    inputs["record"] = {}
+    inputs["metrics"]["timeline"]["first_job_at"] = None
+    assert render_markdown(**inputs).startswith("# Workshop Report - berlin\n")
+    inputs["metrics"]["timeline"]["first_job_at"] = "2026-01-15T09:31:12Z"
+    assert render_markdown(**inputs).startswith("# Workshop Report - 2026-01-15\n")
+    assert render_markdown(None, None, None, "", None, "", {}, {}).startswith("# Workshop Report\n")
+
+
+@pytest.mark.parametrize(
+    ("cutoff", "zone", "shown"),
+    [
+        ("4:30 PM", None, "4:30 PM UTC"),
+        ("4:30 PM", "Europe/Berlin", "4:30 PM Europe/Berlin"),
+        ("16:30 CET", "CET", "16:30 CET"),
+        ("2026-01-15T16:30:00+01:00", "CET", "15:30 UTC"),
+    ],
+)
+def test_the_announced_cut_off_shows_its_time_zone(inputs, cutoff, zone, shown):
+    inputs["record"]["announcement"]["cutoff"] = cutoff
+    inputs["context"]["timezone"] = zone
+    assert f"- Announced cut-off: `{shown}`" in render_markdown(**inputs)
+
+
+# --- the backup's verification, as the run record holds it --------------------------------------------
+
+
+def full_backup_line(inputs):
+    return field(render_markdown(**inputs), "Full backup")
+
+
+def test_a_failed_verify_says_failed_when_and_down_to_the_member(inputs):
+    inputs["record"].pop("verify")
+    inputs["record"]["backup"]["verify"] = {
+        "ok": False,
+        "at": "2026-01-15T17:10:02+00:00",
+        "backup": "backup-20260115T170212Z",
+        "failures": [{"file": "outputs.tar", "member": "user003/img.png", "reason": "sha256 differs from the manifest"}],
+    }
+    line = full_backup_line(inputs)
+    assert line.endswith(
+        "(11 files), FAILED verification at 2026-01-15 17:10 UTC: `outputs.tar member user003/img.png`"
+        " (`sha256 differs from the manifest`)"
+    )
+    markdown = render_markdown(**inputs)
+    assert ", verified" not in markdown
+    assert "the backup FAILED verification: NEEDS FOLLOW-UP" in markdown
+    assert "FAILED verification at 2026-01-15 17:10 UTC: <code>outputs.tar member user003/img.png</code>" in render_html(**inputs)
+
+
+def test_a_failed_verify_overrides_an_older_top_level_ok(inputs):
+    """The old run record kept `verify.ok: true` beside the backup; backup.verify is the one read."""
+    inputs["record"]["backup"]["verify"] = {"ok": False, "at": "2026-01-15T17:10:02Z", "backup": "backup-20260115T170212Z"}
+    assert ", FAILED verification at 2026-01-15 17:10 UTC (what failed was not recorded)" in full_backup_line(inputs)
+
+
+def test_a_passed_verify_says_when(inputs):
+    inputs["record"]["backup"]["verify"] = {"ok": True, "at": "2026-01-15T17:10:02Z", "backup": "backup-20260115T170212Z"}
+    assert full_backup_line(inputs).endswith("(11 files), verified at 2026-01-15 17:10 UTC")
+    assert "NEEDS FOLLOW-UP at least" not in render_markdown(**inputs)
+
+
+def test_a_verify_of_another_backup_does_not_verify_this_one(inputs):
+    inputs["record"]["backup"]["verify"] = {"ok": True, "at": "2026-01-15T17:10:02Z", "backup": "backup-older"}
+    assert full_backup_line(inputs).endswith("NOT VERIFIED (the last verification was of `backup-older`)")
+    inputs["record"]["backup"].pop("verify")
+    inputs["record"].pop("verify")
+    assert full_backup_line(inputs).endswith("NOT VERIFIED (no verification is recorded)")
+
+
+# --- the module: metrics passed in, a preview in check mode, stamped with the time of writing --------
+
+
+def run_report_module(capsys, args, check=False):
+    from ansible.module_utils.testing import patch_module_args
+
+    from conftest import load_module
+
+    module = load_module("workshop_report")
+    with patch_module_args({**args, "_ansible_check_mode": check}), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def module_args(inputs, dest, record):
+    record.write_text(json.dumps(inputs["record"]))
+    context = {key: value for key, value in inputs["context"].items() if key != "generated_at"}
+    metrics = {**inputs["metrics"], "logs": inputs["logs"], "duration_seconds": inputs["durations"]}
+    return {"dest": str(dest), "metrics": metrics, "run_record": str(record), "context": context}
+
+
+def test_check_mode_returns_the_preview_and_writes_nothing(inputs, tmp_path, capsys):
+    args = module_args(inputs, tmp_path / "report", tmp_path / "run-record.json")
+    result = run_report_module(capsys, args, check=True)
+    assert result["changed"] is True
+    assert result["markdown"].startswith("# Workshop Report - 2026-01-15\n")
+    assert "- Total jobs submitted: 57" in result["markdown"]
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_report_is_stamped_when_written_and_a_rerun_changes_nothing(inputs, tmp_path, capsys):
+    args = module_args(inputs, tmp_path / "report", tmp_path / "run-record.json")
+    before = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    first = run_report_module(capsys, args)
+    after = datetime.now(timezone.utc)
+    assert first["changed"] is True
+    stamped = datetime.strptime(first["generated_at"], "%Y-%m-%d %H:%M UTC").replace(tzinfo=timezone.utc)
+    assert before <= stamped <= after  # the time of writing, not the drain's 16:48
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert markdown == first["markdown"]
+    assert f"**Report completed:** {first['generated_at']} (generated)" in markdown
+    html_page = (tmp_path / "report" / "report.html").read_text()
+    assert f"{first['generated_at']} (generated)" in html_page
+
+    # The same data a minute later: nothing changes, the first time stays.
+    for name in ("report.md", "report.html"):
+        path = tmp_path / "report" / name
+        path.write_text(path.read_text().replace(first["generated_at"], "2026-01-16 09:00 UTC"))
+    again = run_report_module(capsys, args)
+    assert again["changed"] is False
+    assert again["generated_at"] == "2026-01-16 09:00 UTC"
+
+    # New data: both files are written again, with the new time.
+    args["metrics"]["jobs"]["failed"] = 5
+    third = run_report_module(capsys, args)
+    assert third["changed"] is True and third["generated_at"] != "2026-01-16 09:00 UTC"
+    assert "2026-01-16 09:00 UTC" not in (tmp_path / "report" / "report.html").read_text()
