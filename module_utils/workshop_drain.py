@@ -318,16 +318,16 @@ def _look_once(queue, state, queues):
     seen = set(state["seen"]) | set(view["pending"]) | set(view["running"])
     state["seen"] = sorted(seen)
     lost = lost_queues(counts, state)
-    if lost:
-        raise_lost(lost, [])
     if any(counts[q] for q in queues):
+        if lost:
+            raise_lost(lost, [])
         return False, counts, describe(counts, queues)
     waiting = set(OPEN) if "running" in queues else {"pending"}
     records = queue.records(seen)
     deleted = set(state["deleted"]) | queue.deleted
     vanished = sorted(job_id for job_id, r in records.items() if r is None and job_id not in deleted)
-    if vanished:
-        raise_lost([], vanished)
+    if lost or vanished:
+        raise_lost(lost, vanished)
     state["deleted"] = sorted(deleted & seen)
     unsettled = [job_id for job_id, r in records.items() if isinstance(r, dict) and r.get("status") in waiting]
     members = queue.memberships(job_id for job_id, r in records.items() if isinstance(r, dict))
