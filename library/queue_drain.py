@@ -230,10 +230,17 @@ summary:
 resume:
   description:
     - Pass to O(resume) of the next call to continue this drain. With O(source=redis) it holds every job id
-      seen open since the drain began (C(seen)), those the platform deleted (C(deleted)) and those a policy
-      moved (C(acted)).
+      seen open since the drain began (C(seen)), those the platform deleted (C(deleted)), those a policy
+      moved (C(acted)) and the ids O(clear_broken) removed (C(cleared)).
   returned: always
   type: dict
+forced:
+  description:
+    - Ids of the jobs O(force) requeued or failed although their worker still polled (or that were in no queue);
+      a warning says so too.
+  returned: always
+  type: list
+  elements: str
 would_wait_for:
   description: In check mode, what the drain would wait for.
   returned: check mode
@@ -246,6 +253,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.urls import fetch_url
 from ansible.module_utils.workshop_drain import (
+    ALIVE,
+    NO_QUEUE,
     PENDING,
     HttpQueue,
     RedisQueue,
@@ -395,13 +404,16 @@ def report(module, outcome):
     changed = any(
         not action["action"].startswith("left") and action["action"] != "finished meanwhile" for action in outcome["actions"]
     )
-    warnings = []
-    if params["force"] and any(
-        action["action"] in ("requeued", "failed") and action["kind"] != PENDING for action in outcome["actions"]
-    ):
-        warnings.append(
-            "force: jobs were requeued or failed although their worker may still be working on them; if that "
-            "worker reports later, the platform records its outcome too (the job can then be in two queues)"
+    forced = [
+        action["id"]
+        for action in outcome["actions"]
+        if action["action"] in ("requeued", "failed") and action["kind"] in (ALIVE, NO_QUEUE)
+    ]
+    if forced:
+        module.warn(
+            f"force: {len(forced)} job(s) requeued or failed although their worker may still be working on them "
+            f"({', '.join(forced)}); if that worker reports later, the platform records its outcome too, and the "
+            "job can then be in two queues"
         )
     result = dict(
         changed=changed,
@@ -418,10 +430,9 @@ def report(module, outcome):
         pending_jobs=outcome["pending_jobs"],
         actions=outcome["actions"],
         summary=f"drained after {elapsed:.0f}s" if outcome["drained"] else f"{outcome['why']} after {elapsed:.0f}s",
+        forced=forced,
         resume=outcome["resume"],
     )
-    if warnings:
-        result["warnings"] = warnings
     if module.check_mode:
         result["would_wait_for"] = (
             f"{' and '.join(params['queues'])} to be empty, now {outcome['why']}; up to {params['timeout']}s"

@@ -288,6 +288,7 @@ def new_state(resume, now, counts):
         seen=sorted(set(resume.get("seen") or resume.get("open_ids") or [])),
         deleted=sorted(set(resume.get("deleted") or [])),
         acted=sorted(set(resume.get("acted") or [])),
+        cleared=sorted(set(resume.get("cleared") or [])),
     )
 
 
@@ -325,7 +326,10 @@ def _look_once(queue, state, queues):
     waiting = set(OPEN) if "running" in queues else {"pending"}
     records = queue.records(seen)
     deleted = set(state["deleted"]) | queue.deleted
-    vanished = sorted(job_id for job_id, r in records.items() if r is None and job_id not in deleted)
+    # Ids a policy cleared had no record (ghosts) or keep theirs: neither is a loss.
+    vanished = sorted(
+        job_id for job_id, r in records.items() if r is None and job_id not in deleted and job_id not in state["cleared"]
+    )
     if lost or vanished:
         raise_lost(lost, vanished)
     state["deleted"] = sorted(deleted & seen)
@@ -469,7 +473,8 @@ def settle_stuck(queue, jobs, policy, reason, force, clear_broken, state):
             continue
         done = queue.settle(job["id"], action, reason, force)
         if not done.startswith("left") and done != "finished meanwhile":
-            state["acted"] = sorted(set(state["acted"]) | {job["id"]})
+            which = "cleared" if action == "clear" else "acted"
+            state[which] = sorted(set(state[which]) | {job["id"]})
         actions.append(dict(id=job["id"], kind=job["kind"], action=done))
     return actions
 

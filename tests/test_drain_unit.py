@@ -363,6 +363,19 @@ def test_clear_broken_removes_ghosts_and_unreadable_ids_and_keeps_the_record(cli
     assert client.get(f"job:{ids[UNREADABLE]}") == "{not json"
 
 
+def test_a_cleared_ghost_is_no_loss_and_the_drain_finishes(client, platform, queue):
+    ghost = str(uuid.uuid4())
+    client.zadd("queue:running", {ghost: time.time()})
+    state = fresh(queue)
+    assert not look(queue, state, BOTH)[0] and state["seen"] == [ghost]
+
+    actions = settle_stuck(queue, classify(queue), "leave", "", False, True, state)
+
+    assert actions == [{"id": ghost, "kind": GHOST, "action": "cleared from queue:running"}]
+    assert state["cleared"] == [ghost]
+    assert look(queue, state, BOTH)[0]
+
+
 def test_fail_racing_a_worker_that_completes_keeps_the_real_outcome(client, platform, queue):
     """The worker's SET lands between the drain's read and its EXEC: WATCH refuses the EXEC."""
     job_id = platform.submit()

@@ -233,7 +233,10 @@ class QueueManager:
             return 204, None
         job_id = popped[0]
         self.pause()
-        job = self.load(job_id)
+        try:
+            job = self.load(job_id)
+        except ValueError:  # an unreadable record: the platform's get_job logs it and answers None
+            job = None
         if job is None:  # the platform drops the id: the job is gone from every queue
             return 204, None
         self.pause()
