@@ -362,7 +362,8 @@ def test_never_drained_inside_the_platforms_pending_to_running_window(step_pause
 
     Every job passes through the window where it is in neither queue (the old drain's "drained"):
     the test asserts each window was seen, and that no look reported drained unless the job was
-    already filed in queue:completed before the look began.
+    filed in queue:completed by the time the look returned (each step of a move lasts 0.25 s, far
+    longer than a look, so a look inside a window returns while the job is still unfiled).
     """
     queue = drain_queue()
     tries = in_window = 0
@@ -373,10 +374,11 @@ def test_never_drained_inside_the_platforms_pending_to_running_window(step_pause
             while True:
                 filed_before = rdb.zscore("queue:completed", job_id) is not None
                 drained, counts, _ = look(queue, new_state(None, time.time(), queue.counts()), ["pending", "running"])
+                filed_after = rdb.zscore("queue:completed", job_id) is not None
                 tries += 1
-                if counts["pending"] == counts["running"] == 0 and not filed_before:
+                if counts["pending"] == counts["running"] == 0 and not filed_after:
                     windows += 1  # empty queues, job not done: where the old drain said drained
-                assert not drained or filed_before, (job_id, job_record(rdb, job_id), where(rdb, job_id))
+                assert not drained or filed_after, (job_id, job_record(rdb, job_id), where(rdb, job_id))
                 if filed_before:
                     break
                 time.sleep(0.01)
