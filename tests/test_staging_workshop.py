@@ -2,11 +2,13 @@
 Redis keys and job JSON, the same HTTP API, the same log lines, the same persistence."""
 
 import json
+import re
 import time
 from pathlib import Path
 
 from conftest import PROJECT_DIR, compose, dotenv, http, job_record, redis_answers, staging, submit, wait_for, wait_for_status
 
+QUEUES = ("pending", "running", "completed", "failed")
 JOB_FIELDS = {
     "id",
     "user_id",
@@ -114,16 +116,64 @@ def test_submissions_beyond_max_queue_depth_get_429(staging_workshop, rdb):
         wait_for_status(rdb, job_id, {"completed"})
 
 
-def test_cancelling_a_pending_job_removes_it_from_the_queue(staging_workshop, rdb, cleanup_jobs):
+def test_cancelling_a_pending_job_deletes_it_without_a_trace(staging_workshop, rdb, cleanup_jobs):
     blocker = submit("user001", metadata={"staging": {"duration": 2, "succeed": True}})
     wait_for_status(rdb, blocker, {"running"})
     pending = submit("user001")
 
     status, _ = http("DELETE", f"/api/jobs/{pending}")
 
-    assert status in (200, 204)
-    assert rdb.zscore("queue:pending", pending) is None
-    assert job_record(rdb, pending)["status"] == "cancelled"
+    assert status == 204
+    assert not any(rdb.zscore(f"queue:{queue}", pending) is not None for queue in QUEUES)
+    assert job_record(rdb, pending) is None and pending not in rdb.smembers("user:user001:jobs")
+
+
+def test_cancelling_a_running_job_only_sets_its_status_and_leaves_it_in_queue_running(staging_workshop, rdb, cleanup_jobs):
+    hung = submit("user002", metadata={"staging": {"hang": True}})
+    running = wait_for_status(rdb, hung, {"running"})
+
+    status, _ = http("DELETE", f"/api/jobs/{hung}")
+    time.sleep(0.5)
+
+    assert status == 204
+    assert job_record(rdb, hung) == {**running, "status": "cancelled"}
+    assert rdb.zscore("queue:running", hung) is not None
+    assert http("DELETE", f"/api/jobs/{hung}")[0] == 400  # neither pending nor running any more
+
+
+def test_timestamps_are_written_as_the_platform_writes_them(staging_workshop, rdb):
+    job_id = submit("user003", metadata={"staging": {"duration": 0.1, "succeed": True}})
+    job = wait_for_status(rdb, job_id, {"completed"})
+
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?")
+    for field in ("created_at", "started_at", "completed_at"):
+        assert job[field].endswith("Z") and stamp.fullmatch(job[field][:-1]), job[field]
+    heartbeat = rdb.get("worker:worker-1:heartbeat")
+    assert heartbeat.endswith("+00:00") and stamp.fullmatch(heartbeat[:-6]), heartbeat
+    assert 0 < rdb.ttl("worker:worker-1:heartbeat") <= 60
+
+
+def test_the_step_pause_holds_the_take_window_open(staging_workshop, rdb):
+    """With the pause, a job taken by the worker is seen in no queue with its record already running."""
+    staging("up", staging_workshop_step_pause=0.5)
+    try:
+        job_id = submit("user004", metadata={"staging": {"duration": 0.1, "succeed": True}})
+        seen = wait_for(
+            lambda: (
+                (job := job_record(rdb, job_id))
+                and job["status"] == "running"
+                and rdb.zscore("queue:pending", job_id) is None
+                and rdb.zscore("queue:running", job_id) is None
+                and job
+            ),
+            timeout=20,
+            interval=0.02,
+            what="the job between ZPOPMIN and ZADD queue:running",
+        )
+        assert seen["worker_id"] == "worker-1"
+        wait_for_status(rdb, job_id, {"completed"}, timeout=30)
+    finally:
+        staging("up")
 
 
 def test_invalid_user_id_is_refused(staging_workshop):

@@ -22,8 +22,20 @@ def env(name, default, cast=str):
 
 
 def iso(epoch):
-    """ISO-8601 UTC timestamp of `epoch`, always with microseconds (2026-11-29T03:39:09.123456+00:00)."""
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
+    """ISO-8601 UTC timestamp of `epoch` as the platform writes heartbeats and events: Python's
+    isoformat() of an aware datetime (2026-11-29T03:39:09.123456+00:00; no fraction on a whole second)."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+
+
+def job_time(epoch):
+    """ISO-8601 UTC timestamp of `epoch` as the platform writes job records (pydantic's JSON of an aware
+    datetime): a `Z` instead of +00:00 (2026-01-28T14:03:11.482113Z; no fraction on a whole second)."""
+    return iso(epoch).replace("+00:00", "Z")
+
+
+def epoch_of(text):
+    """Epoch seconds of a timestamp written by iso() or job_time()."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class JSONFormatter(logging.Formatter):

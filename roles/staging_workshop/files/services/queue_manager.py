@@ -1,17 +1,20 @@
 """Staging queue manager: the platform's job queue API over its Redis keys (http.server in place of FastAPI).
 
-Every change of a job moves its id between the queue:* sets and rewrites job:{id} in one MULTI/EXEC,
-under WATCH, so a job is never in two queues or none, even with the drain playbook writing meanwhile.
+Every change of a job is the platform's own sequence of separate Redis commands, in its order and with
+no MULTI around them (../shared/platform/README.md, "How the queue manager moves a job"): between the
+ZPOPMIN of a job and its ZADD to queue:running the job is in no queue, and the job_updated event is
+published inside that window. STEP_PAUSE (seconds, default 0) sleeps between the commands of a move,
+so a test can hold any of these windows open as long as it needs.
 """
 
+import contextlib
 import json
 import re
 import threading
 import time
 import uuid
-from datetime import datetime
 
-from common import HTTPError, env, iso, serve, setup_logging
+from common import HTTPError, env, epoch_of, iso, job_time, serve, setup_logging
 from resp import Redis, RedisError
 
 USER_ID = re.compile(r"[a-zA-Z0-9_-]{1,100}")
@@ -36,6 +39,10 @@ def event(kind, data):
     return ("PUBLISH", UPDATES, json.dumps({"type": kind, "data": data, "timestamp": iso(time.time())}))
 
 
+def job_json(job):
+    return json.dumps(job)
+
+
 class QueueManager:
     routes = (
         ("GET", r"/health", "health"),
@@ -58,6 +65,7 @@ class QueueManager:
         self.version = env("APP_VERSION", "staging")
         self.mode = env("QUEUE_MODE", "single-gpu")
         self.started = time.monotonic()
+        self.step_pause = env("STEP_PAUSE", 0.0, float)
 
     # Reading
 
@@ -122,6 +130,19 @@ class QueueManager:
         jobs = [json.loads(item) for item in raw if item]
         return 200, sorted(jobs, key=lambda job: job["created_at"], reverse=True)
 
+    # The platform's moves, one Redis command at a time
+
+    def run(self, *commands):
+        """Send `commands` one by one, as the platform does, with STEP_PAUSE between them."""
+        for index, command in enumerate(commands):
+            if index and self.step_pause:
+                time.sleep(self.step_pause)
+            self.redis.execute(*command)
+
+    def pause(self):
+        if self.step_pause:
+            time.sleep(self.step_pause)
+
     # Participants
 
     def submit(self, request):
@@ -135,6 +156,9 @@ class QueueManager:
         check_priority(priority)
         if not isinstance(metadata, dict):
             raise HTTPError(400, "metadata must be a JSON object")
+        # The platform reads the depth, then writes: two submissions at once may both take the last place.
+        if self.redis.execute("ZCARD", "queue:pending") >= self.max_depth:
+            raise HTTPError(429, f"Queue is full (max depth: {self.max_depth})")
         now = time.time()
         job = {
             "id": str(uuid.uuid4()),
@@ -142,7 +166,7 @@ class QueueManager:
             "workflow": workflow,
             "status": "pending",
             "priority": priority,
-            "created_at": iso(now),
+            "created_at": job_time(now),
             "started_at": None,
             "completed_at": None,
             "worker_id": None,
@@ -150,127 +174,116 @@ class QueueManager:
             "error": None,
             "metadata": metadata,
         }
-
-        def build():
-            # Under WATCH queue:pending: two submissions at once cannot both take the last place.
-            if self.redis.execute("ZCARD", "queue:pending") >= self.max_depth:
-                raise HTTPError(429, "Queue is full")
-            return [
-                ("SET", job_key(job["id"]), json.dumps(job)),
-                ("ZADD", "queue:pending", pending_score(priority, now), job["id"]),
-                ("SADD", f"user:{user}:jobs", job["id"]),
-                event("job_created", job),
-            ], job
-
-        self.redis.transaction(build, "queue:pending")
+        # submit: SET job -> ZADD queue:pending -> SADD user jobs -> PUBLISH job_created.
+        self.run(
+            ("SET", job_key(job["id"]), job_json(job)),
+            ("ZADD", "queue:pending", pending_score(priority, now), job["id"]),
+            ("SADD", f"user:{user}:jobs", job["id"]),
+            event("job_created", job),
+        )
         self.logger.info("Job %s submitted by user %s", job["id"], user)
         return 201, job
 
     def cancel(self, request, job_id):
-        def build():
-            job = self.load_or_404(job_id)
-            if job["status"] not in ("pending", "running"):
-                raise HTTPError(409, f"Cannot cancel a job that is {job['status']}")
-            queue = f"queue:{job['status']}"
-            kind = "job_deleted" if job["status"] == "pending" else "job_updated"
-            job.update(status="cancelled", completed_at=iso(time.time()))
-            return [("ZREM", queue, job_id), ("SET", job_key(job_id), json.dumps(job)), event(kind, job)], job
-
-        job = self.redis.transaction(build, job_key(job_id))
-        self.logger.info("Job %s cancelled", job_id)
-        return 200, job
+        """A pending job is deleted outright; a running one only gets status cancelled and stays in queue:running."""
+        job = self.load_or_404(job_id)
+        if job["status"] == "running":
+            job["status"] = "cancelled"
+            self.run(("SET", job_key(job_id), job_json(job)), event("job_updated", job))
+            self.logger.info("Job %s marked for cancellation", job_id)
+        elif job["status"] == "pending":
+            self.run(
+                *(("ZREM", f"queue:{queue}", job_id) for queue in QUEUES),
+                ("SREM", f"user:{job['user_id']}:jobs", job_id),
+                ("DEL", job_key(job_id)),
+                event("job_deleted", {"job_id": job_id}),
+            )
+            self.logger.info("Job %s cancelled and removed from queue", job_id)
+        else:
+            raise HTTPError(400, f"Cannot cancel job in {job['status']} state")
+        return 204, None
 
     def set_priority(self, request, job_id):
         priority = request.json_body().get("priority")
         check_priority(priority)
-
-        def build():
-            job = self.load_or_404(job_id)
-            if job["status"] != "pending":
-                raise HTTPError(409, f"Cannot change the priority of a job that is {job['status']}")
-            job["priority"] = priority
-            return [
-                ("SET", job_key(job_id), json.dumps(job)),
-                ("ZADD", "queue:pending", pending_score(priority, datetime.fromisoformat(job["created_at"]).timestamp()), job_id),
-                event("job_updated", job),
-            ], job
-
-        job = self.redis.transaction(build, job_key(job_id), "queue:pending")
+        job = self.load_or_404(job_id)
+        if job["status"] != "pending":
+            raise HTTPError(400, f"Cannot change priority of {job['status']} job")
+        job["priority"] = priority
+        self.run(
+            ("SET", job_key(job_id), job_json(job)),
+            event("job_updated", job),
+            ("ZADD", "queue:pending", pending_score(priority, epoch_of(job["created_at"])), job_id),
+        )
         self.logger.info("Updated job %s priority to %d", job_id, priority)
-        return 200, job
+        return 200, {"status": "success", "job_id": job_id, "priority": priority}
 
     # Workers
 
     def next_job(self, request):
+        """ZPOPMIN queue:pending -> GET job -> SET job (running) -> PUBLISH job_updated -> ZADD queue:running."""
         worker = request.query("worker_id")
         if not worker:
             raise HTTPError(400, "worker_id is required")
+        # The heartbeat says only that the worker polls: a worker busy with a long job lets it expire.
         self.redis.execute("SET", f"worker:{worker}:heartbeat", iso(time.time()), "EX", HEARTBEAT_TTL)
         self.redis.execute("SADD", KNOWN_WORKERS, worker)
-
-        def build():
-            # ZPOPMIN inside MULTI would leave the job in no queue if the queue manager died before
-            # moving it: read the head under WATCH instead, and move it in the same EXEC that rewrites it.
-            head = self.redis.execute("ZRANGE", "queue:pending", 0, 0)
-            if not head:
-                return [], None
-            job_id = head[0]
-            self.redis.execute("WATCH", job_key(job_id))
-            job = self.load(job_id)
-            if job is None:  # an id without its record: drop it; the worker's next poll gets the next job
-                return [("ZREM", "queue:pending", job_id)], None
-            now = time.time()
-            job.update(status="running", started_at=iso(now), worker_id=worker)
-            return [
-                ("ZREM", "queue:pending", job_id),
-                ("ZADD", "queue:running", now, job_id),
-                ("SET", job_key(job_id), json.dumps(job)),
-                event("job_updated", job),
-            ], job
-
-        job = self.redis.transaction(build, "queue:pending")
-        if job is None:
+        popped = self.redis.execute("ZPOPMIN", "queue:pending")
+        if not popped:
             return 204, None
-        self.logger.info("Assigned job %s to worker %s", job["id"], worker)
+        job_id = popped[0]
+        self.pause()
+        try:
+            job = self.load(job_id)
+        except ValueError:  # an unreadable record: the platform's get_job logs it and answers None
+            job = None
+        if job is None:  # the platform drops the id: the job is gone from every queue
+            return 204, None
+        self.pause()
+        job.update(status="running", started_at=job_time(time.time()), worker_id=worker)
+        self.run(
+            ("SET", job_key(job_id), job_json(job)),
+            event("job_updated", job),
+            ("ZADD", "queue:running", time.time(), job_id),
+        )
+        self.logger.info("Assigned job %s to worker %s", job_id, worker)
         return 200, job
 
     def complete_job(self, request):
         result = request.json_body().get("result")
         job = self.finish(request.query("job_id"), "completed", result=result)
         self.logger.info("Recorded job %s as completed", job["id"])
-        return 200, job
+        return 200, {"status": "success", "job_id": job["id"]}
 
     def fail_job(self, request):
         error = request.json_body().get("error")
-        if not isinstance(error, str) or not error:
+        if not isinstance(error, str) or not error.strip():
             raise HTTPError(400, "error must be a non-empty string")
-        job = self.finish(request.query("job_id"), "failed", error=error)
+        job = self.finish(request.query("job_id"), "failed", error=error.strip())
         self.logger.info("Recorded job %s as failed", job["id"])
-        return 200, job
+        return 200, {"status": "success", "job_id": job["id"]}
 
     def finish(self, job_id, status, **fields):
-        """Move a running job to queue:completed or queue:failed; 409 when it is no longer running."""
+        """SET job (completed/failed) -> PUBLISH -> ZREM queue:running -> ZADD queue:<status> (-> INCR).
+
+        As on the platform, whatever the record's status was (a job cancelled while running is
+        completed all the same); 404 when the record is gone.
+        """
         if not job_id:
             raise HTTPError(400, "job_id is required")
-
-        def build():
-            job = self.load_or_404(job_id)
-            if job["status"] != "running":
-                # Cancelled (or timed out) meanwhile: its state stays what it is.
-                raise HTTPError(409, f"Job is {job['status']}, not running")
-            now = time.time()
-            job.update(status=status, completed_at=iso(now), **fields)
-            commands = [
-                ("ZREM", "queue:running", job_id),
-                ("ZADD", f"queue:{status}", now, job_id),
-                ("SET", job_key(job_id), json.dumps(job)),
-                event("job_updated", job),
-            ]
-            if status == "completed":
-                commands.append(("INCR", f"user:{job['user_id']}:completed"))
-            return commands, job
-
-        return self.redis.transaction(build, job_key(job_id), "queue:running")
+        job = self.load_or_404(job_id)
+        job.update(status=status, completed_at=job_time(time.time()), **fields)
+        commands = [
+            ("SET", job_key(job_id), job_json(job)),
+            event("job_updated", job),
+            ("ZREM", "queue:running", job_id),
+            ("ZADD", f"queue:{status}", time.time(), job_id),
+        ]
+        if status == "completed":
+            commands.append(("INCR", f"user:{job['user_id']}:completed"))
+        self.pause()
+        self.run(*commands)
+        return job
 
     # Housekeeping
 
@@ -284,16 +297,13 @@ class QueueManager:
                 self.logger.exception("Cleanup of stale jobs failed")
 
     def cleanup(self):
-        """Fail the jobs that have been running longer than JOB_TIMEOUT."""
-        stale = self.redis.execute("ZRANGEBYSCORE", "queue:running", "-inf", time.time() - self.job_timeout)
+        """Fail the jobs that have been running longer than JOB_TIMEOUT (an id without its record stays)."""
+        stale = self.redis.execute("ZRANGEBYSCORE", "queue:running", 0, time.time() - self.job_timeout)
         cleaned = 0
         for job_id in stale:
-            try:
+            with contextlib.suppress(HTTPError):  # a record that is gone: the platform counts it all the same
                 self.finish(job_id, "failed", error="Job timeout exceeded")
-                cleaned += 1
-            except HTTPError as error:
-                if error.status == 404:  # an id without its record would stay in queue:running forever
-                    self.redis.execute("ZREM", "queue:running", job_id)
+            cleaned += 1
         if cleaned:
             self.logger.info("Cleaned up %d stale jobs", cleaned)
 

@@ -171,7 +171,7 @@ class Worker:
         else:
             self.logger.error("Job %s failed: %s", job_id, error)
             status, answer = self.call("POST", f"/api/workers/fail-job?job_id={job_id}", {"error": error})
-        if status != 200:  # cancelled or timed out meanwhile: it is not this worker's to count
+        if status != 200:  # its record is gone (as on the platform, a cancelled job is still recorded as finished)
             self.logger.warning("Queue manager kept job %s as it was (%d: %s)", job_id, status, answer)
         elif error is None:
             self.completed += 1
