@@ -182,7 +182,8 @@ def release(folder, run_id, check_mode=False):
     path = lock_path(folder)
     current = read_owner(path)
     if current is None:
-        return dict(path=path, released=False, owner=None, warning=f"No lock at {path} to release")
+        # A dry run took no lock: nothing to say.
+        return dict(path=path, released=False, owner=None, warning="" if check_mode else f"No lock at {path} to release")
     if current.get("run_id") != run_id:
         return dict(
             path=path,
