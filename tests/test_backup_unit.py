@@ -336,3 +336,54 @@ def test_snapshot_completion_is_read_from_rdb_saves_not_lastsave(tmp_path):
         second = conn.snapshot()
         assert second["rdb_saves"] == first["rdb_saves"] + 1
         assert second["changes_since_save"] == 0  # the second save holds "b": it was not the first one seen again
+
+
+# --- a Docker stream cut mid-snapshot -----------------------------------------------------------
+
+
+class _CutStream:
+    """What docker-py's get_archive hands back when the engine's HTTP stream breaks midway: the
+    first chunks of a real tar of the RDB file, then urllib3's ProtocolError."""
+
+    def __init__(self, tar_bytes, cut_at):
+        self.tar_bytes, self.cut_at = tar_bytes, cut_at
+
+    def __iter__(self):
+        import urllib3.exceptions
+
+        yield self.tar_bytes[: self.cut_at]
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(4096 bytes read, 61440 more expected)")
+
+
+class _StreamingContainer:
+    name = "comfy-redis"
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def get_archive(self, path):
+        return self.stream, {}
+
+
+def test_a_docker_stream_cut_mid_snapshot_says_so(tmp_path):
+    import io
+
+    from ansible.module_utils.workshop_compose import ComposeProject
+
+    from conftest import load_module
+
+    rdb = tmp_path / "dump.rdb"
+    rdb.write_bytes(os.urandom(64 << 10))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(rdb, arcname="dump.rdb")
+    project = ComposeProject(client=None, name="comfyui", engine="unix:///run/docker.sock")
+    container = _StreamingContainer(_CutStream(buffer.getvalue(), 4096 + 512))
+
+    redis_snapshot = load_module("redis_snapshot")
+    with pytest.raises(WorkshopError) as caught:
+        redis_snapshot._copy_from_container(project, container, "/data/dump.rdb", str(tmp_path / "copy.partial"))
+
+    message = caught.value.msg
+    assert "The Docker Engine at unix:///run/docker.sock stopped streaming /data/dump.rdb out of comfy-redis mid-copy" in message
+    assert "ProtocolError" in message and "None" not in message
