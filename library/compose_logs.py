@@ -20,7 +20,9 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: Lists the containers and files it would export, and writes nothing.
+    description:
+      - Exports into a scratch folder outside O(dest), compares each file's content with the one in O(dest)
+        as a real run does, and removes the scratch folder; writes nothing in O(dest).
   diff_mode:
     support: none
 extends_documentation_fragment:
@@ -83,6 +85,8 @@ project:
 """
 
 import os
+import shutil
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_compose import (
@@ -93,7 +97,7 @@ from ansible.module_utils.workshop_compose import (
     compose_argument_spec,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_logs import export_container, log_file_name, write_combined
+from ansible.module_utils.workshop_logs import export_container, log_file_name, same_content, write_combined
 from ansible.module_utils.workshop_time import parse_time
 
 
@@ -121,28 +125,31 @@ def export(params, check_mode):
         service = container.labels.get(SERVICE_LABEL, container.name)
         services_seen[service] = services_seen.get(service, 0) + 1
     since, until = docker_time(params["since"]), docker_time(params["until"])
+    # A dry run writes the same files into a scratch folder and compares them with dest's.
+    work = tempfile.mkdtemp(prefix="compose-logs-check-") if check_mode else params["dest"]
     entries, parts, changed = [], [], False
-    if not check_mode:
-        os.makedirs(params["dest"], exist_ok=True)
-    for container in sorted(containers, key=lambda c: (c.labels.get(SERVICE_LABEL, ""), c.name)):
-        service = container.labels.get(SERVICE_LABEL, container.name)
-        name = log_file_name(container, services_seen)
-        path = os.path.join(params["dest"], name)
-        entry = dict(service=service, container=container.name, file=name, restart_count=container.attrs.get("RestartCount", 0))
-        if check_mode:
-            changed = changed or not os.path.exists(path)
-        else:
+    try:
+        os.makedirs(work, exist_ok=True)
+        for container in sorted(containers, key=lambda c: (c.labels.get(SERVICE_LABEL, ""), c.name)):
+            service = container.labels.get(SERVICE_LABEL, container.name)
+            name = log_file_name(container, services_seen)
+            path = os.path.join(work, name)
+            entry = dict(
+                service=service, container=container.name, file=name, restart_count=container.attrs.get("RestartCount", 0)
+            )
             entry["lines"], entry["bytes"], written = export_container(container, path, since, until)
-            changed = changed or written
+            changed = changed or (not same_content(os.path.join(params["dest"], name), path) if check_mode else written)
             parts.append((service if services_seen[service] == 1 else container.name, path))
-        entries.append(entry)
-    combined = dict(file=params["combined_name"])
-    combined_path = os.path.join(params["dest"], params["combined_name"])
-    if check_mode:
-        changed = changed or not os.path.exists(combined_path)
-    else:
+            entries.append(entry)
+        combined = dict(file=params["combined_name"])
+        combined_path = os.path.join(work, params["combined_name"])
         combined["lines"], combined["bytes"], written = write_combined(combined_path, parts)
+        if check_mode:
+            written = not same_content(os.path.join(params["dest"], params["combined_name"]), combined_path)
         changed = changed or written
+    finally:
+        if check_mode:
+            shutil.rmtree(work, ignore_errors=True)
     return dict(changed=changed, services=entries, combined=combined, project=project.name)
 
 

@@ -6,13 +6,19 @@ DOCUMENTATION = r"""
 module: redis_snapshot
 short_description: Take a consistent, verified snapshot of the workshop's Redis
 description:
-  - Has the live Redis write its RDB snapshot without blocking it (C(BGSAVE); C(SAVE) only by
-    O(method)), waits until C(LASTSAVE) advances and the save reports ok, and copies the file to
-    O(dest) from inside the Redis container (the platform keeps it in a named volume) or from the host.
+  - Has the live Redis write its RDB snapshot without blocking it (C(BGSAVE SCHEDULE); C(SAVE) only by
+    O(method)), waits until Redis's own persistence counters (C(INFO persistence) - C(rdb_saves),
+    C(rdb_bgsave_in_progress), C(rdb_last_bgsave_status)) show the save done and ok (not C(LASTSAVE),
+    whose one-second resolution misses a save in the same second), and copies the file to O(dest)
+    from inside the Redis container (the platform keeps it in a named volume) or from the host.
+  - Before any save, it checks O(rdb_path) against where Redis says it writes (C(CONFIG GET)) and that
+    its folder exists, failing with the path at fault. A Docker stream cut during the copy fails
+    saying so; nothing partial is kept.
   - The copy goes to a temporary name, is verified (RDB header, every entry, CRC-64 trailer) and
     only then renamed. An existing O(dest) is never overwritten.
   - Returns the key count and the size of each queue as they are in the file itself, which the
-    restore test compares against.
+    restore test compares against. Keys with a time to live (the workers' heartbeats) are counted
+    apart (RV(volatile_keys)), since they expire and a restore check would not find them.
 version_added: "0.1.0"
 author: comfy-wrapup
 requirements:
@@ -21,7 +27,7 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: Reports where it would read the snapshot from and write it to, and asks Redis for nothing.
+    description: Reports where it would read the snapshot from and write it to; asks Redis nothing and calls no Docker.
   diff_mode:
     support: none
 extends_documentation_fragment:
@@ -89,7 +95,11 @@ sha256:
   returned: success and not check mode
   type: str
 keys:
-  description: Keys in the snapshot (all databases).
+  description: Keys without a time to live in the snapshot (all databases).
+  returned: success and not check mode
+  type: int
+volatile_keys:
+  description: Keys with a time to live in the snapshot (the workers' heartbeats), not in RV(keys).
   returned: success and not check mode
   type: int
 queues:
@@ -110,7 +120,11 @@ checksum:
   returned: success and not check mode
   type: str
 lastsave:
-  description: LASTSAVE of Redis after the snapshot (epoch seconds).
+  description: rdb_last_save_time of Redis after the snapshot (epoch seconds).
+  returned: success and not check mode
+  type: int
+rdb_saves:
+  description: rdb_saves of Redis after the snapshot (Redis 7 and later; null before).
   returned: success and not check mode
   type: int
 source:
@@ -120,12 +134,15 @@ source:
 """
 
 import os
+import tarfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_backup import sha256_file
 from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, compose_argument_spec
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_rdb import rdb_summary
+from ansible.module_utils.workshop_files import fsync_dir
+from ansible.module_utils.workshop_lock import Busy
+from ansible.module_utils.workshop_rdb import iter_rdb, rdb_summary
 from ansible.module_utils.workshop_redis import (
     HAS_REDIS,
     QUEUES,
@@ -136,38 +153,89 @@ from ansible.module_utils.workshop_redis import (
     redis_argument_spec,
 )
 
+try:
+    import docker.errors
+    import urllib3.exceptions
+except ImportError:
+    pass  # HAS_DOCKER says so; main() fails with missing_required_lib when the container is the source
+
 DEFAULT_RDB_PATH = "/data/dump.rdb"
+
+
+def _where(params):
+    """Where the snapshot is read, as said without asking Redis or Docker."""
+    path = params["rdb_path"] or "the RDB path Redis reports"
+    if params["source"] == "container":
+        return f"service {params['service']}:{path}"
+    return path
+
+
+def _resolve_rdb_path(params, conn):
+    """The RDB path to read, checked against where Redis says it writes, before any save."""
+    reported = conn.rdb_location()
+    if params["rdb_path"] and reported and os.path.normpath(params["rdb_path"]) != os.path.normpath(reported):
+        raise WorkshopError(
+            f"rdb_path is {params['rdb_path']}, but Redis at {conn.address} writes its snapshot to {reported} "
+            "(CONFIG GET dir, dbfilename): fix backup_redis_rdb_path or leave it empty; no snapshot was taken",
+            path=params["rdb_path"],
+            redis_reports=reported,
+        )
+    return params["rdb_path"] or reported or DEFAULT_RDB_PATH
+
+
+def _check_folder_in_container(project, container, rdb_path):
+    folder = os.path.dirname(rdb_path) or "/"
+    try:
+        stream, _ = project.client.api.get_archive(container.id, folder)
+        stream.close()
+    except docker.errors.DockerException as exc:  # NotFound and any API error: name the path either way
+        raise WorkshopError(
+            f"No folder {folder} in {container.name} for rdb_path {rdb_path} ({exc}): fix backup_redis_rdb_path; "
+            "no snapshot was taken",
+            path=rdb_path,
+            container=container.name,
+        ) from None
 
 
 def take_snapshot(params, check_mode):
     dest = params["dest"]
     if os.path.exists(dest):
         raise WorkshopError(f"{dest} exists already: a snapshot is never overwritten; choose a new dest", path=dest)
+    if check_mode:
+        return dict(changed=True, path=dest, source=_where(params))
     conn = WorkshopRedis.from_params(params)
-    rdb_path = params["rdb_path"] or conn.rdb_location() or DEFAULT_RDB_PATH
+    rdb_path = _resolve_rdb_path(params, conn)
     project = container = None
     if params["source"] == "container":
         project = ComposeProject.from_params(params)
         container = project.select(names=[params["service"]])[0]
+        _check_folder_in_container(project, container, rdb_path)
         source = f"{container.name}:{rdb_path}"
     else:
+        if not os.path.isdir(os.path.dirname(rdb_path) or "/"):
+            raise WorkshopError(
+                f"No folder {os.path.dirname(rdb_path)} on this host for rdb_path {rdb_path}: fix backup_redis_rdb_path; "
+                "no snapshot was taken",
+                path=rdb_path,
+            )
         source = rdb_path
-    if check_mode:
-        return dict(changed=True, path=dest, source=source)
-    lastsave = conn.snapshot(params["method"], params["save_timeout"])
+    saved = conn.snapshot(params["method"], params["save_timeout"])
     tmp = f"{dest}.partial"
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     try:
-        if container is not None:
-            project.copy_out(container, rdb_path, tmp)
-        else:
-            _copy_host_file(rdb_path, tmp)
-        os.chmod(tmp, 0o600)  # job records hold participants' prompts
-        summary = rdb_summary(tmp, zsets=[queue_key(queue) for queue in QUEUES])
-        digest = sha256_file(tmp)
-        os.rename(tmp, dest)
+        with Busy(os.path.dirname(os.path.dirname(dest))):
+            if container is not None:
+                _copy_from_container(project, container, rdb_path, tmp)
+            else:
+                _copy_host_file(rdb_path, tmp)
+            os.chmod(tmp, 0o600)  # job records hold participants' prompts
+            summary = rdb_summary(tmp, zsets=[queue_key(queue) for queue in QUEUES])
+            volatile = sum(1 for entry in iter_rdb(tmp) if entry.expire_ms is not None)
+            digest = sha256_file(tmp)
+            os.rename(tmp, dest)
+            fsync_dir(os.path.dirname(dest))
     except OSError as exc:
-        raise WorkshopError(f"Cannot write the snapshot to {dest}: {exc.strerror}", path=dest) from None
+        raise WorkshopError(f"Cannot write the snapshot to {dest}: {exc.strerror or exc}", path=dest) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -177,17 +245,48 @@ def take_snapshot(params, check_mode):
         source=source,
         size=summary["size_bytes"],
         sha256=digest,
-        keys=summary["keys"],
+        keys=summary["keys"] - volatile,
+        volatile_keys=volatile,
         queues=summary["zset_sizes"],
         job_records=summary["job_records"],
         rdb_version=summary["version"],
         checksum=summary["checksum"],
-        lastsave=int(lastsave.timestamp()) if hasattr(lastsave, "timestamp") else lastsave,
+        lastsave=saved["lastsave"],
+        rdb_saves=saved["rdb_saves"],
     )
 
 
+def _copy_from_container(project, container, rdb_path, tmp):
+    """Copy the RDB out of the container; a stream cut midway is said as such, a full disk as a write failure."""
+    try:
+        written = project.copy_out(container, rdb_path, tmp)
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # our own disk: the caller names dest
+        cut = exc
+    except tarfile.TarError as exc:
+        cut = exc
+    except urllib3.exceptions.HTTPError as exc:  # the HTTP stream from the Docker Engine broke
+        cut = exc
+    else:
+        if os.path.getsize(tmp) == written:
+            return
+        cut = f"{os.path.getsize(tmp)} of {written} bytes arrived"
+    raise WorkshopError(
+        f"The Docker Engine at {project.engine} stopped streaming {rdb_path} out of {container.name} mid-copy "
+        f"({type(cut).__name__ if not isinstance(cut, str) else 'short copy'}: {cut}): is the Docker Engine, or the container, "
+        "still up? Nothing partial was kept; run the backup again",
+        path=rdb_path,
+        container=container.name,
+    ) from None
+
+
 def _copy_host_file(path, dest):
-    with open(path, "rb") as src, open(dest, "wb") as out:
+    try:
+        src = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise WorkshopError(f"Cannot read the snapshot {path} (source) on this host: {exc.strerror}", path=path) from None
+    with src, open(dest, "wb") as out:
         for block in iter(lambda: src.read(1 << 20), b""):
             out.write(block)
         out.flush()

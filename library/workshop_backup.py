@@ -13,12 +13,19 @@ description:
   - V(planned) fingerprints the workshop's data (file listings of the sources, the queue in Redis,
     the containers and their restarts) and compares it with the newest sealed backup. Unchanged data needs no
     backup (RV(needed=false)); changed data gets a new folder name, never an old one. It checks
-    free space for the estimate before anything is written, and removes folders left by an
-    interrupted backup (never complete, never a backup).
-  - V(sealed) writes the manifest into the partial folder, verifies the folder against it and
-    renames it to its final name. A sealed backup is never written again.
+    that every source folder exists and that O(outputs_dir) is the folder the workshop writes its
+    outputs to (C(OUTPUTS_PATH) of the .env, and what the compose project mounts), and free space
+    for the estimate, before anything is written. It removes folders left by an interrupted backup
+    (never complete, never a backup) only when O(lock_run_id) holds the workshop's lock and no
+    process still works in them (it waits O(partial_wait) seconds for one that does).
+  - V(sealed) writes the manifest into the partial folder, fsyncs every file, verifies the folder
+    against it (the Redis snapshot by its own checksum too), renames it to its final name, fsyncs the
+    backup folder, and records the backup in O(record). A sealed backup is never written again.
   - V(verified) checks a sealed backup against its manifest, every archive member by member, and
-    the Redis snapshot's own checksum, and fails loudly on any difference.
+    the Redis snapshot's own checksum, records the result in O(record) (C(backup.verify), C(ok) false
+    on any failure, naming the file and the archive member), and fails loudly on any difference. A
+    newer sealed backup the record does not know (its run was killed after sealing) is adopted into
+    the record once it verifies.
 version_added: "0.1.0"
 author: comfy-wrapup
 requirements:
@@ -62,6 +69,25 @@ options:
   project_dir:
     description: For V(planned), the workshop's project directory, to find its containers.
     type: path
+  outputs_dir:
+    description:
+      - For V(planned), the participants' outputs folder, cross-checked with C(OUTPUTS_PATH) in O(env_file)
+        and the folders the compose project mounts as outputs; a mismatch fails naming both paths.
+    type: path
+  record:
+    description: The run record; V(sealed) and V(verified) write the C(backup) section and C(backup.verify) into it.
+    type: path
+  record_data:
+    description: For V(sealed), facts recorded in the C(backup) section of O(record) (and in the manifest, for adoption).
+    type: dict
+    default: {}
+  lock_run_id:
+    description: For V(planned), the run id holding the workshop's lock; without it no partial folder is removed.
+    type: str
+  partial_wait:
+    description: For V(planned), seconds to wait for a process still working in a partial folder.
+    type: int
+    default: 120
 """
 
 EXAMPLES = r"""
@@ -71,6 +97,7 @@ EXAMPLES = r"""
     backup_dir: /var/backups/comfy-wrapup/berlin
     project_dir: /home/dev/projects/comfyui
     env_file: /home/dev/projects/comfyui/.env
+    outputs_dir: /home/dev/projects/comfyui/data/outputs
     sources:
       outputs: /home/dev/projects/comfyui/data/outputs
   register: plan
@@ -79,6 +106,7 @@ EXAMPLES = r"""
   workshop_backup:
     state: verified
     backup_dir: /var/backups/comfy-wrapup/berlin
+    record: /var/backups/comfy-wrapup/berlin/run-record.json
   register: verified
 
 - name: It is intact
@@ -121,6 +149,25 @@ removed_partials:
   returned: state=planned
   type: list
   elements: str
+outputs:
+  description: V(planned) - files, bytes and links in O(outputs_dir), counted as the archive and the state phase count them.
+  returned: state=planned and outputs_dir given
+  type: dict
+  sample: {files: 404, bytes: 123456789, links: 0}
+unrecorded:
+  description: V(planned) - the newest sealed backup when the run record does not name it (a killed run sealed it), else null.
+  returned: state=planned
+  type: str
+failures:
+  description: V(verified) - every difference found, as file, archive member (or null) and reason.
+  returned: state=verified
+  type: list
+  elements: dict
+  sample: [{file: outputs.tar, member: outputs/user003/img.png, reason: content differs from the manifest}]
+adopted:
+  description: V(verified) - whether the verified backup was added to the run record, which did not know it.
+  returned: state=verified
+  type: bool
 path:
   description: V(sealed), V(verified) - the backup folder.
   returned: state in (sealed, verified)
@@ -144,7 +191,9 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_backup import (
     PARTIAL_PREFIX,
     backup_name,
+    check_outputs_dir,
     check_space,
+    describe_failures,
     free_space,
     read_manifest,
     seal,
@@ -161,14 +210,60 @@ from ansible.module_utils.workshop_compose import (
     containers_fingerprint,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import tree_usage
+from ansible.module_utils.workshop_lock import Busy, holds_lock, require_absolute, wait_not_busy
 from ansible.module_utils.workshop_rdb import verify_rdb
+from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 from ansible.module_utils.workshop_redis import HAS_REDIS, REDIS_IMPORT_ERROR, WorkshopRedis, redis_argument_spec
 
 
-def plan(params, check_mode):
+def _partials(params, check_mode, warnings):
+    """Remove the folders of interrupted backups, only under our lock and once no process works in them."""
     backup_dir = params["backup_dir"]
-    conn = WorkshopRedis.from_params(params)
+    partials = stale_partials(backup_dir)
+    removed = []
+    ours = bool(params["lock_run_id"]) and holds_lock(backup_dir, params["lock_run_id"])
+    for folder in partials:
+        if not ours:
+            if not check_mode:
+                warnings.append(f"{folder} left by an interrupted backup was kept: this run does not hold the workshop's lock")
+            else:
+                removed.append(folder)
+            continue
+        if not wait_not_busy(folder, 0 if check_mode else params["partial_wait"]):
+            warnings.append(f"{folder} is still being written by a process of an earlier run: left alone")
+            continue
+        removed.append(folder)
+        if not check_mode:
+            shutil.rmtree(folder)
+    return removed
+
+
+def _recorded_name(params):
+    if not params["record"]:
+        return None
+    return (read_record(params["record"]).get("backup") or {}).get("name")
+
+
+def plan(params, check_mode):
+    backup_dir = require_absolute(params["backup_dir"], "backup_dir")
+    warnings = []
+    for name, folder in sorted(params["sources"].items()):
+        if name == "outputs" and params["outputs_dir"]:
+            continue  # checked with more to say below
+        if not os.path.isdir(folder):
+            raise WorkshopError(
+                f"The source folder {name} ({folder}) does not exist: fix its path (workshop_user_dirs / "
+                "workshop_outputs_dir); nothing was backed up",
+                path=folder,
+            )
+    outputs = None
     project = ComposeProject.from_params(params)
+    if params["outputs_dir"]:
+        check_outputs_dir(params["outputs_dir"], params["project_dir"], params.get("env_file"), project.containers())
+        outputs = {key: value for key, value in tree_usage(params["outputs_dir"]).items() if key in ("files", "bytes", "links")}
+    conn = WorkshopRedis.from_params(params)
+    removed = _partials(params, check_mode, warnings)
     files_digest, files_bytes = tree_fingerprint(params["sources"])
     fingerprint = dict(files=files_digest, redis=conn.queue_fingerprint(), containers=containers_fingerprint(project))
     sealed = sealed_backups(backup_dir)
@@ -180,20 +275,20 @@ def plan(params, check_mode):
     memory = conn.call(conn.client.info, "memory").get("used_memory_dataset", 0)
     estimate = files_bytes + memory + (64 << 20)  # logs: compressed, far below 64 MiB for a workshop
     free = check_space(backup_dir, estimate) if needed else free_space(backup_dir)
-    partials = stale_partials(backup_dir)
-    if not check_mode:
-        for folder in partials:
-            shutil.rmtree(folder)
+    recorded = _recorded_name(params)
     return dict(
-        changed=bool(partials),
+        changed=bool(removed),
         needed=needed,
         name=name,
         partial=os.path.join(backup_dir, PARTIAL_PREFIX + name[len("backup-") :]),
         latest=latest,
+        unrecorded=latest if latest and latest != recorded and (recorded is None or latest > recorded) else None,
         fingerprint=_canonical(fingerprint),
         estimate_bytes=estimate,
         free_bytes=free,
-        removed_partials=partials,
+        removed_partials=removed,
+        outputs=outputs,
+        warnings=warnings,
     )
 
 
@@ -203,7 +298,7 @@ def _canonical(value):
 
 
 def seal_backup(params, check_mode):
-    backup_dir, name, partial = params["backup_dir"], params["name"], params["partial"]
+    backup_dir, name, partial = require_absolute(params["backup_dir"], "backup_dir"), params["name"], params["partial"]
     final = os.path.join(backup_dir, name)
     sealed = sealed_backups(backup_dir)
     result = dict(changed=True, name=name, path=final, latest=sealed[-1] if sealed else None)
@@ -211,12 +306,16 @@ def seal_backup(params, check_mode):
         return result
     if not partial or not os.path.isdir(partial):
         raise WorkshopError(f"No partial backup at {partial} to seal: run the backup from its start", path=partial)
-    manifest = seal(partial, final, dict(params["facts"], name=name))
+    with Busy(partial):
+        facts = dict(params["facts"], name=name, record=params["record_data"])
+        manifest = seal(partial, final, facts, check_rdb=verify_rdb)
+    if params["record"]:
+        record_backup(params["record"], name, final, len(manifest["files"]), params["record_data"])
     return dict(result, files=len(manifest["files"]))
 
 
-def verify(params):
-    backup_dir = params["backup_dir"]
+def verify(params, check_mode):
+    backup_dir = require_absolute(params["backup_dir"], "backup_dir")
     sealed = sealed_backups(backup_dir)
     name = params["name"] or (sealed[-1] if sealed else None)
     if name is None or name not in sealed:
@@ -225,14 +324,27 @@ def verify(params):
             path=backup_dir,
         )
     folder = os.path.join(backup_dir, name)
-    problems = verify_folder(folder, check_rdb=verify_rdb)
+    failures = verify_folder(folder, check_rdb=verify_rdb)
+    manifest = read_manifest(folder)
+    adopted = False
+    if params["record"]:
+        recorded = _recorded_name(params)
+        adopted = not failures and recorded != name and (recorded is None or name > recorded)
+        if not check_mode:
+            if adopted:
+                record_backup(
+                    params["record"], name, folder, len(manifest.get("files", {})), manifest.get("record") or {}, adopted=True
+                )
+            record_verify(params["record"], name, failures)
     return dict(
-        changed=False,
+        changed=adopted,
         name=name,
         path=folder,
         latest=sealed[-1],
-        files=len(read_manifest(folder).get("files", {})),
-        problems=problems,
+        files=len(manifest.get("files", {})),
+        problems=describe_failures(failures),
+        failures=failures,
+        adopted=adopted,
     )
 
 
@@ -245,6 +357,11 @@ def main():
         partial=dict(type="path"),
         name=dict(type="str"),
         facts=dict(type="dict", default={}),
+        outputs_dir=dict(type="path"),
+        record=dict(type="path"),
+        record_data=dict(type="dict", default={}),
+        lock_run_id=dict(type="str"),
+        partial_wait=dict(type="int", default=120),
     )
     argument_spec.update(compose_argument_spec(project_dir_required=False))
     module = AnsibleModule(
@@ -263,9 +380,11 @@ def main():
         elif state == "sealed":
             result = seal_backup(module.params, module.check_mode)
         else:
-            result = verify(module.params)
+            result = verify(module.params, module.check_mode)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     if result.get("problems"):
         module.fail_json(msg=f"Backup {result['path']} is damaged: {'; '.join(result['problems'][:10])}", **result)
     module.exit_json(**result)

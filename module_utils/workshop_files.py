@@ -6,31 +6,110 @@ import shutil
 from ansible.module_utils.workshop_errors import WorkshopError
 
 
+class Entry:
+    """One entry of a walked tree: a regular file (possibly reached through a followed link) or a link kept as a link.
+
+    kind is "file" or "link"; path is where to open it; relpath its name under the root; for a
+    file reached through a link, via is the link's target; for a kept link, target is the link's
+    target relative to the link (inside the same root).
+    """
+
+    __slots__ = ("kind", "mtime_ns", "path", "relpath", "size", "target", "via")
+
+    def __init__(self, relpath, kind, size, mtime_ns, path, via=None, target=None):
+        self.relpath, self.kind, self.size, self.mtime_ns = relpath, kind, size, mtime_ns
+        self.path, self.via, self.target = path, via, target
+
+
+def _inside(path, root):
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def walk_tree(root):
+    """Every file under `root`, sorted by relative path, the one way the state and the backup count.
+
+    Symbolic links are never dropped: a link whose target is inside `root` is kept as a link
+    (its target's files are walked where they are); a link to a file or folder outside `root` is
+    followed, its files listed under the link's name (a participant folder that is a link to
+    another disk is backed up whole). A dangling link, a loop, or an entry that is neither file,
+    folder nor link raises WorkshopError naming it. A missing root is empty.
+    """
+    found = []
+    if not os.path.isdir(root):
+        return found
+    real_root = os.path.realpath(root)
+    stack = [(root, "", frozenset([real_root]), None)]
+    while stack:
+        folder, prefix, chain, via = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise WorkshopError(f"Cannot list {folder}: {exc.strerror}", path=folder) from None
+        for entry in entries:
+            relpath = prefix + entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not os.path.exists(target):
+                    raise WorkshopError(
+                        f"{entry.path} is a link to {os.readlink(entry.path)}, which does not exist: "
+                        "restore its target or remove the link, then back up again",
+                        path=entry.path,
+                    )
+                if via is None and _inside(target, real_root):
+                    stat = entry.stat(follow_symlinks=False)
+                    link = os.path.relpath(target, os.path.dirname(os.path.realpath(folder) + os.sep + entry.name))
+                    found.append(Entry(relpath, "link", 0, stat.st_mtime_ns, entry.path, target=link))
+                    continue
+                if os.path.isdir(target):
+                    if target in chain:
+                        raise WorkshopError(f"{entry.path} links back to {target}: a loop; remove the link", path=entry.path)
+                    stack.append((entry.path, relpath + "/", chain | {target}, target))
+                    continue
+                stat = os.stat(entry.path)
+                if not _is_regular(stat):
+                    raise WorkshopError(f"{entry.path} links to {target}, which is not a regular file", path=entry.path)
+                found.append(Entry(relpath, "file", stat.st_size, stat.st_mtime_ns, entry.path, via=target))
+            elif entry.is_dir(follow_symlinks=False):
+                real = os.path.realpath(entry.path) if via is not None else None
+                stack.append((entry.path, relpath + "/", chain | {real} if real else chain, via))
+            elif entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                found.append(Entry(relpath, "file", stat.st_size, stat.st_mtime_ns, entry.path, via=via))
+            else:
+                raise WorkshopError(
+                    f"{entry.path} is neither a file, a folder nor a link (a pipe, socket or device): move it away",
+                    path=entry.path,
+                )
+    return sorted(found, key=lambda item: item.relpath)
+
+
+def _is_regular(stat):
+    import stat as stat_module
+
+    return stat_module.S_ISREG(stat.st_mode)
+
+
 def tree_usage(root):
     """Bytes and files under `root`, in total and per top-level folder (per participant for outputs).
 
-    Symbolic links are counted as links, not followed, so a link cannot make a folder count twice.
+    Counted as walk_tree lists them, which is what the backup archives: files (including those
+    reached through a link to outside the folder), and links kept as links counted apart.
     """
     if not os.path.isdir(root):
         raise WorkshopError(f"No folder at {root}: check workshop_outputs_dir", path=root)
     per_folder = {}
-    total_bytes = total_files = 0
-    stack = [(root, None)]
-    while stack:
-        folder, top = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                owner = top or (entry.name if entry.is_dir(follow_symlinks=False) else "")
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, owner))
-                    continue
-                size = entry.stat(follow_symlinks=False).st_size
-                total_bytes += size
-                total_files += 1
-                usage = per_folder.setdefault(owner, {"bytes": 0, "files": 0})
-                usage["bytes"] += size
-                usage["files"] += 1
-    return {"path": root, "bytes": total_bytes, "files": total_files, "folders": per_folder}
+    total_bytes = total_files = links = 0
+    for entry in walk_tree(root):
+        if entry.kind == "link":
+            links += 1
+            continue
+        owner = entry.relpath.split("/", 1)[0] if "/" in entry.relpath else ""
+        total_bytes += entry.size
+        total_files += 1
+        usage = per_folder.setdefault(owner, {"bytes": 0, "files": 0})
+        usage["bytes"] += entry.size
+        usage["files"] += 1
+    return {"path": root, "bytes": total_bytes, "files": total_files, "links": links, "folders": per_folder}
 
 
 def filesystem_usage(path):
@@ -57,7 +136,12 @@ def write_atomically(path, data, mode=0o640):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise WorkshopError(f"Cannot write {path}: {exc.strerror}", path=path) from None
-    dir_fd = os.open(folder, os.O_RDONLY)
+    fsync_dir(folder)
+
+
+def fsync_dir(folder):
+    """Make a rename or creation in `folder` durable: fsync the folder itself."""
+    dir_fd = os.open(folder or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

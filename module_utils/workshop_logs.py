@@ -14,6 +14,7 @@ import re
 
 from ansible.module_utils.workshop_compose import SERVICE_LABEL
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import fsync_dir
 
 _STAMP = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z ")
 
@@ -51,25 +52,35 @@ def write_gzip_lines(path, lines):
     """Write lines to `path` gzip-compressed through a temporary name; returns (lines, bytes, changed).
 
     Identical content already at `path` is left alone (changed false), so re-exporting unchanged
-    logs changes nothing. The gzip header carries no time, for the same reason.
+    logs changes nothing. The gzip header carries no time, for the same reason. The file is
+    fsynced before its rename and the folder after it, so a sealed backup's logs survive a power cut.
     """
     tmp = f"{path}.partial"
     count = size = 0
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
-            for line in lines:
-                out.write(line)
-                count += 1
-                size += len(line)
-        if os.path.exists(path) and _sha256_of(path) == _sha256_of(tmp):
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+                for line in lines:
+                    out.write(line)
+                    count += 1
+                    size += len(line)
+            raw.flush()
+            os.fsync(raw.fileno())
+        if same_content(path, tmp):
             os.unlink(tmp)
             return count, size, False
         os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path))
     except OSError as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise WorkshopError(f"Cannot write {path}: {exc.strerror}", path=path) from None
     return count, size, True
+
+
+def same_content(path, other):
+    """Whether the gzip file at `path` exists and holds what `other` holds (compared uncompressed)."""
+    return os.path.exists(path) and _sha256_of(path) == _sha256_of(other)
 
 
 def log_file_name(container, services_seen):

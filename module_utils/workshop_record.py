@@ -3,9 +3,14 @@ facts to (the drain's FINAL_TIME and TOTAL_JOBS, the backup's files, ...) and th
 
 import json
 import os
+import time
 
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import write_atomically
+from ansible.module_utils.workshop_time import utc_iso
+
+# The workshop folder holding the record: one mode wherever it is created or touched.
+FOLDER_MODE = 0o700
 
 
 def read_record(path):
@@ -29,5 +34,40 @@ def updated_record(record, section, data, keep_existing):
 
 
 def save_record(path, record):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
+        os.chmod(folder, FOLDER_MODE)
     write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
+
+
+def verify_entry(name, failures, now=None):
+    """backup.verify as the report and the shutdown guard read it."""
+    return {
+        "ok": not failures,
+        "at": utc_iso(time.time() if now is None else now),
+        "backup": name,
+        "failures": [{"file": f["file"], "member": f.get("member"), "reason": f["reason"]} for f in failures],
+    }
+
+
+def record_backup(path, name, folder, files, data, adopted=False):
+    """Replace the record's backup section with a newly sealed (or adopted) backup, verified by its seal."""
+    record = read_record(path)
+    section = dict(data, name=name, path=folder, files=files, verify=verify_entry(name, []))
+    if adopted:
+        section["adopted"] = True
+    save_record(path, {**record, "backup": section})
+
+
+def record_verify(path, name, failures):
+    """Set backup.verify to this verification; an unchanged result keeps its time. Returns whether it wrote."""
+    record = read_record(path)
+    section = dict(record.get("backup") or {})
+    entry = verify_entry(name, failures)
+    before = section.get("verify") or {}
+    if {k: v for k, v in before.items() if k != "at"} == {k: v for k, v in entry.items() if k != "at"}:
+        return False
+    section["verify"] = entry
+    save_record(path, {**record, "backup": section})
+    return True

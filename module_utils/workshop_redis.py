@@ -129,37 +129,47 @@ class WorkshopRedis:
             counts[queue] = size
         return counts
 
-    def snapshot(self, method="bgsave", timeout=300, poll=0.1):
+    def persistence(self):
+        """INFO persistence: Redis's own counters of its snapshots."""
+        return self.call(self.client.info, "persistence")
+
+    def snapshot(self, method="bgsave", timeout=300, poll=0.05):
         """Have Redis write its RDB file and wait until it has, without blocking it (BGSAVE, unless method=save).
 
-        Done when LASTSAVE has moved past its value before the request and the last background save
-        reports ok; a BGSAVE already running is waited for, then ours is started. Returns LASTSAVE.
+        Completion is read from Redis's own persistence counters (INFO persistence), not LASTSAVE,
+        whose one-second resolution misses a save ending in the same second as the one before:
+        done when no background save is in progress and rdb_saves has moved past its value before
+        the request (Redis 7; before 7, rdb_last_save_time has moved or rdb_changes_since_last_save
+        is 0 after our save). BGSAVE SCHEDULE waits behind an AOF rewrite instead of failing.
+        Returns {lastsave, rdb_saves, changes_since_save}.
         """
-        before = self.call(self.client.lastsave)
+        before = self.persistence()
         if method == "save":
             self.call(self.client.save)
-            return self.call(self.client.lastsave)
+        else:
+            self.call(self.client.bgsave, schedule=True)
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                self.call(self.client.bgsave)
-                break
-            except WorkshopError as exc:
-                if "already in progress" not in exc.msg or time.monotonic() > deadline:
-                    raise
-                time.sleep(poll)
-        while time.monotonic() < deadline:
-            info = self.call(self.client.info, "persistence")
-            if not info.get("rdb_bgsave_in_progress") and self.call(self.client.lastsave) != before:
-                if info.get("rdb_last_bgsave_status") != "ok":
+            info = self.persistence()
+            if not info.get("rdb_bgsave_in_progress") and _saved_since(before, info, method):
+                if method == "bgsave" and info.get("rdb_last_bgsave_status") != "ok":
                     raise WorkshopError(
                         f"Redis at {self.address} failed to write its snapshot (rdb_last_bgsave_status "
                         f"{info.get('rdb_last_bgsave_status')}): check its disk and its log",
                         redis=self.address,
                     )
-                return self.call(self.client.lastsave)
+                return dict(
+                    lastsave=info.get("rdb_last_save_time"),
+                    rdb_saves=info.get("rdb_saves"),
+                    changes_since_save=info.get("rdb_changes_since_last_save"),
+                )
+            if time.monotonic() > deadline:
+                raise WorkshopError(
+                    f"Redis at {self.address} did not finish its snapshot within {timeout}s "
+                    f"(rdb_bgsave_in_progress {info.get('rdb_bgsave_in_progress')}): raise save_timeout or check its log",
+                    redis=self.address,
+                )
             time.sleep(poll)
-        raise WorkshopError(f"Redis at {self.address} did not finish its snapshot within {timeout}s", redis=self.address)
 
     def rdb_location(self):
         """Where Redis writes its RDB file (CONFIG GET dir, dbfilename); None when CONFIG is not allowed."""
@@ -176,7 +186,7 @@ class WorkshopRedis:
         The size and the newest member of each queue, and the number of keys without the workers'
         heartbeats (which the workers rewrite every few seconds, job or no job).
         """
-        heartbeats = sum(1 for _ in self.client.scan_iter(match="worker:*:heartbeat", count=1000))
+        heartbeats = len(self.call(list, self.client.scan_iter(match="worker:*:heartbeat", count=1000)))
         pipe = self.client.pipeline(transaction=False)
         for queue in QUEUES:
             pipe.zcard(queue_key(queue))
@@ -187,3 +197,14 @@ class WorkshopRedis:
             "queues": {queue: [replies[2 * i], replies[2 * i + 1]] for i, queue in enumerate(QUEUES)},
             "keys": replies[-1] - heartbeats,
         }
+
+
+def _saved_since(before, info, method):
+    """Whether INFO persistence `info` shows a save completed after `before` was read."""
+    if method == "save":
+        return True  # SAVE returns once written
+    if "rdb_saves" in before and "rdb_saves" in info:
+        return info["rdb_saves"] > before["rdb_saves"]
+    return info.get("rdb_last_save_time", 0) > before.get("rdb_last_save_time", 0) or (
+        info.get("rdb_changes_since_last_save") == 0 and before.get("rdb_changes_since_last_save") != 0
+    )

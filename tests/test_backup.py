@@ -98,7 +98,10 @@ def test_the_snapshot_loads_into_a_scratch_redis_with_the_same_keys(workshop_id,
     try:
         scratch = redis.Redis(port=port, decode_responses=True)
         wait_for(lambda: _loaded(scratch), what="the scratch redis to load the snapshot")
-        assert scratch.dbsize() == facts["keys"]
+        # Keys with a time to live (the workers' heartbeats) are counted apart: they expire.
+        persistent = sum(1 for key in scratch.scan_iter(count=1000) if scratch.ttl(key) == -1)
+        assert persistent == facts["keys"]
+        assert scratch.dbsize() == facts["keys"] + facts["volatile_keys"]
         for queue in ("pending", "running", "completed", "failed"):
             assert scratch.zcard(f"queue:{queue}") == facts["queues"][f"queue:{queue}"] == rdb.zcard(f"queue:{queue}")
         some_job = scratch.zrange("queue:completed", 0, 0)[0]
@@ -335,13 +338,17 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
 
 def test_the_configuration_can_be_kept_encrypted_with_ansible_vault(workshop_id, tmp_path):
     secret = "vault-pass-for-the-test-6f1c"
-    run = backup(workshop_id, extra={"backup_config_vault_password": secret})
+    (tmp_path / "pass").write_text(secret + "\n")
+    refused = backup(workshop_id, extra={"backup_config_vault_password": secret}, expect_ok=False)
+    assert refused.returncode != 0 and "set backup_config_vault_password_file" in refused.output
+    assert backups(workshop_id) == []
+
+    run = backup(workshop_id, extra={"backup_config_vault_password_file": str(tmp_path / "pass")})
 
     [folder] = backups(workshop_id)
     assert not (folder / "config" / ".env").exists()
     vaulted = folder / "config" / ".env.vault"
     assert vaulted.read_text().startswith("$ANSIBLE_VAULT;1.")
-    (tmp_path / "pass").write_text(secret)
     decrypted = subprocess.run(
         ["ansible-vault", "view", "--vault-password-file", str(tmp_path / "pass"), str(vaulted)], capture_output=True, check=True
     ).stdout
@@ -375,3 +382,207 @@ def test_compose_logs_exports_every_line_of_every_service_in_time_order(played, 
 
     again_ok, again = run_module("compose_logs", {"project_dir": str(PROJECT_DIR), "dest": str(tmp_path), "services": ["admin"]})
     assert again_ok and [entry["service"] for entry in again["services"]] == ["admin"]
+
+
+# --- issue 8: complete backups, one run at a time, verify tells the truth, messages ---------------
+
+
+def record_of(workshop_id):
+    return json.loads((BACKUP_ROOT / workshop_id / "run-record.json").read_text())
+
+
+def test_a_typo_in_the_outputs_folder_fails_naming_both_paths(workshop_id):
+    typo = PROJECT_DIR / "data" / "output"
+    typo.mkdir(exist_ok=True)  # even an existing folder of that name is not the workshop's outputs
+    try:
+        run = backup(workshop_id, extra={"workshop_outputs_dir": str(typo)}, expect_ok=False)
+    finally:
+        typo.rmdir()
+
+    assert run.returncode != 0
+    assert f"workshop_outputs_dir is {typo}, but the workshop writes its outputs to {PROJECT_DIR}/data/outputs" in run.output
+    assert "comfy-worker-1:/outputs" in run.output
+    assert backups(workshop_id) == []
+
+
+def test_a_missing_source_folder_fails_naming_it(workshop_id):
+    missing = PROJECT_DIR / "data" / "no-such-inputs"
+    run = backup(
+        workshop_id,
+        extra={"workshop_user_dirs": {"inputs": str(missing), "user_data": str(PROJECT_DIR / "data" / "user_data")}},
+        expect_ok=False,
+    )
+    assert run.returncode != 0
+    assert f"The source folder inputs ({missing}) does not exist" in run.output
+    assert backups(workshop_id) == []
+
+
+def test_a_symlinked_participant_folder_is_in_the_archive(workshop_id, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "portrait.png").write_bytes(os.urandom(20000))
+    link = PROJECT_DIR / "data" / "outputs" / "user099"
+    os.symlink(elsewhere, link)
+    try:
+        backup(workshop_id)
+    finally:
+        link.unlink()
+
+    [folder] = backups(workshop_id)
+    with tarfile.open(folder / "outputs.tar") as archive:
+        assert archive.extractfile("outputs/user099/portrait.png").read() == (elsewhere / "portrait.png").read_bytes()
+    assert record_of(workshop_id)["backup"]["outputs"]["files"] == len(
+        [m for m in json.loads((folder / "outputs.tar.members.json").read_text()) if "sha256" in m]
+    )
+
+
+@pytest.fixture
+def bulk_outputs(played):
+    """A few hundred MB of outputs, so a backup lasts long enough to be caught in the act."""
+    bulk = PROJECT_DIR / "data" / "outputs" / "user001" / "bulk"
+    subprocess.run(
+        ["python3", str(REPO / "roles/staging_workshop/files/extra_outputs.py"), str(bulk), "--megabytes", "400", "--users", "1"],
+        check=True,
+        capture_output=True,
+    )
+    yield bulk
+    shutil.rmtree(bulk)
+
+
+def _start_backup(workshop_id):
+    return subprocess.Popen(
+        ["ansible-playbook", "playbooks/backup.yml", "-e", f"workshop_id={workshop_id}"],
+        cwd=REPO,
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_two_concurrent_backups_leave_one_good_backup_and_a_clear_message(workshop_id, bulk_outputs):
+    first = _start_backup(workshop_id)
+    wait_for(lambda: list((BACKUP_ROOT / workshop_id).glob(".partial-*")), timeout=120, interval=0.05, what="the first backup")
+    second = _start_backup(workshop_id)
+    second_output, _ = second.communicate(timeout=600)
+    first_output, _ = first.communicate(timeout=600)
+
+    assert first.returncode == 0, first_output[-3000:]
+    assert second.returncode != 0
+    assert f"Another run holds the lock of {BACKUP_ROOT / workshop_id}" in second_output
+    assert "backup of " + workshop_id in second_output  # names what holds it
+    [folder] = backups(workshop_id)
+    record = record_of(workshop_id)
+    assert record["backup"]["name"] == folder.name
+    assert record["backup"]["verify"]["ok"] is True and record["backup"]["verify"]["backup"] == folder.name
+    assert not list((BACKUP_ROOT / workshop_id).glob(".partial-*"))
+    assert not (BACKUP_ROOT / workshop_id / ".lock").exists()
+
+
+def test_sigkill_mid_seal_leaves_a_recorded_verified_backup_after_the_rerun(workshop_id, bulk_outputs):
+    run = _start_backup(workshop_id)
+    wait_for(
+        lambda: list((BACKUP_ROOT / workshop_id).glob(".partial-*/MANIFEST.json")),
+        timeout=300,
+        interval=0.02,
+        what="the backup to be sealing",
+    )
+    os.kill(run.pid, signal.SIGKILL)  # ansible-playbook only: its module goes on, as on a real host
+    run.communicate()
+    # The orphaned module finishes (or not) on its own; the re-run must end with a recorded, verified backup.
+    backup(workshop_id)
+
+    [folder] = backups(workshop_id)
+    record = record_of(workshop_id)
+    assert record["backup"]["name"] == folder.name
+    assert record["backup"]["verify"] == {**record["backup"]["verify"], "ok": True, "backup": folder.name, "failures": []}
+    assert not list((BACKUP_ROOT / workshop_id).glob(".partial-*"))
+
+
+def test_a_failed_verify_is_recorded_as_failed_naming_the_member(workshop_id):
+    backup(workshop_id)
+    [folder] = backups(workshop_id)
+    assert record_of(workshop_id)["backup"]["verify"]["ok"] is True
+    with tarfile.open(folder / "outputs.tar") as archive:
+        member = next(info for info in archive if info.isfile() and info.size > 200)
+    _flip_byte(folder / "outputs.tar", member.offset_data + 100)
+
+    run = backup(workshop_id, "--tags", "verify", expect_ok=False)
+
+    assert run.returncode != 0
+    assert f"outputs.tar member {member.name}: content differs from the manifest" in run.output
+    verify = record_of(workshop_id)["backup"]["verify"]
+    assert verify["ok"] is False and verify["backup"] == folder.name
+    assert verify["failures"] == [{"file": "outputs.tar", "member": member.name, "reason": "content differs from the manifest"}]
+
+
+def test_a_wrong_redis_password_names_the_host_and_the_env_file(workshop_id, tmp_path):
+    env = tmp_path / ".env"
+    env.write_text(
+        "".join(
+            "REDIS_PASSWORD=not-the-password\n" if line.startswith("REDIS_PASSWORD=") else line + "\n"
+            for line in (PROJECT_DIR / ".env").read_text().splitlines()
+        )
+    )
+    run = backup(workshop_id, extra={"workshop_env_file": str(env)}, expect_ok=False)
+
+    assert run.returncode != 0
+    assert "on localhost failed" in run.output
+    assert f"Redis at 127.0.0.1:6379 refused the password: check REDIS_PASSWORD in {env}" in run.output
+    assert "not-the-password" not in run.output
+
+
+def test_a_relative_backup_root_is_refused_at_once_in_check_mode(workshop_id):
+    started = time.monotonic()
+    run = backup(workshop_id, check=True, extra={"workshop_backup_root": "relative/backups"}, expect_ok=False)
+    assert run.returncode != 0 and "is a relative path: set workshop_backup_root" in run.output
+    assert time.monotonic() - started < 120
+
+
+def test_redis_snapshot_in_check_mode_asks_neither_redis_nor_docker(played, tmp_path):
+    from conftest import run_module
+
+    # A Docker host that does not answer and a Redis port nobody listens on: a dry run must not care.
+    ok, result = run_module(
+        "redis_snapshot",
+        {
+            "dest": str(tmp_path / "dump.rdb"),
+            "project_dir": str(PROJECT_DIR),
+            "docker_host": "unix:///nonexistent.sock",
+            "redis_port": 1,
+            "env_file": str(PROJECT_DIR / ".env"),
+        },
+        check=True,
+    )
+    assert ok and result["changed"] and result["source"] == "service redis:the RDB path Redis reports", result
+    assert not (tmp_path / "dump.rdb").exists()
+
+
+def test_a_wrong_rdb_path_is_named_before_any_save(played, rdb, tmp_path):
+    from conftest import REDIS_ARGS, run_module
+
+    saves = rdb.info("persistence")["rdb_saves"]
+    ok, result = run_module(
+        "redis_snapshot",
+        {"dest": str(tmp_path / "dump.rdb"), "project_dir": str(PROJECT_DIR), "rdb_path": "/data2/dump.rdb", **REDIS_ARGS},
+    )
+    assert not ok
+    assert "rdb_path is /data2/dump.rdb, but Redis at 127.0.0.1:6379 writes its snapshot to /data/dump.rdb" in result["msg"]
+    assert rdb.info("persistence")["rdb_saves"] == saves  # no BGSAVE was asked for
+
+
+def test_compose_logs_check_mode_compares_content(played, rdb, tmp_path):
+    from conftest import run_module
+
+    args = {"project_dir": str(PROJECT_DIR), "dest": str(tmp_path), "services": ["redis"]}
+    ok, _ = run_module("compose_logs", args)
+    assert ok
+    ok, same = run_module("compose_logs", args, check=True)
+    assert ok and not same["changed"]
+    with gzip.open(tmp_path / "redis.log.gz", "wb") as damaged:
+        damaged.write(b"not the log\n")
+    before = (tmp_path / "redis.log.gz").read_bytes()
+    ok, differs = run_module("compose_logs", args, check=True)
+    assert ok and differs["changed"]
+    assert (tmp_path / "redis.log.gz").read_bytes() == before  # a dry run writes nothing

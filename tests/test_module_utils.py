@@ -66,15 +66,14 @@ def test_tree_usage_counts_every_file_once_per_participant(tmp_path):
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(size))
-    os.symlink(tmp_path / "user001", tmp_path / "user002" / "link")  # counted as a link, not followed
+    os.symlink(tmp_path / "user001", tmp_path / "user002" / "link")  # inside the tree: a link, not followed
 
     usage = tree_usage(str(tmp_path))
 
-    link_size = os.lstat(tmp_path / "user002" / "link").st_size
-    assert usage["files"] == 5
-    assert usage["bytes"] == sum(sizes.values()) + link_size
+    assert usage["files"] == 4 and usage["links"] == 1
+    assert usage["bytes"] == sum(sizes.values())
     assert usage["folders"]["user001"] == {"bytes": 2010, "files": 2}
-    assert usage["folders"]["user002"] == {"bytes": 7 + link_size, "files": 2}
+    assert usage["folders"]["user002"] == {"bytes": 7, "files": 1}
     assert usage["folders"][""] == {"bytes": 3, "files": 1}
 
 

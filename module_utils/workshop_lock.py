@@ -1,0 +1,249 @@
+"""One run at a time per workshop: a lock file in the workshop's folder, and busy marks on partial folders.
+
+The lock is `<workshop folder>/.lock`, a JSON owner record {run_id, host, pid, since, purpose}
+created with O_EXCL, so of two runs only one gets it. It is held across many module calls (the
+whole backup), so its owner is the run (the ansible-playbook process on the controller), not a
+module's process. A lock whose owner is gone is taken over, with a warning: gone means the owner
+process is dead when it ran on this same host, or the lock is older than `stale_after` seconds
+(the only test possible when the controller is another machine).
+
+A module writing into a partial backup folder also holds a kernel lock (flock) on that folder
+for as long as it works in it; the kernel drops it when the process dies. A partial folder is
+removed only by the holder of the workshop lock and only when no process holds it busy, so a
+module still running after its ansible-playbook was killed is never pulled from under.
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_time import utc_iso
+
+LOCK_NAME = ".lock"
+FOLDER_MODE = 0o700
+
+
+def lock_path(folder):
+    return os.path.join(folder, LOCK_NAME)
+
+
+def require_absolute(path, option):
+    """Refuse a relative path at once: it would depend on the module's working directory."""
+    if not path or not os.path.isabs(path):
+        raise WorkshopError(
+            f"{option} is '{path}', a relative path: set it to an absolute path (workshop_backup_root, e.g. "
+            "/var/backups/comfy-wrapup)",
+            path=path,
+        )
+    return path
+
+
+def this_host():
+    return socket.gethostname()
+
+
+def pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def read_owner(path):
+    """The owner record of the lock at `path`; None when there is no lock; {} when it is unreadable."""
+    try:
+        with open(path, encoding="utf-8") as lock:
+            text = lock.read()
+    except FileNotFoundError:
+        return None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def owner_gone(owner, stale_after, now=None, host=None):
+    """Why the owner of a lock is gone ('' when it may still be running)."""
+    now = time.time() if now is None else now
+    host = host or this_host()
+    if not owner:
+        return "the lock file is unreadable"
+    since = owner.get("since_epoch")
+    if owner.get("host") == host and owner.get("pid") is not None and not pid_alive(owner["pid"]):
+        return f"its process {owner['pid']} on {host} is not running any more"
+    if isinstance(since, (int, float)) and now - since > stale_after:
+        return f"it is older than {int(stale_after)}s (since {owner.get('since')})"
+    return ""
+
+
+def describe(owner):
+    if not owner:
+        return "an unreadable owner"
+    return (
+        f"run {owner.get('run_id')} ({owner.get('purpose') or 'a run'}) of pid {owner.get('pid')} on {owner.get('host')} "
+        f"since {owner.get('since')}"
+    )
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create(path, owner):
+    """Create the lock file with `owner`; False when it exists already."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as lock:
+        lock.write(json.dumps(owner, sort_keys=True) + "\n")
+        lock.flush()
+        os.fsync(lock.fileno())
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
+def new_owner(run_id, host=None, pid=None, purpose="", now=None):
+    now = time.time() if now is None else now
+    return dict(
+        run_id=run_id,
+        host=host or this_host(),
+        pid=os.getpid() if pid is None else int(pid),
+        since=utc_iso(now),
+        since_epoch=now,
+        purpose=purpose,
+    )
+
+
+def acquire(folder, owner, stale_after=21600, check_mode=False):
+    """Take the lock of `folder` for `owner`; returns {acquired, held_already, taken_over, previous, warning}.
+
+    Raises WorkshopError naming the live owner when another run holds it.
+    """
+    require_absolute(folder, "The workshop folder")
+    path = lock_path(folder)
+    result = dict(path=path, owner=owner, held_already=False, taken_over=False, previous=None, warning="")
+    for _ in range(5):
+        current = read_owner(path)
+        if current is None:
+            if check_mode or _create(path, owner):
+                return result
+            continue
+        if current.get("run_id") == owner["run_id"]:
+            return dict(result, held_already=True, owner=current)
+        gone = owner_gone(current, stale_after, host=owner["host"])
+        if not gone:
+            raise WorkshopError(
+                f"Another run holds the lock of {folder}: {describe(current)}. Wait for it to finish; if it is gone "
+                f"(killed on another machine), remove {path}. Nothing was changed by this run",
+                path=path,
+                lock_owner=current,
+            )
+        warning = f"Took over the lock {path} of {describe(current)}: {gone}"
+        result.update(taken_over=True, previous=current, warning=warning)
+        if check_mode:
+            return result
+        # Move the stale lock aside (one rename wins), check it was the one judged gone, then create ours.
+        aside = f"{path}.stale-{owner['run_id']}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            continue
+        moved = read_owner(aside)
+        if moved != current:
+            # Someone else took it over in between: put theirs back and look again.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            os.unlink(aside)
+            continue
+        os.unlink(aside)
+        if _create(path, owner):
+            return result
+    raise WorkshopError(f"Could not take the lock {path}: it kept changing hands; try again", path=path)
+
+
+def release(folder, run_id, check_mode=False):
+    """Release the lock when `run_id` holds it; returns {released, owner, warning}."""
+    path = lock_path(folder)
+    current = read_owner(path)
+    if current is None:
+        # A dry run took no lock: nothing to say.
+        return dict(path=path, released=False, owner=None, warning="" if check_mode else f"No lock at {path} to release")
+    if current.get("run_id") != run_id:
+        return dict(
+            path=path,
+            released=False,
+            owner=current,
+            warning=f"The lock {path} belongs to {describe(current)}, not to run {run_id}: left alone",
+        )
+    if not check_mode:
+        os.unlink(path)
+        _fsync_dir(folder)
+    return dict(path=path, released=True, owner=current, warning="")
+
+
+def holds_lock(folder, run_id):
+    current = read_owner(lock_path(folder))
+    return bool(current) and current.get("run_id") == run_id
+
+
+class Busy:
+    """Hold a partial folder busy (shared flock on the folder) while a module writes into it."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.fd = None
+
+    def __enter__(self):
+        if self.folder and os.path.isdir(self.folder):
+            self.fd = os.open(self.folder, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def is_busy(folder):
+    """Whether a live process holds `folder` busy (see Busy)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
+
+
+def wait_not_busy(folder, timeout, poll=0.2):
+    """Wait up to `timeout` seconds for `folder` to be free; returns whether it is."""
+    deadline = time.monotonic() + timeout
+    while is_busy(folder):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+    return True

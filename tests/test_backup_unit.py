@@ -1,0 +1,389 @@
+"""Fast tier: the workshop lock, symlinks in participants' folders, files that change while read,
+verification down to the archive member, and snapshot completion read from Redis's own counters."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+import pytest
+from ansible.module_utils import workshop_backup
+from ansible.module_utils.workshop_backup import check_outputs_dir, free_space, seal, verify_folder, write_archive, write_members
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import tree_usage, walk_tree
+from ansible.module_utils.workshop_lock import Busy, acquire, is_busy, new_owner, read_owner, release
+from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
+from ansible.module_utils.workshop_redis import WorkshopRedis
+from test_rdb import running_redis
+
+# --- the lock -----------------------------------------------------------------------------------
+
+
+def test_a_second_run_cannot_take_a_live_lock_and_the_message_names_its_owner(tmp_path):
+    first = new_owner("run-1", purpose="backup of berlin")
+    acquire(str(tmp_path), first)
+
+    with pytest.raises(WorkshopError, match=r"Another run holds the lock .*run run-1 \(backup of berlin\) of pid") as caught:
+        acquire(str(tmp_path), new_owner("run-2"))
+
+    assert caught.value.context["lock_owner"]["run_id"] == "run-1"
+    assert read_owner(str(tmp_path / ".lock"))["run_id"] == "run-1"
+
+
+def test_the_same_run_holds_its_lock_again_and_only_the_owner_releases_it(tmp_path):
+    acquire(str(tmp_path), new_owner("run-1"))
+    assert acquire(str(tmp_path), new_owner("run-1"))["held_already"]
+
+    other = release(str(tmp_path), "run-2")
+    assert not other["released"] and "not to run run-2" in other["warning"]
+    assert (tmp_path / ".lock").exists()
+
+    assert release(str(tmp_path), "run-1")["released"]
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_lock_whose_process_died_on_this_host_is_taken_over_with_a_warning(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    acquire(str(tmp_path), new_owner("dead-run", pid=gone.pid))
+
+    taken = acquire(str(tmp_path), new_owner("run-2"))
+
+    assert taken["taken_over"] and taken["previous"]["run_id"] == "dead-run"
+    assert f"its process {gone.pid}" in taken["warning"] and "is not running any more" in taken["warning"]
+    assert read_owner(str(tmp_path / ".lock"))["run_id"] == "run-2"
+
+
+def test_a_lock_of_another_machine_is_taken_over_only_once_stale(tmp_path):
+    long_ago = time.time() - 7200
+    acquire(str(tmp_path), new_owner("far-run", host="controller-elsewhere", pid=1, now=long_ago))
+
+    with pytest.raises(WorkshopError, match="Another run holds the lock"):
+        acquire(str(tmp_path), new_owner("run-2"), stale_after=3 * 3600)
+    taken = acquire(str(tmp_path), new_owner("run-2"), stale_after=3600)
+
+    assert taken["taken_over"] and "older than 3600s" in taken["warning"]
+
+
+def test_check_mode_takes_no_lock(tmp_path):
+    acquire(str(tmp_path), new_owner("run-1"), check_mode=True)
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_relative_folder_is_refused_at_once():
+    with pytest.raises(WorkshopError, match="relative path"):
+        acquire("backups/berlin", new_owner("run-1"))
+    with pytest.raises(WorkshopError, match="relative path"):
+        free_space("backups/berlin")  # looped forever before
+
+
+def test_a_folder_held_busy_by_a_live_process_is_busy_until_it_ends(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_SH); "
+            "print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        assert is_busy(str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not is_busy(str(tmp_path))
+    with Busy(str(tmp_path)):
+        assert is_busy(str(tmp_path))
+
+
+# --- symlinks -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    """data/outputs with two participants, one of them a link to another disk, and a link inside."""
+    root = tmp_path / "outputs"
+    (root / "user001").mkdir(parents=True)
+    (root / "user001" / "a.png").write_bytes(b"A" * 3000)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "b.png").write_bytes(b"B" * 5000)
+    (elsewhere / "sub").mkdir()
+    (elsewhere / "sub" / "c.mp4").write_bytes(b"C" * 700)
+    os.symlink(elsewhere, root / "user099")
+    os.symlink("a.png", root / "user001" / "latest.png")
+    return root
+
+
+def test_a_participant_folder_that_is_a_link_elsewhere_is_archived_with_its_files(outputs, tmp_path):
+    dest = tmp_path / "outputs.tar"
+    members, vanished = write_archive(str(dest), {"outputs": str(outputs)})
+
+    with tarfile.open(dest) as tar:
+        names = {info.name: info for info in tar}
+        assert tar.extractfile("outputs/user099/b.png").read() == b"B" * 5000
+        assert tar.extractfile("outputs/user099/sub/c.mp4").read() == b"C" * 700
+    assert names["outputs/user001/latest.png"].issym() and names["outputs/user001/latest.png"].linkname == "a.png"
+    assert vanished == []
+    by_path = {m["path"]: m for m in members}
+    assert by_path["outputs/user099/b.png"]["via"] == str(tmp_path / "elsewhere")
+    assert by_path["outputs/user001/latest.png"] == {"path": "outputs/user001/latest.png", "link": "a.png"}
+
+
+def test_the_state_counts_what_the_archive_holds(outputs, tmp_path):
+    members, _ = write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(outputs)})
+    usage = tree_usage(str(outputs))
+
+    files = [m for m in members if "sha256" in m]
+    assert usage["files"] == len(files) == 3
+    assert usage["bytes"] == sum(m["size"] for m in files) == 3000 + 5000 + 700
+    assert usage["links"] == 1
+    assert usage["folders"]["user099"] == {"files": 2, "bytes": 5700}
+
+
+def test_a_dangling_link_fails_naming_it(outputs):
+    os.symlink("/nonexistent/place", outputs / "user002")
+    with pytest.raises(WorkshopError, match=r"user002 is a link to /nonexistent/place, which does not exist"):
+        walk_tree(str(outputs))
+
+
+def test_a_link_loop_fails_naming_it(outputs, tmp_path):
+    os.symlink(tmp_path / "elsewhere", tmp_path / "elsewhere" / "again")
+    with pytest.raises(WorkshopError, match="again links back to"):
+        walk_tree(str(outputs))
+
+
+# --- files that change while read ---------------------------------------------------------------
+
+
+def test_a_file_truncated_while_read_is_read_again_not_recorded_truncated(tmp_path):
+    source = tmp_path / "src"
+    (source / "user001").mkdir(parents=True)
+    path = source / "user001" / "video.mp4"
+    path.write_bytes(os.urandom(4 << 20))
+    dest = tmp_path / "outputs.tar"
+    real_read = workshop_backup._HashingReader.read
+    calls = {"n": 0}
+
+    def truncating_read(self, size=-1):
+        calls["n"] += 1
+        if calls["n"] == 2:  # while the first copy is under way: the writer cuts the file short
+            with open(path, "r+b") as cut:
+                cut.truncate(1 << 20)
+        return real_read(self, size)
+
+    workshop_backup._HashingReader.read = truncating_read
+    try:
+        members, _ = write_archive(str(dest), {"outputs": str(source)})
+    finally:
+        workshop_backup._HashingReader.read = real_read
+
+    [member] = members
+    assert member["size"] == 1 << 20  # the file as it is now, read whole, not 4 MiB claimed with 1 MiB inside
+    with tarfile.open(dest) as tar:
+        [info] = tar.getmembers()
+        assert tar.extractfile(info).read() == path.read_bytes()
+
+
+def test_a_file_that_never_stops_changing_fails_naming_it(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    path = source / "growing.log"
+    path.write_bytes(b"x" * (2 << 20))
+    stop = threading.Event()
+
+    def writer():
+        with open(path, "ab") as out:
+            while not stop.is_set():
+                out.write(b"y" * 4096)
+                out.flush()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with pytest.raises(WorkshopError, match=r"growing.log changed every time it was read \(3 tries\)"):
+            write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source)})
+    finally:
+        stop.set()
+        thread.join()
+    assert not (tmp_path / "outputs.tar").exists() and not (tmp_path / "outputs.tar.partial").exists()
+
+
+def test_a_vanished_file_is_reported_as_vanished_not_as_a_write_failure(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.png").write_bytes(b"a")
+    (source / "b.png").write_bytes(b"b")
+    real_walk = workshop_backup.walk_tree
+
+    def walk_then_delete(root):
+        entries = real_walk(root)
+        (source / "b.png").unlink()
+        return entries
+
+    monkeypatch.setattr(workshop_backup, "walk_tree", walk_then_delete)
+    members, vanished = write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source)})
+    assert [m["path"] for m in members] == ["outputs/a.png"]
+    assert vanished == [str(source / "b.png")]
+
+
+def test_an_archive_far_smaller_than_expected_is_refused(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.png").write_bytes(b"a")
+    with pytest.raises(WorkshopError, match="would hold 1 files, far fewer than the 10 expected"):
+        write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source)}, min_files=10)
+    assert list(tmp_path.glob("outputs.tar*")) == []
+
+
+# --- the outputs folder -------------------------------------------------------------------------
+
+
+class _Container:
+    def __init__(self, name, mounts):
+        self.name, self.attrs = name, {"Mounts": mounts}
+
+
+def test_a_typo_in_the_outputs_folder_fails_naming_both_paths(tmp_path):
+    project = tmp_path / "comfyui"
+    (project / "data" / "outputs").mkdir(parents=True)
+    (project / "data" / "output").mkdir()
+    (project / ".env").write_text("OUTPUTS_PATH=./data/outputs\n")
+    worker = _Container(
+        "comfy-worker-1", [{"Type": "bind", "Source": str(project / "data" / "outputs"), "Destination": "/outputs"}]
+    )
+
+    with pytest.raises(WorkshopError) as caught:
+        check_outputs_dir(str(project / "data" / "output"), str(project), str(project / ".env"), [worker])
+
+    message = caught.value.msg
+    assert f"workshop_outputs_dir is {project}/data/output," in message
+    assert f"writes its outputs to {project}/data/outputs (OUTPUTS_PATH in {project}/.env" in message
+    assert "comfy-worker-1:/outputs" in message
+    check_outputs_dir(str(project / "data" / "outputs"), str(project), str(project / ".env"), [worker])
+
+
+# --- verification, recorded ---------------------------------------------------------------------
+
+
+def _sealed_backup(tmp_path):
+    source = tmp_path / "src"
+    (source / "user003").mkdir(parents=True)
+    (source / "user003" / "img.png").write_bytes(os.urandom(5000))
+    partial = tmp_path / "ws" / ".partial-backup-1"
+    partial.mkdir(parents=True)
+    members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source)})
+    write_members(str(partial / "outputs.tar"), members)
+    final = tmp_path / "ws" / "backup-1"
+    seal(str(partial), str(final), {"name": "backup-1"})
+    return final
+
+
+def test_a_flipped_byte_is_named_down_to_the_member_and_recorded_as_failed(tmp_path):
+    folder = _sealed_backup(tmp_path)
+    record = tmp_path / "ws" / "run-record.json"
+    record_backup(str(record), "backup-1", str(folder), 2, {"outputs": {"files": 1}})
+    assert read_record(str(record))["backup"]["verify"]["ok"] is True
+    with tarfile.open(folder / "outputs.tar") as tar:
+        offset = tar.getmember("outputs/user003/img.png").offset_data
+    data = bytearray((folder / "outputs.tar").read_bytes())
+    data[offset + 100] ^= 0xFF
+    (folder / "outputs.tar").write_bytes(bytes(data))
+
+    failures = verify_folder(str(folder))
+    record_verify(str(record), "backup-1", failures)
+
+    assert failures == [
+        {"file": "outputs.tar", "member": "outputs/user003/img.png", "reason": "content differs from the manifest"}
+    ]
+    verify = read_record(str(record))["backup"]["verify"]
+    assert verify["ok"] is False and verify["backup"] == "backup-1" and verify["failures"] == failures
+    assert verify["at"].endswith("+00:00")
+
+
+def test_an_unchanged_verification_keeps_its_record_untouched(tmp_path):
+    folder = _sealed_backup(tmp_path)
+    record = tmp_path / "ws" / "run-record.json"
+    record_backup(str(record), "backup-1", str(folder), 2, {})
+    before = record.read_bytes()
+    assert record_verify(str(record), "backup-1", []) is False
+    assert record.read_bytes() == before
+
+
+def test_seal_fsyncs_and_leaves_no_partial(tmp_path):
+    folder = _sealed_backup(tmp_path)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["backup-1"]
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    assert set(manifest["files"]) == {"outputs.tar", "outputs.tar.members.json"}
+
+
+# --- snapshot completion ------------------------------------------------------------------------
+
+
+def test_snapshot_completion_is_read_from_rdb_saves_not_lastsave(tmp_path):
+    """Two saves within one second: LASTSAVE cannot tell them apart, rdb_saves does."""
+    with running_redis(tmp_path) as client:
+        conn = WorkshopRedis("127.0.0.1", client.connection_pool.connection_kwargs["port"])
+        client.set("a", "1")
+        first = conn.snapshot()
+        client.set("b", "2")
+        second = conn.snapshot()
+        assert second["rdb_saves"] == first["rdb_saves"] + 1
+        assert second["changes_since_save"] == 0  # the second save holds "b": it was not the first one seen again
+
+
+# --- a Docker stream cut mid-snapshot -----------------------------------------------------------
+
+
+class _CutStream:
+    """What docker-py's get_archive hands back when the engine's HTTP stream breaks midway: the
+    first chunks of a real tar of the RDB file, then urllib3's ProtocolError."""
+
+    def __init__(self, tar_bytes, cut_at):
+        self.tar_bytes, self.cut_at = tar_bytes, cut_at
+
+    def __iter__(self):
+        import urllib3.exceptions
+
+        yield self.tar_bytes[: self.cut_at]
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(4096 bytes read, 61440 more expected)")
+
+
+class _StreamingContainer:
+    name = "comfy-redis"
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def get_archive(self, path):
+        return self.stream, {}
+
+
+def test_a_docker_stream_cut_mid_snapshot_says_so(tmp_path):
+    import io
+
+    from ansible.module_utils.workshop_compose import ComposeProject
+
+    from conftest import load_module
+
+    rdb = tmp_path / "dump.rdb"
+    rdb.write_bytes(os.urandom(64 << 10))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(rdb, arcname="dump.rdb")
+    project = ComposeProject(client=None, name="comfyui", engine="unix:///run/docker.sock")
+    container = _StreamingContainer(_CutStream(buffer.getvalue(), 4096 + 512))
+
+    redis_snapshot = load_module("redis_snapshot")
+    with pytest.raises(WorkshopError) as caught:
+        redis_snapshot._copy_from_container(project, container, "/data/dump.rdb", str(tmp_path / "copy.partial"))
+
+    message = caught.value.msg
+    assert "The Docker Engine at unix:///run/docker.sock stopped streaming /data/dump.rdb out of comfy-redis mid-copy" in message
+    assert "ProtocolError" in message and "None" not in message
