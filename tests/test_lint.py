@@ -159,7 +159,7 @@ def _boolean_variables():
 
 
 BOOLEANS = sorted(set(_boolean_variables()))
-# Files where a variable is read in Jinja: every task file, template and playbook.
+# Where variables are read: every task file, template and playbook.
 JINJA_FILES = sorted(
     [
         *REPO.glob("roles/*/tasks/*.yml"),
@@ -168,24 +168,48 @@ JINJA_FILES = sorted(
         REPO / "post_workshop.yml",
     ]
 )
+# Keys whose values are Jinja expressions without braces.
+CONDITION_KEYS = {"when", "failed_when", "changed_when", "until", "break_when", "that"}
+_JINJA = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.S)
 
 
-def _unconverted_reads(name, text):
-    """Lines reading `name` without `| bool`: `-e name=false` arrives as the string "false", which is true.
+def _expressions(node, key=None):
+    """The Jinja expressions of a YAML document, less whole values handed on to a module option."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from _expressions(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _expressions(value, key)
+    elif isinstance(node, str):
+        if key in CONDITION_KEYS:
+            yield node
+        elif not re.fullmatch(r"\{\{\s*\w+\s*\}\}", node.strip()):  # modules convert "false" themselves
+            yield from ("".join(parts) for parts in _JINJA.findall(node))
 
-    Passing the value on as a module option (`option: "{{ name }}"`) is fine: modules convert it.
-    """
+
+def _unconverted_reads(name, expressions):
+    """Expressions reading `name` without `| bool`: `-e name=false` arrives as the string "false", which is true."""
     read = re.compile(rf"\b{name}\b(?!\s*\|\s*bool)")
-    passed_on = re.compile(rf"^\s*[\w.]+:\s*[\"']\{{\{{\s*{name}\s*\}}\}}[\"']\s*$")
-    return [line.strip() for line in text.splitlines() if read.search(line) and not passed_on.match(line)]
+    return [expression.strip() for expression in expressions if read.search(expression)]
+
+
+def _file_expressions(path):
+    if path.suffix == ".yml":
+        return list(_expressions(yaml.safe_load(path.read_text())))
+    return ["".join(parts) for parts in _JINJA.findall(path.read_text())]
 
 
 @pytest.mark.parametrize(("role", "name"), BOOLEANS, ids=[name for _, name in BOOLEANS])
 def test_every_boolean_switch_works_given_as_a_string(role, name):
-    found = {str(path.relative_to(REPO)): _unconverted_reads(name, path.read_text()) for path in JINJA_FILES}
-    assert {path: lines for path, lines in found.items() if lines} == {}, f"read {name} with '| bool'"
+    found = {str(path.relative_to(REPO)): _unconverted_reads(name, _file_expressions(path)) for path in JINJA_FILES}
+    assert {path: reads for path, reads in found.items() if reads} == {}, f"read {name} with '| bool'"
 
 
 def test_the_boolean_check_catches_a_bare_read():
-    text = 'when: drain_reopen\nflag: "{{ drain_reopen }}"\nwhen: drain_reopen | bool\nwhen: not drain_reopen|bool'
-    assert _unconverted_reads("drain_reopen", text) == ["when: drain_reopen"]
+    document = yaml.safe_load(
+        "- when: drain_reopen\n  debug: {msg: \"{{ 'a' if drain_reopen else 'b' }}\"}\n"
+        '- when: drain_reopen | bool\n  x: {flag: "{{ drain_reopen }}", text: drain_reopen}\n'
+        "- assert: {that: [not drain_reopen|bool]}\n"
+    )
+    assert _unconverted_reads("drain_reopen", _expressions(document)) == ["drain_reopen", "'a' if drain_reopen else 'b'"]
