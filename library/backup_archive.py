@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: archive folders of the workshop, with a manifest of every file."""
 
 DOCUMENTATION = r"""
@@ -21,13 +23,14 @@ description:
     three times, then the archive fails naming it; it is never recorded truncated. A file removed after
     it was listed is left out, with a warning naming it (RV(vanished)).
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
   check_mode:
     support: full
     description: Counts the files and bytes it would archive, and writes nothing.
   diff_mode:
     support: none
+    description: Returns no diff.
 options:
   dest:
     description: The archive to write (a file that must not exist yet).

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: export the logs of every service of a compose project."""
 
 DOCUMENTATION = r"""
@@ -14,7 +16,7 @@ description:
   - Logs are streamed from Docker to disk; memory stays flat whatever their size. Each file is
     written through a temporary name and renamed; a file whose content is unchanged is left alone.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - docker (Python library)
 attributes:
@@ -25,6 +27,7 @@ attributes:
         as a real run does, and removes the scratch folder; writes nothing in O(dest).
   diff_mode:
     support: none
+    description: Returns no diff.
 extends_documentation_fragment:
   - workshop_compose
 options:

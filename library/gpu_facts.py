@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: GPU facts of a GPU host, from nvidia-smi."""
 
 DOCUMENTATION = r"""
@@ -12,13 +14,14 @@ description:
   - A host without nvidia-smi returns RV(measured=false) with the reason, so the report can say
     "not measured" instead of failing.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
   check_mode:
     support: full
     description: Read-only; it runs the same in check mode.
   diff_mode:
     support: none
+    description: Returns no diff.
 options:
   xml_file:
     description: Saved output of C(nvidia-smi -q -x) to read instead of running nvidia-smi.

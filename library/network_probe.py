@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: TCP latency from this host to another (VPS to GPU host)."""
 
 DOCUMENTATION = r"""
@@ -10,13 +12,14 @@ description:
     how many attempts timed out or were refused - the report's "Latency VPS to GPU" and
     "Connection timeouts".
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
   check_mode:
     support: full
     description: Read-only; it runs the same in check mode.
   diff_mode:
     support: none
+    description: Returns no diff.
 options:
   host:
     description: The host to reach.

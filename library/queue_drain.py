@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: wait until the workshop's job queue has drained."""
 
 DOCUMENTATION = r"""
@@ -25,7 +27,7 @@ description:
   - For progress an admin can watch, call it repeatedly with a short O(slice_seconds), passing
     the previous result's RV(resume); the drain role does so in a loop whose label shows the depth.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - redis (Python library)
   - jmespath (Python library, for O(source=http))
@@ -35,6 +37,7 @@ attributes:
     description: Reports the queue now and what it would wait for, without waiting or changing any job.
   diff_mode:
     support: none
+    description: Returns no diff.
 extends_documentation_fragment:
   - workshop_redis
 options:

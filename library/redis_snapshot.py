@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: a verified snapshot of the workshop's Redis, copied into the backup."""
 
 DOCUMENTATION = r"""
@@ -20,7 +22,7 @@ description:
     restore test compares against. Keys with a time to live (the workers' heartbeats) are counted
     apart (RV(volatile_keys)), since they expire and a restore check would not find them.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - redis (Python library)
   - docker (Python library, for O(source=container))
@@ -30,6 +32,7 @@ attributes:
     description: Reports where it would read the snapshot from and write it to; asks Redis nothing and calls no Docker.
   diff_mode:
     support: none
+    description: Returns no diff.
 extends_documentation_fragment:
   - workshop_redis
   - workshop_compose

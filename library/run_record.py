@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: add facts to the workshop's run record."""
 
 DOCUMENTATION = r"""
@@ -12,7 +14,7 @@ description:
   - The file is written through a temporary name and renamed, so it is never left half-written.
     Nothing is written when the facts are already there.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
   check_mode:
     support: full

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: plan, seal and verify the workshop's backups."""
 
 DOCUMENTATION = r"""
@@ -27,7 +29,7 @@ description:
     newer sealed backup the record does not know (its run was killed after sealing) is adopted into
     the record once it verifies.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - redis (Python library, for V(planned))
   - docker (Python library, for V(planned))
@@ -37,6 +39,7 @@ attributes:
     description: V(planned) and V(verified) only read; V(sealed) reports the rename it would make.
   diff_mode:
     support: none
+    description: Returns no diff.
 extends_documentation_fragment:
   - workshop_redis
   - workshop_compose

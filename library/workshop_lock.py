@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: the lock that lets one run at a time work on a workshop's backups."""
 
 DOCUMENTATION = r"""
@@ -14,13 +16,14 @@ description:
     A live owner makes the task fail, naming it.
   - Acquiring and releasing leave the workshop as it was, so they report C(changed=false).
 version_added: "0.2.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
   check_mode:
     support: full
     description: Reports whether the lock could be taken (failing on a live owner as a real run would), and writes nothing.
   diff_mode:
     support: none
+    description: Returns no diff.
 options:
   path:
     description: The workshop's folder (absolute); created with mode 0700 when missing.

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: the workshop's metrics, from every job record, written to metrics.json."""
 
 DOCUMENTATION = r"""
@@ -20,7 +22,7 @@ description:
     requeue lines in the exported logs, exactly, with samples.
   - Writes C(metrics.json) through a temporary name; an unchanged result leaves the file alone.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - redis (Python library, for O(source=redis))
 attributes:
@@ -29,6 +31,7 @@ attributes:
     description: Computes everything and reports whether metrics.json would change, without writing it.
   diff_mode:
     support: none
+    description: Returns no diff.
 extends_documentation_fragment:
   - workshop_redis
 options:

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: write the workshop report, Markdown and HTML, from the collected facts."""
 
 DOCUMENTATION = r"""
@@ -16,13 +18,14 @@ description:
   - The report is stamped with the time it is written. A report unchanged but for that time is left
     alone, so a second run on the same data changes nothing.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
   check_mode:
     support: full
     description: Renders the report and returns it (O(markdown)) with whether the files would change, writing nothing.
   diff_mode:
     support: none
+    description: Returns no diff.
 options:
   dest:
     description: Folder to write report.md and report.html into.

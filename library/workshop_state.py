@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: the state of a ComfyUI workshop (queue, services, outputs, disk)."""
 
 DOCUMENTATION = r"""
@@ -15,7 +17,7 @@ description:
     without it (a report from the backup's snapshot) still run. A misconfiguration (no C(.env), a
     wrong password) fails.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - redis (Python library)
   - docker (Python library)
@@ -25,6 +27,7 @@ attributes:
     description: Read-only; it runs the same in check mode.
   diff_mode:
     support: none
+    description: Returns no diff.
 extends_documentation_fragment:
   - workshop_redis
   - workshop_compose
