@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, dotenv, http, redis_answers, run_playbook, staging, submit, wait_for
+from conftest import REPO, dotenv, http, job_record, redis_answers, run_playbook, staging, submit, wait_for, wait_for_status
 
 REPORTS = Path("/var/lib/comfy-wrapup/backups/staging")
 # Inputs naming a model: the platform's loader fields (README) in any node, and LTX-2's generic
@@ -48,13 +48,19 @@ def history(staging_workshop, rdb):
     submitted = {}
     for user, name, behaviour in PLAN:
         submitted[submit(user, metadata={"staging": behaviour}, workflow=workflows[name])] = workflows[name]
-    cancelled = submit(
-        "user002", metadata={"staging": {"duration": 0.1, "succeed": True}}, workflow=workflows["example_workflow"]
-    )
+    # A job cancelled while it runs: the platform only marks it and keeps it in queue:running (its
+    # worker, made to hang here, never reports), until the drain's stuck-job policy finishes it as cancelled.
+    cancelled = submit("user002", metadata={"staging": {"hang": True}}, workflow=workflows["example_workflow"])
     submitted[cancelled] = workflows["example_workflow"]
-    assert http("DELETE", f"/api/jobs/{cancelled}")[0] == 200
-    wait_for(lambda: rdb.zcard("queue:pending") + rdb.zcard("queue:running") == 0, timeout=60, what="the history to finish")
-    run_playbook("playbooks/drain.yml")
+    wait_for_status(rdb, cancelled, {"running"})
+    assert http("DELETE", f"/api/jobs/{cancelled}")[0] == 204
+    wait_for(
+        lambda: rdb.zcard("queue:pending") == 0 and rdb.zrange("queue:running", 0, -1) == [cancelled],
+        timeout=60,
+        what="the history to finish",
+    )
+    run_playbook("playbooks/drain.yml", extra_vars={"drain_timeout": 1, "drain_stuck_policy": "fail"})
+    assert job_record(rdb, cancelled)["status"] == "cancelled"
     run_playbook("playbooks/backup.yml")
     run_playbook("playbooks/drain.yml", extra_vars={"drain_reopen": True})
     return submitted
