@@ -74,8 +74,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-path:
-  description: The lock file.
+lock_file:
+  description: The lock file (not C(path), whose file facts Ansible would write over RV(owner)).
   returned: always
   type: str
 owner:

@@ -137,7 +137,7 @@ def acquire(folder, owner, stale_after=21600, check_mode=False):
     """
     require_absolute(folder, "The workshop folder")
     path = lock_path(folder)
-    result = dict(path=path, owner=owner, held_already=False, taken_over=False, previous=None, warning="")
+    result = dict(lock_file=path, owner=owner, held_already=False, taken_over=False, previous=None, warning="")
     for _ in range(5):
         current = read_owner(path)
         if current is None:
@@ -183,10 +183,10 @@ def release(folder, run_id, check_mode=False):
     current = read_owner(path)
     if current is None:
         # A dry run took no lock: nothing to say.
-        return dict(path=path, released=False, owner=None, warning="" if check_mode else f"No lock at {path} to release")
+        return dict(lock_file=path, released=False, owner=None, warning="" if check_mode else f"No lock at {path} to release")
     if current.get("run_id") != run_id:
         return dict(
-            path=path,
+            lock_file=path,
             released=False,
             owner=current,
             warning=f"The lock {path} belongs to {describe(current)}, not to run {run_id}: left alone",
@@ -194,7 +194,7 @@ def release(folder, run_id, check_mode=False):
     if not check_mode:
         os.unlink(path)
         _fsync_dir(folder)
-    return dict(path=path, released=True, owner=current, warning="")
+    return dict(lock_file=path, released=True, owner=current, warning="")
 
 
 def holds_lock(folder, run_id):

@@ -68,6 +68,27 @@ def test_a_lock_of_another_machine_is_taken_over_only_once_stale(tmp_path):
     assert taken["taken_over"] and "older than 3600s" in taken["warning"]
 
 
+def test_the_module_returns_its_owner_and_takes_no_part_in_changed(tmp_path, capsys):
+    from ansible.module_utils.testing import patch_module_args
+
+    from conftest import load_module
+
+    workshop_lock = load_module("workshop_lock")
+    folder = tmp_path / "berlin"
+    with patch_module_args({"path": str(folder), "run_id": "run-7", "purpose": "backup"}), pytest.raises(SystemExit):
+        workshop_lock.main()
+    taken = json.loads(capsys.readouterr().out)
+    with patch_module_args({"path": str(folder), "run_id": "run-7", "state": "released"}), pytest.raises(SystemExit):
+        workshop_lock.main()
+    released = json.loads(capsys.readouterr().out)
+
+    # Ansible adds file facts (owner: a user name) to results with a `path`: the owner record must survive.
+    assert taken["owner"]["run_id"] == "run-7" and taken["owner"]["pid"] == os.getppid()  # the module's parent by default
+    assert taken["changed"] is False and released["changed"] is False and released["released"] is True
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert not (folder / ".lock").exists()
+
+
 def test_check_mode_takes_no_lock(tmp_path):
     acquire(str(tmp_path), new_owner("run-1"), check_mode=True)
     assert not (tmp_path / ".lock").exists()
