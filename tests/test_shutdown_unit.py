@@ -4,9 +4,9 @@ import json
 import shutil
 
 import pytest
+from test_rdb import running_redis
 
 from conftest import REPO  # noqa: F401 - makes ansible.module_utils find the project's helpers
-from test_rdb import running_redis
 
 
 def save(client, folder, name):
