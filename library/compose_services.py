@@ -229,6 +229,11 @@ def main():
             module.exit_json(changed=False, changed_services=[], **project.inventory())
         if params["state"] == "down":
             result, diff = take_down(project, params, module.check_mode)
+            if not any(diff["before"].values()):
+                module.warn(
+                    f"Compose project '{project.name}' has no containers, networks or volumes on {project.engine}: "
+                    "down already, or another project name (workshop_compose_project)"
+                )
         else:
             result, diff = set_state(project, params, module.check_mode)
     except WorkshopError as exc:
