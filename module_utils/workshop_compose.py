@@ -77,11 +77,12 @@ class ComposeProject:
             ) from None
         return cls(client, name, engine)
 
-    def containers(self):
-        """Every container of the project, running or not; an unknown project raises, naming the known ones."""
+    def containers(self, missing_ok=False):
+        """Every container of the project, running or not; an unknown project raises, naming the known
+        ones, unless `missing_ok` (a project already taken down has none)."""
         try:
             found = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"})
-            if found:
+            if found or missing_ok:
                 return found
             known = sorted(
                 {c.labels.get(PROJECT_LABEL) for c in self.client.containers.list(all=True, filters={"label": PROJECT_LABEL})}
@@ -152,12 +153,122 @@ class ComposeProject:
                 ) from None
         return changes
 
+    def networks(self):
+        """Names of the project's networks (labelled with its name), sorted."""
+        return sorted(n.name for n in self._labelled(self.client.networks, "networks"))
+
+    def volumes(self):
+        """Names of the project's named volumes (labelled with its name), sorted."""
+        return sorted(v.name for v in self._labelled(self.client.volumes, "volumes"))
+
+    def _labelled(self, collection, what):
+        try:
+            return collection.list(filters={"label": f"{PROJECT_LABEL}={self.name}"})
+        except docker.errors.DockerException as exc:
+            raise WorkshopError(f"Docker at {self.engine} failed listing {what}: {exc}", docker_host=self.engine) from None
+
+    def inventory(self):
+        """What the project has on the engine: containers (with state and mounted volumes), networks, volumes."""
+        entries = []
+        for container in self.containers(missing_ok=True):
+            state = container.attrs.get("State", {})
+            entries.append(
+                dict(
+                    service=container.labels.get(SERVICE_LABEL, ""),
+                    container=container.name,
+                    state=state.get("Status", container.status),
+                    exit_code=state.get("ExitCode"),
+                    finished_at=state.get("FinishedAt"),
+                    volumes=[
+                        dict(name=m.get("Name"), destination=m.get("Destination"))
+                        for m in sorted(container.attrs.get("Mounts", []), key=lambda m: m.get("Destination", ""))
+                        if m.get("Type") == "volume"
+                    ],
+                )
+            )
+        entries.sort(key=lambda entry: (entry["service"], entry["container"]))
+        return dict(project=self.name, services=entries, networks=self.networks(), volumes=self.volumes())
+
+    def stop_in_order(self, containers, last, stop_timeout, check_mode):
+        """Stop `containers`, those of the services in `last` after all others (Redis last: nothing
+        writes to it once it stops). Returns the services stopped (in check mode, that would be)."""
+        first = [c for c in containers if c.labels.get(SERVICE_LABEL) not in last]
+        final = [c for c in containers if c.labels.get(SERVICE_LABEL) in last]
+        return self.set_state(first, "stopped", stop_timeout, check_mode) + self.set_state(
+            final, "stopped", stop_timeout, check_mode
+        )
+
+    def down(self, volumes, stop_timeout, check_mode, last=()):
+        """Stop the project's containers (those of `last` after the others), remove them and its
+        networks, then exactly the named `volumes`.
+
+        Each volume must carry the project's label: a volume of another project (or none) is refused
+        before anything is removed. Returns {containers, networks, volumes} removed (in check mode,
+        that would be); the volumes are those confirmed gone afterwards.
+        """
+        containers = sorted(self.containers(missing_ok=True), key=lambda c: c.name)
+        networks = self.networks()
+        own = set(self.volumes())
+        existing = self._existing_volumes(volumes)
+        foreign = sorted(name for name in existing if name not in own)
+        if foreign:
+            raise WorkshopError(
+                f"Volume(s) {', '.join(foreign)} on {self.engine} do not belong to compose project '{self.name}' "
+                f"(its volumes: {', '.join(sorted(own)) or 'none'}): nothing was removed",
+                project=self.name,
+                volumes=foreign,
+            )
+        removed = dict(containers=[c.name for c in containers], networks=networks, volumes=sorted(existing))
+        if check_mode:
+            return removed
+        self.stop_in_order(containers, last, stop_timeout, check_mode=False)
+        for container in containers:
+            self._call(container.remove, f"remove container {container.name}", v=False)
+        for network in self.client.networks.list(filters={"label": f"{PROJECT_LABEL}={self.name}"}):
+            self._call(network.remove, f"remove network {network.name}")
+        for name in sorted(existing):
+            self._call(self.client.volumes.get(name).remove, f"remove volume {name}")
+        left = self._existing_volumes(volumes)
+        if left:
+            raise WorkshopError(
+                f"Volume(s) {', '.join(sorted(left))} of project '{self.name}' are still on {self.engine} after removal",
+                project=self.name,
+                volumes=sorted(left),
+            )
+        return removed
+
+    def _existing_volumes(self, names):
+        found = []
+        for name in names:
+            try:
+                self.client.volumes.get(name)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.DockerException as exc:
+                raise WorkshopError(f"Docker at {self.engine} failed reading volume {name}: {exc}", volume=name) from None
+            found.append(name)
+        return found
+
+    def _call(self, function, what, **kwargs):
+        try:
+            function(**kwargs)
+        except docker.errors.NotFound:
+            pass  # gone already: what was wanted
+        except docker.errors.DockerException as exc:
+            raise WorkshopError(f"Docker at {self.engine} could not {what}: {exc}", project=self.name) from None
+
     def copy_out(self, container, path, dest):
         """Stream the file `path` out of `container` (from a named volume as well) into `dest`."""
+        return self.copy_out_with_stat(container, path, dest)[0]
+
+    def copy_out_with_stat(self, container, path, dest):
+        """copy_out, also returning Docker's stat of the file (name, size, mode, mtime with nanoseconds).
+
+        Works on a stopped container too: the file is read from its file system and volumes."""
         import tarfile
 
         try:
-            stream, _ = container.get_archive(path)
+            stream, stat = container.get_archive(path)
         except docker.errors.DockerException as exc:
             raise WorkshopError(
                 f"Cannot read {path} in {container.name} on {self.engine}: {exc}", container=container.name, path=path
@@ -172,7 +283,7 @@ class ComposeProject:
                             out.write(block)
                         out.flush()
                         os.fsync(out.fileno())
-                    return info.size
+                    return info.size, stat
         raise WorkshopError(f"{path} in {container.name} is not a file", container=container.name, path=path)
 
 

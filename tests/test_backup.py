@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import PROJECT_DIR, REPO, compose, run_playbook, staging, submit, wait_for, wait_for_status
+from conftest import PROJECT_DIR, REPO, run_playbook, staging, submit, wait_for, wait_for_status
 
 BACKUP_ROOT = Path("/var/lib/comfy-wrapup/backups")
 
@@ -249,91 +249,6 @@ def _flip_byte(path, offset):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def test_down_with_volumes_is_refused_without_a_verified_backup(workshop_id):
-    run = run_playbook(
-        "playbooks/shutdown.yml",
-        extra_vars={"workshop_id": workshop_id, "shutdown_mode": "down_volumes", "shutdown_confirm": workshop_id},
-        expect_ok=False,
-    )
-    assert run.returncode != 0
-    assert "No sealed backup" in run.output
-    assert compose("ps", "--services", "--filter", "status=running").stdout.split().count("redis") == 1
-
-
-def test_down_with_volumes_is_refused_without_the_confirmation(workshop_id):
-    backup(workshop_id)
-    run = run_playbook(
-        "playbooks/shutdown.yml", extra_vars={"workshop_id": workshop_id, "shutdown_mode": "down_volumes"}, expect_ok=False
-    )
-    assert "To confirm, set shutdown_confirm=" + workshop_id in run.output
-    assert "redis" in compose("ps", "--services", "--filter", "status=running").stdout.split()
-
-
-def test_down_with_volumes_is_refused_when_data_changed_after_the_backup(workshop_id, rdb):
-    backup(workshop_id)
-    job = submit("user003", metadata={"staging": {"duration": 0.1, "succeed": True}})
-    wait_for_status(rdb, job, {"completed"})
-
-    run = run_playbook(
-        "playbooks/shutdown.yml",
-        extra_vars={"workshop_id": workshop_id, "shutdown_mode": "down_volumes", "shutdown_confirm": workshop_id},
-        expect_ok=False,
-    )
-
-    assert "changed after backup" in run.output
-    assert "redis" in compose("ps", "--services", "--filter", "status=running").stdout.split()
-
-
-def test_check_mode_of_down_with_volumes_shows_what_it_would_delete(workshop_id):
-    backup(workshop_id)
-    run = run_playbook(
-        "playbooks/shutdown.yml",
-        check=True,
-        extra_vars={"workshop_id": workshop_id, "shutdown_mode": "down_volumes", "shutdown_confirm": workshop_id},
-    )
-    assert "Would run in" in run.output and "down --volumes" in run.output
-    assert "Volumes that would be DELETED: comfyui_redis-data" in run.output
-    assert "redis" in compose("ps", "--services", "--filter", "status=running").stdout.split()
-
-
-def test_stop_keeps_everything_and_the_data_survives(workshop_id, rdb):
-    before = rdb.zcard("queue:completed")
-    run_playbook("playbooks/shutdown.yml", extra_vars={"workshop_id": workshop_id, "shutdown_mode": "stop"})
-    try:
-        assert compose("ps", "--services", "--filter", "status=running").stdout.split() == []
-    finally:
-        staging("up")
-    assert rdb.zcard("queue:completed") == before
-
-
-def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_it(workshop_id, rdb, tmp_path):
-    backup(workshop_id)
-    [folder] = backups(workshop_id)
-    completed = rdb.zcard("queue:completed")
-
-    run_playbook(
-        "playbooks/shutdown.yml",
-        extra_vars={"workshop_id": workshop_id, "shutdown_mode": "down_volumes", "shutdown_confirm": workshop_id},
-    )
-
-    volumes = subprocess.run(["docker", "volume", "ls", "--quiet"], capture_output=True, text=True, check=True).stdout.split()
-    assert "comfyui_redis-data" not in volumes
-    containers = subprocess.run(
-        ["docker", "ps", "--all", "--quiet", "--filter", "label=com.docker.compose.project=comfyui"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert containers == []
-    record = json.loads((BACKUP_ROOT / workshop_id / "run-record.json").read_text())
-    assert record["shutdown"]["volumes_deleted"] == ["comfyui_redis-data"]
-    # The data is gone from the workshop, and still whole in the backup.
-    staging("up")
-    assert rdb.zcard("queue:completed") == 0
-    facts = json.loads((folder / "MANIFEST.json").read_text())["redis"]
-    assert facts["queues"]["queue:completed"] == completed
 
 
 def test_the_configuration_can_be_kept_encrypted_with_ansible_vault(workshop_id, tmp_path):
