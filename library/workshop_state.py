@@ -85,13 +85,17 @@ project:
   type: str
   sample: comfyui
 outputs:
-  description: Bytes and files under O(outputs_dir), in total and per participant folder.
+  description:
+    - Bytes and files under O(outputs_dir), in total and per participant folder, counted as the backup
+      archives them (files reached through a link to outside the folder included).
+    - C(links) counts the links kept as links (pointing inside the folder).
   returned: always
   type: dict
   sample:
     path: /home/dev/projects/comfyui/data/outputs
     bytes: 1048576
     files: 4
+    links: 0
     folders: {user001: {bytes: 1048576, files: 4}}
 disk:
   description: Total, used and free bytes of the filesystem holding O(project_dir).

@@ -199,7 +199,8 @@ def _expressions(node, key=None):
 def _unconverted_reads(name, expressions):
     """Expressions reading `name` without `| bool`: `-e name=false` arrives as the string "false", which is true."""
     read = re.compile(rf"\b{name}\b(?!\s*\|\s*bool)")
-    return [expression.strip() for expression in expressions if read.search(expression)]
+    literal = re.compile(r"'[^']*'|\"[^\"]*\"")  # text that merely names the switch
+    return [expression.strip() for expression in expressions if read.search(literal.sub("''", expression))]
 
 
 def _file_expressions(path):
@@ -219,5 +220,6 @@ def test_the_boolean_check_catches_a_bare_read():
         "- when: drain_reopen\n  debug: {msg: \"{{ 'a' if drain_reopen else 'b' }}\"}\n"
         '- when: drain_reopen | bool\n  x: {flag: "{{ drain_reopen }}", text: drain_reopen}\n'
         "- assert: {that: [not drain_reopen|bool]}\n"
+        "- debug: {msg: \"{{ 'set drain_reopen' }}\"}\n"
     )
     assert _unconverted_reads("drain_reopen", _expressions(document)) == ["drain_reopen", "'a' if drain_reopen else 'b'"]
