@@ -53,6 +53,24 @@ def resolve_project_name(project_dir, project_name=None):
     return normalize_project_name(os.path.basename(os.path.normpath(project_dir)))
 
 
+def _state(container):
+    return container.attrs.get("State", {})
+
+
+def _container_entry(container, **facts):
+    """A container as the modules return it: its service, name and state, and `facts`."""
+    return dict(
+        service=container.labels.get(SERVICE_LABEL, ""),
+        container=container.name,
+        state=_state(container).get("Status", container.status),
+        **facts,
+    )
+
+
+def _sorted_entries(entries):
+    return sorted(entries, key=lambda entry: (entry["service"], entry["container"]))
+
+
 class ComposeProject:
     """The containers of one compose project on one Docker Engine."""
 
@@ -98,19 +116,12 @@ class ComposeProject:
 
     def services(self):
         """One entry per container: service, container, state, restart count, start time, sorted by service."""
-        entries = []
-        for container in self.containers():
-            state = container.attrs.get("State", {})
-            entries.append(
-                dict(
-                    service=container.labels.get(SERVICE_LABEL, ""),
-                    container=container.name,
-                    state=state.get("Status", container.status),
-                    restart_count=container.attrs.get("RestartCount", 0),
-                    started_at=state.get("StartedAt"),
-                )
+        return _sorted_entries(
+            _container_entry(
+                container, restart_count=container.attrs.get("RestartCount", 0), started_at=_state(container).get("StartedAt")
             )
-        return sorted(entries, key=lambda entry: (entry["service"], entry["container"]))
+            for container in self.containers()
+        )
 
     def select(self, pattern=None, names=None):
         """The project's containers whose service matches `pattern` or is one of `names`; none raises."""
@@ -169,25 +180,20 @@ class ComposeProject:
 
     def inventory(self):
         """What the project has on the engine: containers (with state and mounted volumes), networks, volumes."""
-        entries = []
-        for container in self.containers(missing_ok=True):
-            state = container.attrs.get("State", {})
-            entries.append(
-                dict(
-                    service=container.labels.get(SERVICE_LABEL, ""),
-                    container=container.name,
-                    state=state.get("Status", container.status),
-                    exit_code=state.get("ExitCode"),
-                    finished_at=state.get("FinishedAt"),
-                    volumes=[
-                        dict(name=m.get("Name"), destination=m.get("Destination"))
-                        for m in sorted(container.attrs.get("Mounts", []), key=lambda m: m.get("Destination", ""))
-                        if m.get("Type") == "volume"
-                    ],
-                )
+        services = _sorted_entries(
+            _container_entry(
+                container,
+                exit_code=_state(container).get("ExitCode"),
+                finished_at=_state(container).get("FinishedAt"),
+                volumes=[
+                    dict(name=m.get("Name"), destination=m.get("Destination"))
+                    for m in sorted(container.attrs.get("Mounts", []), key=lambda m: m.get("Destination", ""))
+                    if m.get("Type") == "volume"
+                ],
             )
-        entries.sort(key=lambda entry: (entry["service"], entry["container"]))
-        return dict(project=self.name, services=entries, networks=self.networks(), volumes=self.volumes())
+            for container in self.containers(missing_ok=True)
+        )
+        return dict(project=self.name, services=services, networks=self.networks(), volumes=self.volumes())
 
     def stop_in_order(self, containers, last, stop_timeout, check_mode):
         """Stop `containers`, those of the services in `last` after all others (Redis last: nothing

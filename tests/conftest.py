@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -263,3 +264,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         needs_docker = "staging_workshop" in getattr(item, "fixturenames", ()) or item.get_closest_marker("staging")
         item.add_marker(pytest.mark.staging if needs_docker else pytest.mark.unit)
+
+
+BACKUP_ROOT = Path("/var/lib/comfy-wrapup/backups")
+
+
+@pytest.fixture
+def played_workshop_id(staging_workshop):
+    """A small workshop played on staging, and a workshop id of its own whose folder goes afterwards."""
+    staging("play", staging_workshop_play_jobs_per_user="1-2", staging_workshop_play_bursts=1)
+    name = f"played-{uuid.uuid4().hex[:8]}"
+    yield name
+    shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import PROJECT_DIR, REPO, run_playbook, staging, submit, wait_for, wait_for_status
-
-BACKUP_ROOT = Path("/var/lib/comfy-wrapup/backups")
+from conftest import BACKUP_ROOT, PROJECT_DIR, REPO, run_playbook, staging, submit, wait_for, wait_for_status
 
 
 def tree(root):

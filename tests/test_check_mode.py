@@ -6,16 +6,10 @@ which they rewrite every few seconds, job or no job); every container of the pro
 """
 
 import json
-import shutil
-import uuid
-from pathlib import Path
 
 import docker
-import pytest
 
-from conftest import PROJECT_DIR, run_playbook, ssh_inventory, staging
-
-BACKUP_ROOT = Path("/var/lib/comfy-wrapup/backups")
+from conftest import BACKUP_ROOT, PROJECT_DIR, run_playbook, ssh_inventory
 
 
 def files_state(*roots):
@@ -68,30 +62,22 @@ def workshop_state(rdb, workshop_id):
     }
 
 
-@pytest.fixture
-def workshop_id(staging_workshop):
-    staging("play", staging_workshop_play_jobs_per_user="1-2", staging_workshop_play_bursts=1)
-    name = f"ci-{uuid.uuid4().hex[:8]}"
-    yield name
-    shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
-
-
-def test_the_whole_checklist_in_check_mode_over_ssh_changes_nothing_then_runs(workshop_id, rdb, sshd, tmp_path):
-    inventory = ssh_inventory(tmp_path, sshd, f"workshop_id={workshop_id}")
-    before = workshop_state(rdb, workshop_id)
+def test_the_whole_checklist_in_check_mode_over_ssh_changes_nothing_then_runs(played_workshop_id, rdb, sshd, tmp_path):
+    inventory = ssh_inventory(tmp_path, sshd, f"workshop_id={played_workshop_id}")
+    before = workshop_state(rdb, played_workshop_id)
     assert before["redis"] and before["containers"]  # a played workshop, so there is something to change
 
     preview = run_playbook("post_workshop.yml", "--check", "--diff", "--tags", "all,shutdown", "-i", str(inventory))
 
     assert preview.recap["vps"]["failed"] == 0 and preview.recap["vps"]["unreachable"] == 0
     assert preview.recap["vps"]["changed"] > 0  # it says what it would do...
-    after = workshop_state(rdb, workshop_id)
+    after = workshop_state(rdb, played_workshop_id)
     for part in ("files", "redis", "containers"):  # ...and does none of it
         assert after[part] == before[part], part
 
     real = run_playbook("post_workshop.yml", "-i", str(inventory))
 
     assert real.recap["vps"]["failed"] == 0 and real.recap["vps"]["changed"] > 0
-    record = json.loads((BACKUP_ROOT / workshop_id / "run-record.json").read_text())
+    record = json.loads((BACKUP_ROOT / played_workshop_id / "run-record.json").read_text())
     assert record["backup"]["verify"]["ok"] is True
-    assert (BACKUP_ROOT / workshop_id / "report" / "report.md").exists()
+    assert (BACKUP_ROOT / played_workshop_id / "report" / "report.md").exists()
