@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+from datetime import datetime, timezone
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -10,7 +12,7 @@ from ansible.module_utils.workshop_dotenv import dotenv_secret, parse_dotenv, re
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import tree_usage
 
-from conftest import load_module
+from conftest import REPO, load_module, pyenv_python
 
 
 @pytest.mark.parametrize(
@@ -96,3 +98,16 @@ def test_workshop_state_module_fails_clearly_on_a_missing_env(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["failed"] is True
     assert result["msg"].startswith(f"No .env at {tmp_path / '.env'}")
+
+
+@pytest.mark.parametrize("version", ["3.8", "3.10"])
+def test_the_platforms_z_timestamps_parse_on_old_host_pythons(version):
+    """Python before 3.11 refuses `Z` in fromisoformat; every time figure of a 3.10 host hangs on this."""
+    code = (
+        "import sys; sys.path.insert(0, 'module_utils'); import workshop_time as t; "
+        "print(t.epoch_of('2026-01-28T14:03:11.482113Z'), t.epoch_of('2026-01-28T14:03:11.482Z'), "
+        "t.epoch_of('2026-01-28T14:03:11+00:00'), t.epoch_of('2026-01-28T14:03:11.123456789Z'), t.epoch_of('nonsense'))"
+    )
+    out = subprocess.run([pyenv_python(version), "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    second = datetime(2026, 1, 28, 14, 3, 11, tzinfo=timezone.utc).timestamp()
+    assert out.split() == [str(second + 0.482113), str(second + 0.482), str(second), str(second + 0.123456), "None"]
