@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: start or stop chosen services of a compose project."""
 
 DOCUMENTATION = r"""
@@ -14,13 +16,11 @@ description:
     removes the containers and the project's networks, and then exactly the volumes named in
     O(volumes), each of which must carry the project's label; it confirms they are gone.
     A project already down is no change.
-  - V(info) only reads - the project's containers (with state, exit code and mounted volumes),
-    networks and volumes - and changes nothing, in check mode or not.
   - Everything is found by the compose labels of the one project name resolved (O(project_name),
     else the C(.env), else the directory), through the Docker API, so this works the same for
     projects deployed by docker compose v2 and docker-compose v1, and needs neither CLI.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - docker (Python library)
 attributes:
@@ -45,9 +45,9 @@ options:
     type: list
     elements: str
   state:
-    description: What the chosen services should be; V(info) only reads.
+    description: What the chosen services should be.
     type: str
-    choices: [started, stopped, down, info]
+    choices: [started, stopped, down]
     required: true
   volumes:
     description: For V(down), the project's volumes to remove with it (none by default).
@@ -64,7 +64,8 @@ options:
     type: int
     default: 10
 notes:
-  - At most one of O(pattern) and O(services); V(down) and V(info) take neither.
+  - At most one of O(pattern) and O(services); V(down) takes neither.
+  - C(compose_project_info) lists what the project has, without changing anything.
 """
 
 EXAMPLES = r"""
@@ -80,10 +81,9 @@ EXAMPLES = r"""
     that: closed.services | selectattr('state', 'ne', 'stopped') | list | length == 0
 
 - name: Which containers, networks and volumes does the project have?
-  compose_services:
+  compose_project_info:
     project_dir: /home/dev/projects/comfyui
     project_name: wsberlin
-    state: info
   register: project
 
 - name: Take the project down with its Redis volume
@@ -110,23 +110,11 @@ changed_services:
 services:
   description:
     - Every chosen service with its state after this run (in check mode, its state now).
-    - For V(info), every container of the project with its exit code, finish time and mounted volumes.
+    - For V(down), every container of the project as it was, with its exit code, finish time and mounted volumes.
   returned: always
   type: list
   elements: dict
   sample: [{service: user001, container: comfy-user001, state: exited}]
-networks:
-  description: V(info) - the project's networks.
-  returned: state=info
-  type: list
-  elements: str
-  sample: [comfyui_default]
-volumes:
-  description: V(info) - the project's named volumes.
-  returned: state=info
-  type: list
-  elements: str
-  sample: [comfyui_redis-data]
 removed:
   description: V(down) - the containers, networks and volumes removed (in check mode, that would be).
   returned: state=down
@@ -206,7 +194,7 @@ def main():
     argument_spec.update(
         pattern=dict(type="str"),
         services=dict(type="list", elements="str"),
-        state=dict(type="str", choices=["started", "stopped", "down", "info"], required=True),
+        state=dict(type="str", choices=["started", "stopped", "down"], required=True),
         volumes=dict(type="list", elements="str", default=[]),
         stop_last=dict(type="list", elements="str", default=[]),
         stop_timeout=dict(type="int", default=10),
@@ -220,13 +208,11 @@ def main():
         module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
     params = module.params
     try:
-        if params["state"] in ("down", "info") and (params["pattern"] or params["services"]):
+        if params["state"] == "down" and (params["pattern"] or params["services"]):
             raise WorkshopError(f"state={params['state']} works on the whole project: give neither pattern nor services")
         if params["volumes"] and params["state"] != "down":
             raise WorkshopError("volumes is only for state=down")
         project = ComposeProject.from_params(params)
-        if params["state"] == "info":
-            module.exit_json(changed=False, changed_services=[], **project.inventory())
         if params["state"] == "down":
             result, diff = take_down(project, params, module.check_mode)
             if not any(diff["before"].values()):

@@ -75,7 +75,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 def probe(host, port, samples, timeout):
     times, failures = [], 0
-    for _ in range(samples):
+    for _dummy in range(samples):
         start = time.perf_counter()
         try:
             socket.create_connection((host, port), timeout=timeout).close()

@@ -282,7 +282,7 @@ from ansible.module_utils.workshop_redis import (
 from ansible.module_utils.workshop_time import utc_iso
 
 try:
-    import jmespath  # noqa: F401 - only its presence is checked here
+    import jmespath  # noqa: F401  # pylint: disable=unused-import  # only its presence is checked here
 
     HAS_JMESPATH = True
     JMESPATH_IMPORT_ERROR = None

@@ -189,7 +189,7 @@ def _resolve_rdb_path(params, conn):
 def _check_folder_in_container(project, container, rdb_path):
     folder = os.path.dirname(rdb_path) or "/"
     try:
-        stream, _ = project.client.api.get_archive(container.id, folder)
+        stream, _dummy = project.client.api.get_archive(container.id, folder)
         stream.close()
     except docker.errors.DockerException as exc:  # NotFound and any API error: name the path either way
         raise WorkshopError(

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: may the workshop's containers (and volumes) be removed? Only reads."""
 
 DOCUMENTATION = r"""
@@ -20,7 +22,7 @@ description:
     heartbeats) are left out and named. It compares the participants' files (O(sources)) with the
     backup's archives by path, size and sha256. Any difference is named and refuses the shutdown.
 version_added: "0.1.0"
-author: comfy-wrapup
+author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - docker (Python library)
 attributes:
@@ -29,6 +31,7 @@ attributes:
     description: Read-only; it runs the same in check mode.
   diff_mode:
     support: none
+    description: Returns no diff.
 extends_documentation_fragment:
   - workshop_compose
 options:
@@ -277,7 +280,7 @@ def final(params, project):
     scratch = tempfile.mkdtemp(prefix="shutdown-guard-")  # mode 0700: the snapshot holds participants' prompts
     try:
         final_rdb = os.path.join(scratch, "dump.rdb")
-        _, stat = project.copy_out_with_stat(container, params["rdb_path"], final_rdb)
+        _dummy, stat = project.copy_out_with_stat(container, params["rdb_path"], final_rdb)
         problem = final_snapshot_problem(entry, stat.get("mtime"), params["not_before"], params["stop_timeout"] + 1)
         if problem:
             raise WorkshopError(f"Refused: {problem}. {NOTHING_REMOVED}", container=entry["container"])

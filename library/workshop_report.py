@@ -22,7 +22,7 @@ author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
   check_mode:
     support: full
-    description: Renders the report and returns it (O(markdown)) with whether the files would change, writing nothing.
+    description: Renders the report and returns it (RV(markdown)) with whether the files would change, writing nothing.
   diff_mode:
     support: none
     description: Returns no diff.

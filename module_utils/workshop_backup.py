@@ -168,7 +168,7 @@ def _add_link(tar, entry, arcname):
 def _add_file(tar, raw, entry, arcname):
     """Add one file, re-reading it when it changes while read; None when it vanished since it was listed."""
     start = tar.offset
-    for _ in range(READ_TRIES):
+    for _dummy in range(READ_TRIES):
         try:
             stream = open(entry.path, "rb")  # noqa: SIM115 - closed below, after the second stat
         except FileNotFoundError:
@@ -354,7 +354,7 @@ def check_space(backup_dir, needed):
 def folder_files(folder, sync=False):
     """Every file of a backup folder but the manifest, as {relative path: (size, sha256)}; with sync, fsynced too."""
     files = {}
-    for relpath, size, _ in list_tree(folder):
+    for relpath, size, _dummy in list_tree(folder):
         if relpath == MANIFEST:
             continue
         with open(os.path.join(folder, relpath), "rb") as stream:
@@ -365,7 +365,7 @@ def folder_files(folder, sync=False):
 
 
 def _sync_folders(folder):
-    for root, _, _ in os.walk(folder):
+    for root, _dummy, _dummy in os.walk(folder):
         fsync_dir(root)
 
 
@@ -412,7 +412,7 @@ def verify_folder(folder, check_rdb=None):
     manifest = read_manifest(folder)
     failures = []
     listed = manifest.get("files", {})
-    present = {relpath: size for relpath, size, _ in list_tree(folder) if relpath != MANIFEST}
+    present = {relpath: size for relpath, size, _dummy in list_tree(folder) if relpath != MANIFEST}
     archives = archives_of(folder)
     for relpath in sorted(set(listed) - set(present)):
         failures.append({"file": relpath, "member": None, "reason": "missing"})
@@ -453,7 +453,7 @@ def write_members(archive_path, members):
 def archives_of(folder):
     """{archive relative path: its members} for every archive of a backup folder (an unreadable list: no members)."""
     found = {}
-    for relpath, _, _ in list_tree(folder):
+    for relpath, _dummy, _dummy in list_tree(folder):
         if relpath.endswith(".members.json"):
             try:
                 with open(os.path.join(folder, relpath), encoding="utf-8") as listing:

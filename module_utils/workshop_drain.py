@@ -195,7 +195,7 @@ class RedisQueue:
         """
         job_key = f"job:{job_id}"
         with self.client.pipeline(transaction=True) as pipe:
-            for _ in range(SETTLE_TRIES):
+            for _dummy in range(SETTLE_TRIES):
                 try:
                     pipe.watch(job_key, *(queue_key(q) for q in QUEUES))
                     record = parse_record(pipe.get(job_key))
@@ -388,7 +388,7 @@ def wait_until_drained(queue, state, queues, until, poll_interval):
 def classify(queue):
     """Every open job with its class (see the constants), who, which worker, since when, whether it polls."""
     view = queue.view()
-    stray = {job_id: r for job_id, r in queue.open_records().items()}
+    stray = dict(queue.open_records())
     placed = {job_id: ("running", score) for job_id, score in view["running"].items()}
     placed.update((job_id, ("pending", score)) for job_id, score in view["pending"].items())
     records = queue.records(set(placed) | set(stray))

@@ -138,7 +138,7 @@ def acquire(folder, owner, stale_after=21600, check_mode=False):
     require_absolute(folder, "The workshop folder")
     path = lock_path(folder)
     result = dict(lock_file=path, owner=owner, held_already=False, taken_over=False, previous=None, warning="")
-    for _ in range(5):
+    for _dummy in range(5):
         current = read_owner(path)
         if current is None:
             if check_mode or _create(path, owner):

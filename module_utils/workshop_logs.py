@@ -108,6 +108,6 @@ def _prefixed(path, service, width):
 
 def write_combined(path, parts):
     """Merge per-service files [(service, path)] in time order into one gzip file; returns (lines, bytes, changed)."""
-    width = max((len(service) for service, _ in parts), default=0)
+    width = max((len(service) for service, _dummy in parts), default=0)
     streams = [_prefixed(part, service, width) for service, part in parts]
-    return write_gzip_lines(path, (line for _, line in heapq.merge(*streams, key=lambda item: item[0])))
+    return write_gzip_lines(path, (line for _dummy, line in heapq.merge(*streams, key=lambda item: item[0])))

@@ -304,7 +304,7 @@ def durations(jobs, times=None):
     ]
     if not measured:
         return {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "max_job_id": None}
-    values = [seconds for seconds, _ in measured]
+    values = [seconds for seconds, _dummy in measured]
     longest, job_id = _longest(measured)
     return {
         "count": len(values),
@@ -329,7 +329,7 @@ def waits(jobs, times=None):
     longest, job_id = _longest(measured)
     return {
         "count": len(measured),
-        "mean": _round(statistics.fmean(seconds for seconds, _ in measured)),
+        "mean": _round(statistics.fmean(seconds for seconds, _dummy in measured)),
         "max": _round(longest),
         "max_job_id": job_id,
     }
@@ -420,7 +420,7 @@ def models(jobs, facts=None):
     facts = job_facts(jobs) if facts is None else facts
     used, succeeded, failed = Counter(), Counter(), Counter()
     for job, fact in zip(jobs, facts):
-        names = {name for _, name in fact.models}
+        names = {name for _dummy, name in fact.models}
         used.update(names)
         if job.get("status") == "completed":
             succeeded.update(names)

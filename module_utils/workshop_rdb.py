@@ -70,11 +70,11 @@ def _crc_after_zeros():
     first = []
     for byte in range(256):
         crc = byte
-        for _ in range(8):
+        for _dummy in range(8):
             crc = (crc >> 1) ^ _CRC_POLY if crc & 1 else crc >> 1
         first.append(crc)
     after = [first]
-    for _ in range(_CRC_BLOCK - 1):
+    for _dummy in range(_CRC_BLOCK - 1):
         after.append([first[crc & 0xFF] ^ (crc >> 8) for crc in after[-1]])
     return after
 
@@ -412,28 +412,28 @@ def _zset_of(items):
 
 
 def _load_list(src):
-    return [_text(src.string()) for _ in range(src.length())]
+    return [_text(src.string()) for _dummy in range(src.length())]
 
 
 def _load_set(src):
-    return {_text(src.string()) for _ in range(src.length())}
+    return {_text(src.string()) for _dummy in range(src.length())}
 
 
 def _load_zset_text_scores(src):
-    return [(_text(src.string()), src.text_double()) for _ in range(src.length())]
+    return [(_text(src.string()), src.text_double()) for _dummy in range(src.length())]
 
 
 def _load_zset_binary_scores(src):
-    return [(_text(src.string()), src.binary_double()) for _ in range(src.length())]
+    return [(_text(src.string()), src.binary_double()) for _dummy in range(src.length())]
 
 
 def _load_hash(src):
-    return {_text(src.string()): _text(src.string()) for _ in range(src.length())}
+    return {_text(src.string()): _text(src.string()) for _dummy in range(src.length())}
 
 
 def _load_quicklist(src):
     items = []
-    for _ in range(src.length()):
+    for _dummy in range(src.length()):
         items += _ziplist(src.string())
     return _texts(items)
 
@@ -441,7 +441,7 @@ def _load_quicklist(src):
 def _load_quicklist_2(src):
     """Redis 7 lists: nodes that are either one big element (plain) or a listpack (packed)."""
     items = []
-    for _ in range(src.length()):
+    for _dummy in range(src.length()):
         container = src.length()
         node = src.string()
         if container == _QUICKLIST_PLAIN:
@@ -460,7 +460,7 @@ def _load_hash_with_ttls(src, relative):
     if relative:
         src.int_le(8)  # min expire
     fields = {}
-    for _ in range(src.length()):
+    for _dummy in range(src.length()):
         src.length()  # the field's TTL
         field = _text(src.string())
         fields[field] = _text(src.string())
@@ -479,19 +479,19 @@ def _load_hash_listpack_ex(src, with_min_expire):
 
 def _skip_stream(src, revision):
     """Streams are not decoded, only stepped over; revision 2 (7.0) and 3 (7.2) add fields."""
-    for _ in range(src.length()):  # radix tree nodes: master entry ID, listpack
+    for _dummy in range(src.length()):  # radix tree nodes: master entry ID, listpack
         src.string()
         src.string()
-    for _ in range(3 if revision == 1 else 8):  # length, last ID; first ID, max deleted ID, entries added
+    for _dummy in range(3 if revision == 1 else 8):  # length, last ID; first ID, max deleted ID, entries added
         src.length()
-    for _ in range(src.length()):  # consumer groups
+    for _dummy in range(src.length()):  # consumer groups
         src.string()
-        for _ in range(2 if revision == 1 else 3):  # last delivered ID; entries read
+        for _dummy in range(2 if revision == 1 else 3):  # last delivered ID; entries read
             src.length()
-        for _ in range(src.length()):  # pending entries: raw ID, delivery time, delivery count
+        for _dummy in range(src.length()):  # pending entries: raw ID, delivery time, delivery count
             src.read(16 + 8)
             src.length()
-        for _ in range(src.length()):  # consumers: name, seen (and active) time, raw pending IDs
+        for _dummy in range(src.length()):  # consumers: name, seen (and active) time, raw pending IDs
             src.string()
             src.read(8 if revision < 3 else 16)
             src.read(16 * src.length())

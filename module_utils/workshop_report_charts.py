@@ -129,7 +129,7 @@ def queue_depth_chart(queue_depth, reason="no queue depth series"):
     start, end = series[0][0], series[-1][0]
     if end - start < 60:
         end = start + 60
-    peak = max(depth for _, depth in series)
+    peak = max(depth for _dummy, depth in series)
     ticks = count_ticks(peak)
     x = linear_scale(start, end, _LEFT, _W - _RIGHT)
     y = linear_scale(0, ticks[-1], _H - _BOTTOM, _TOP)
@@ -171,7 +171,7 @@ def jobs_per_participant_chart(per_participant, reason="no jobs per participant"
     shown, hidden = rows[:MAX_BARS], len(rows) - MAX_BARS
     row_height, left, top = 18, 130, 28
     height = top + row_height * len(shown) + 36
-    ticks = count_ticks(max(n for _, n in shown))
+    ticks = count_ticks(max(n for _dummy, n in shown))
     x = linear_scale(0, ticks[-1], left, _W - _RIGHT - 24)
     out = [_svg_open(f"{name}: {len(rows)} participants, up to {format_number(shown[0][1])} jobs each", _W, height)]
     bottom = top + row_height * len(shown)
@@ -197,11 +197,11 @@ def duration_histogram_chart(durations, reason="per-job durations were not provi
     bins = histogram_bins(durations or [])
     if not bins:
         return _not_measured_figure("chart-duration-histogram", name, reason)
-    ticks = count_ticks(max(n for _, _, n in bins))
+    ticks = count_ticks(max(n for _dummy, _dummy, n in bins))
     x = linear_scale(bins[0][0], bins[-1][1], _LEFT, _W - _RIGHT)
     y = linear_scale(0, ticks[-1], _H - _BOTTOM, _TOP)
     base = _H - _BOTTOM
-    out = [_svg_open(f"{name}: {sum(n for _, _, n in bins)} completed jobs in {len(bins)} bins", _W, _H)]
+    out = [_svg_open(f"{name}: {sum(entry[2] for entry in bins)} completed jobs in {len(bins)} bins", _W, _H)]
     out += _y_axis(ticks, y, _LEFT, _W - _RIGHT, "Jobs", _H)
     for low, high, n in bins:
         width = x(high) - x(low)
@@ -210,7 +210,7 @@ def duration_histogram_chart(durations, reason="per-job durations were not provi
             f"<title>{_e(format_number(low))}-{_e(format_number(high))} s: {n} jobs</title></rect>"
         )
     every = max(1, math.ceil(len(bins) / 12))
-    for i, edge in enumerate([bins[0][0]] + [high for _, high, _ in bins]):
+    for i, edge in enumerate([bins[0][0]] + [high for _dummy, high, _dummy in bins]):
         if i % every == 0 or i == len(bins):
             out.append(f'<text x="{_c(x(edge))}" y="{base + 16}" text-anchor="middle">{_e(format_number(edge))}</text>')
     out.append(f'<line class="axis" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{base}" y2="{base}"/>')

@@ -216,7 +216,7 @@ def _performance(metrics, reason):
         _field("Longest job", _get(durations, "max"), longest, no_duration),
     ]
     others = [(name, _get(jobs, name)) for name in ("cancelled", "pending", "running")]
-    if any(n for _, n in others):
+    if any(n for _dummy, n in others):
         lines.append(("Not completed otherwise", [", ".join(f"{name}: {format_number(n or 0)}" for name, n in others)]))
     lines.append(_field("Job records", _get(metrics, "records"), _records, why if metrics is None else "not counted"))
     return ("System Performance Metrics", lines, False)
@@ -362,8 +362,8 @@ def _log_sample(services, category):
         if as_number(entry.get("count")):
             counts.append((as_number(entry["count"]), service, entry.get("samples") or []))
     counts.sort(key=lambda item: (-item[0], str(item[1])))
-    sample = next((samples[0] for _, _, samples in counts if samples), None)
-    return ", ".join(f"{service} {n}" for n, service, _ in counts), sample
+    sample = next((samples[0] for _dummy, _dummy, samples in counts if samples), None)
+    return ", ".join(f"{service} {n}" for n, service, _dummy in counts), sample
 
 
 def _issues(metrics, logs):
@@ -402,7 +402,7 @@ def _issues(metrics, logs):
             runs += [", e.g. ", Code(one_line(sample))]
         entries[("log", category)] = [n, runs]
     ranked = sorted(entries.items(), key=lambda item: (-item[1][0], item[0][0] != "job", item[0][1]))
-    lines = [(None, [*runs, ". Resolution: ", Prompt("resolution")]) for _, (_, runs) in ranked[:TOP_ISSUES]]
+    lines = [(None, [*runs, ". Resolution: ", Prompt("resolution")]) for _dummy, (_dummy, runs) in ranked[:TOP_ISSUES]]
     if len(ranked) > TOP_ISSUES:
         lines.append((None, [f"{len(ranked) - TOP_ISSUES} less frequent issues not listed (see metrics.json)."]))
     if not lines:

@@ -125,7 +125,7 @@ def compare_files(folder, sources):
         root = sources[name]
         if not os.path.isdir(root):
             raise WorkshopError(f"No folder at {root} ({name}): check the workshop's paths", path=root)
-        for relpath, size, _ in list_tree(root):
+        for relpath, size, _dummy in list_tree(root):
             path = f"{name}/{relpath}"
             seen.add(path)
             member = members.get(path)

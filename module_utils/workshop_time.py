@@ -33,7 +33,7 @@ def _from_text(text):
 def parse_time(value):
     """Aware UTC datetime of an ISO-8601 text (`Z` or an offset; naive taken as UTC), a datetime
     or epoch seconds; None when unset or unreadable."""
-    if type(value) is str:  # the common case first: metrics call this three times per job
+    if isinstance(value, str):  # the common case first: metrics call this three times per job
         value = _from_text(value)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, timezone.utc)
