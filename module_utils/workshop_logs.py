@@ -7,11 +7,11 @@ order from the per-service files, each line prefixed `<service> | ` as compose d
 """
 
 import gzip
-import hashlib
 import heapq
 import os
 import re
 
+from ansible.module_utils.workshop_backup import sha256_stream
 from ansible.module_utils.workshop_compose import SERVICE_LABEL
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import fsync_dir
@@ -41,11 +41,9 @@ def split_lines(chunks):
 
 
 def _sha256_of(path):
-    digest = hashlib.sha256()
+    """sha256 of a gzip file's uncompressed content."""
     with gzip.open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_stream(stream)
 
 
 def write_gzip_lines(path, lines):
