@@ -17,14 +17,8 @@ version_added: "0.1.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - docker (Python library)
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Returns no diff.
 extends_documentation_fragment:
+  - workshop_attributes.read_only
   - workshop_compose
 options:
   project_dir:

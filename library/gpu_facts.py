@@ -15,13 +15,8 @@ description:
     "not measured" instead of failing.
 version_added: "0.1.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Returns no diff.
+extends_documentation_fragment:
+  - workshop_attributes.read_only
 options:
   xml_file:
     description: Saved output of C(nvidia-smi -q -x) to read instead of running nvidia-smi.

@@ -13,13 +13,8 @@ description:
     "Connection timeouts".
 version_added: "0.1.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Returns no diff.
+extends_documentation_fragment:
+  - workshop_attributes.read_only
 options:
   host:
     description: The host to reach.

@@ -21,14 +21,8 @@ author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
   - redis (Python library)
   - docker (Python library)
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Returns no diff.
 extends_documentation_fragment:
+  - workshop_attributes.read_only
   - workshop_redis
   - workshop_compose
 options:
