@@ -30,6 +30,7 @@ attributes:
     description: Returns no diff.
 extends_documentation_fragment:
   - workshop_compose
+  - workshop_redis
 options:
   project_dir:
     description: The workshop's project directory (docker-compose.yml, .env).
@@ -91,14 +92,12 @@ import os
 import shutil
 import tempfile
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_compose import (
-    DOCKER_IMPORT_ERROR,
-    HAS_DOCKER,
     SERVICE_LABEL,
     ComposeProject,
-    compose_argument_spec,
 )
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_logs import export_container, log_file_name, same_content, write_combined
 from ansible.module_utils.workshop_time import parse_time
@@ -157,17 +156,17 @@ def export(params, check_mode):
 
 
 def main():
-    argument_spec = compose_argument_spec()
-    argument_spec.update(
+    argument_spec = connection_argument_spec(
         dest=dict(type="path", required=True),
         combined_name=dict(type="str", default="workshop-logs.txt.gz"),
         services=dict(type="list", elements="str"),
         since=dict(type="str"),
         until=dict(type="str"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    module = AnsibleModule(
+        argument_spec=argument_spec, mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE, supports_check_mode=True
+    )
+    require_libraries(module, "docker")
     try:
         result = export(module.params, module.check_mode)
     except WorkshopError as exc:

@@ -20,6 +20,7 @@ requirements:
 extends_documentation_fragment:
   - workshop_attributes.read_only
   - workshop_compose
+  - workshop_redis
 options:
   project_dir:
     description: The workshop's project directory (docker-compose.yml, .env).
@@ -67,20 +68,17 @@ volumes:
   sample: [comfyui_redis-data]
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.workshop_compose import (
-    DOCKER_IMPORT_ERROR,
-    HAS_DOCKER,
-    ComposeProject,
-    compose_argument_spec,
-)
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.workshop_compose import ComposeProject
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 
 
 def main():
-    module = AnsibleModule(argument_spec=compose_argument_spec(), supports_check_mode=True)
-    if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    module = AnsibleModule(
+        argument_spec=connection_argument_spec(), mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE, supports_check_mode=True
+    )
+    require_libraries(module, "docker")
     try:
         inventory = ComposeProject.from_params(module.params).inventory()
     except WorkshopError as exc:

@@ -32,6 +32,7 @@ attributes:
     description: The state of each chosen service before and after; for V(down) the containers, networks and volumes.
 extends_documentation_fragment:
   - workshop_compose
+  - workshop_redis
 options:
   project_dir:
     description: The workshop's project directory (docker-compose.yml, .env).
@@ -133,14 +134,12 @@ project:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_compose import (
-    DOCKER_IMPORT_ERROR,
-    HAS_DOCKER,
     SERVICE_LABEL,
     ComposeProject,
-    compose_argument_spec,
 )
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_time import utc_iso
 
@@ -190,8 +189,7 @@ def take_down(project, params, check_mode):
 
 
 def main():
-    argument_spec = compose_argument_spec()
-    argument_spec.update(
+    argument_spec = connection_argument_spec(
         pattern=dict(type="str"),
         services=dict(type="list", elements="str"),
         state=dict(type="str", choices=["started", "stopped", "down"], required=True),
@@ -201,11 +199,10 @@ def main():
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        mutually_exclusive=[("pattern", "services")],
+        mutually_exclusive=[("pattern", "services"), *CONNECTION_MUTUALLY_EXCLUSIVE],
         supports_check_mode=True,
     )
-    if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    require_libraries(module, "docker")
     params = module.params
     try:
         if params["state"] == "down" and (params["pattern"] or params["services"]):

@@ -40,6 +40,7 @@ attributes:
     description: Returns no diff.
 extends_documentation_fragment:
   - workshop_redis
+  - workshop_compose
 options:
   source:
     description: Where the queue is read.
@@ -253,8 +254,9 @@ would_wait_for:
 import json
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_drain import (
     ALIVE,
     NO_QUEUE,
@@ -272,25 +274,8 @@ from ansible.module_utils.workshop_drain import (
     wait_until_drained,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_redis import (
-    HAS_REDIS,
-    REDIS_IMPORT_ERROR,
-    REDIS_MUTUALLY_EXCLUSIVE,
-    WorkshopRedis,
-    redis_argument_spec,
-)
+from ansible.module_utils.workshop_redis import WorkshopRedis
 from ansible.module_utils.workshop_time import utc_iso
-
-try:
-    import jmespath  # noqa: F401  # pylint: disable=unused-import  # only its presence is checked here
-
-    HAS_JMESPATH = True
-    JMESPATH_IMPORT_ERROR = None
-except ImportError:
-    import traceback
-
-    HAS_JMESPATH = False
-    JMESPATH_IMPORT_ERROR = traceback.format_exc()
 
 
 def http_fetcher(module):
@@ -313,14 +298,12 @@ def open_queue(module):
     """The queue to read; raises WorkshopError (a .env missing or unreadable, a key not set)."""
     params = module.params
     if params["source"] == "http":
-        if not HAS_JMESPATH:
-            module.fail_json(msg=missing_required_lib("jmespath"), exception=JMESPATH_IMPORT_ERROR)
+        require_libraries(module, "jmespath")
         query = params["depth_query"] or (
             "queue_depth" if params["queues"] == ["pending"] else "sum([pending_jobs, running_jobs])"
         )
         return HttpQueue(http_fetcher(module), params["status_url"], query)
-    if not HAS_REDIS:
-        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
+    require_libraries(module, "redis")
     return RedisQueue(WorkshopRedis.from_params(params))
 
 
@@ -444,8 +427,8 @@ def report(module, outcome):
 
 
 def main():
-    argument_spec = redis_argument_spec()
-    argument_spec.update(
+    argument_spec = connection_argument_spec(
+        project_dir_required=False,
         source=dict(type="str", choices=["redis", "http"], default="redis"),
         queues=dict(type="list", elements="str", choices=["pending", "running"], default=["pending", "running"]),
         timeout=dict(type="int", default=3600),
@@ -463,7 +446,7 @@ def main():
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
     params = module.params

@@ -139,28 +139,21 @@ source:
 import os
 import tarfile
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_backup import sha256_file
-from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, compose_argument_spec
+from ansible.module_utils.workshop_compose import ComposeProject
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import fsync_dir
 from ansible.module_utils.workshop_lock import Busy
 from ansible.module_utils.workshop_rdb import iter_rdb, rdb_summary
-from ansible.module_utils.workshop_redis import (
-    HAS_REDIS,
-    QUEUES,
-    REDIS_IMPORT_ERROR,
-    REDIS_MUTUALLY_EXCLUSIVE,
-    WorkshopRedis,
-    queue_key,
-    redis_argument_spec,
-)
+from ansible.module_utils.workshop_redis import QUEUES, WorkshopRedis, queue_key
 
 try:
     import docker.errors
     import urllib3.exceptions
 except ImportError:
-    pass  # HAS_DOCKER says so; main() fails with missing_required_lib when the container is the source
+    pass  # main() fails through require_libraries when the container is the source
 
 DEFAULT_RDB_PATH = "/data/dump.rdb"
 
@@ -297,26 +290,21 @@ def _copy_host_file(path, dest):
 
 
 def main():
-    argument_spec = redis_argument_spec()
-    argument_spec.update(
-        dest=dict(type="path", required=True),
-        method=dict(type="str", choices=["bgsave", "save"], default="bgsave"),
-        source=dict(type="str", choices=["container", "host"], default="container"),
-        rdb_path=dict(type="str"),
-        service=dict(type="str", default="redis"),
-        save_timeout=dict(type="int", default=300),
-    )
-    argument_spec.update(compose_argument_spec(project_dir_required=False))
     module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+        argument_spec=connection_argument_spec(
+            project_dir_required=False,
+            dest=dict(type="path", required=True),
+            method=dict(type="str", choices=["bgsave", "save"], default="bgsave"),
+            source=dict(type="str", choices=["container", "host"], default="container"),
+            rdb_path=dict(type="str"),
+            service=dict(type="str", default="redis"),
+            save_timeout=dict(type="int", default=300),
+        ),
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
         required_if=[("source", "container", ["project_dir"])],
         supports_check_mode=True,
     )
-    if not HAS_REDIS:
-        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
-    if module.params["source"] == "container" and not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    require_libraries(module, "redis", *(["docker"] if module.params["source"] == "container" else []))
     try:
         result = take_snapshot(module.params, module.check_mode)
     except WorkshopError as exc:

@@ -28,6 +28,7 @@ requirements:
 extends_documentation_fragment:
   - workshop_attributes.read_only
   - workshop_compose
+  - workshop_redis
 options:
   project_dir:
     description: The workshop's project directory.
@@ -165,9 +166,10 @@ import os
 import shutil
 import tempfile
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_backup import read_manifest, sealed_backups, verify_folder
-from ansible.module_utils.workshop_compose import DOCKER_IMPORT_ERROR, HAS_DOCKER, ComposeProject, compose_argument_spec
+from ansible.module_utils.workshop_compose import ComposeProject
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_rdb import verify_rdb
 from ansible.module_utils.workshop_shutdown import (
@@ -304,8 +306,7 @@ def final(params, project):
 
 
 def main():
-    argument_spec = compose_argument_spec()
-    argument_spec.update(
+    argument_spec = connection_argument_spec(
         step=dict(type="str", choices=["preflight", "final"], required=True),
         mode=dict(type="str", choices=["down", "down_volumes"], required=True),
         backup_dir=dict(type="path", required=True),
@@ -319,9 +320,10 @@ def main():
         stop_timeout=dict(type="int", default=10),
         without_logs_backup=dict(type="bool", default=False),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    module = AnsibleModule(
+        argument_spec=argument_spec, mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE, supports_check_mode=True
+    )
+    require_libraries(module, "docker")
     params = module.params
     try:
         project = ComposeProject.from_params(params)

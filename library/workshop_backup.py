@@ -190,7 +190,7 @@ import json
 import os
 import shutil
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_backup import (
     PARTIAL_PREFIX,
     backup_name,
@@ -205,19 +205,14 @@ from ansible.module_utils.workshop_backup import (
     tree_fingerprint,
     verify_folder,
 )
-from ansible.module_utils.workshop_compose import (
-    DOCKER_IMPORT_ERROR,
-    HAS_DOCKER,
-    ComposeProject,
-    compose_argument_spec,
-    containers_fingerprint,
-)
+from ansible.module_utils.workshop_compose import ComposeProject, containers_fingerprint
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import tree_usage
 from ansible.module_utils.workshop_lock import Busy, holds_lock, require_absolute, wait_not_busy
 from ansible.module_utils.workshop_rdb import verify_rdb
 from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
-from ansible.module_utils.workshop_redis import HAS_REDIS, REDIS_IMPORT_ERROR, WorkshopRedis, redis_argument_spec
+from ansible.module_utils.workshop_redis import WorkshopRedis
 
 
 def _partials(params, check_mode, warnings):
@@ -352,8 +347,8 @@ def verify(params, check_mode):
 
 
 def main():
-    argument_spec = redis_argument_spec()
-    argument_spec.update(
+    argument_spec = connection_argument_spec(
+        project_dir_required=False,
         state=dict(type="str", choices=["planned", "sealed", "verified"], required=True),
         backup_dir=dict(type="path", required=True),
         sources=dict(type="dict", default={}),
@@ -366,17 +361,14 @@ def main():
         lock_run_id=dict(type="str"),
         partial_wait=dict(type="int", default=120),
     )
-    argument_spec.update(compose_argument_spec(project_dir_required=False))
     module = AnsibleModule(
         argument_spec=argument_spec,
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
         required_if=[("state", "planned", ["project_dir"]), ("state", "sealed", ["partial", "name"])],
         supports_check_mode=True,
     )
     state = module.params["state"]
-    if state == "planned" and not HAS_REDIS:
-        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
-    if state == "planned" and not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    require_libraries(module, *(["redis", "docker"] if state == "planned" else []))
     try:
         if state == "planned":
             result = plan(module.params, module.check_mode)

@@ -34,6 +34,7 @@ attributes:
     description: Returns no diff.
 extends_documentation_fragment:
   - workshop_redis
+  - workshop_compose
 options:
   dest:
     description: The metrics file to write (C(metrics.json)).
@@ -96,20 +97,15 @@ invalid_records:
 import json
 import os
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import write_if_changed
 from ansible.module_utils.workshop_loganalysis import analyze_log_dir
 from ansible.module_utils.workshop_metrics import compute_metrics, job_times, jobs_from_rdb, jobs_from_redis
 from ansible.module_utils.workshop_record import read_record
-from ansible.module_utils.workshop_redis import (
-    HAS_REDIS,
-    REDIS_IMPORT_ERROR,
-    REDIS_MUTUALLY_EXCLUSIVE,
-    WorkshopRedis,
-    redis_argument_spec,
-)
+from ansible.module_utils.workshop_redis import WorkshopRedis
 
 
 def registered(params, warn=None):
@@ -152,8 +148,8 @@ def collect(params, warn=None):
 
 
 def main():
-    argument_spec = redis_argument_spec()
-    argument_spec.update(
+    argument_spec = connection_argument_spec(
+        project_dir_required=False,
         dest=dict(type="path", required=True),
         source=dict(type="str", choices=["redis", "rdb"], default="redis"),
         rdb_path=dict(type="path"),
@@ -163,12 +159,11 @@ def main():
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
-        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
         required_if=[("source", "rdb", ["rdb_path"])],
         supports_check_mode=True,
     )
-    if module.params["source"] == "redis" and not HAS_REDIS:
-        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
+    require_libraries(module, *(["redis"] if module.params["source"] == "redis" else []))
     dest = module.params["dest"]
     try:
         metrics, invalid = collect(module.params, module.warn)

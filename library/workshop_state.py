@@ -105,23 +105,12 @@ unread:
 
 import re
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.workshop_compose import (
-    DOCKER_IMPORT_ERROR,
-    HAS_DOCKER,
-    ComposeProject,
-    compose_argument_spec,
-    resolve_project_name,
-)
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.workshop_compose import ComposeProject, resolve_project_name
+from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import filesystem_usage, tree_usage
-from ansible.module_utils.workshop_redis import (
-    HAS_REDIS,
-    REDIS_IMPORT_ERROR,
-    REDIS_MUTUALLY_EXCLUSIVE,
-    WorkshopRedis,
-    redis_argument_spec,
-)
+from ansible.module_utils.workshop_redis import WorkshopRedis
 
 
 def _read(part, unread, read):
@@ -149,7 +138,7 @@ def workshop_state(params):
     unread = {}
     queue = _read("queue", unread, lambda: _queue(params))
     project, services = _read("services", unread, lambda: _services(params)) or (
-        resolve_project_name(params["project_dir"], params.get("project_name")),
+        resolve_project_name(params["project_dir"], params.get("project_name"), params.get("env_file")),
         None,
     )
     frontend = re.compile(params["frontend_pattern"])
@@ -168,21 +157,15 @@ def workshop_state(params):
 
 
 def main():
-    argument_spec = redis_argument_spec()
-    argument_spec.update(compose_argument_spec())
-    argument_spec.update(
-        outputs_dir=dict(type="path", required=True),
-        frontend_pattern=dict(type="str", default=r"^user\d+$"),
-    )
     module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+        argument_spec=connection_argument_spec(
+            outputs_dir=dict(type="path", required=True),
+            frontend_pattern=dict(type="str", default=r"^user\d+$"),
+        ),
+        mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
-    if not HAS_REDIS:
-        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMPORT_ERROR)
-    if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+    require_libraries(module, "redis", "docker")
     try:
         result = workshop_state(module.params)
     except WorkshopError as exc:

@@ -4,6 +4,11 @@
 class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
+  project_dir:
+    description:
+      - The platform's project directory on the host (C(docker-compose.yml), C(.env), C(data/)).
+      - Part of the connection every connected module takes; modules that do not use it ignore it.
+    type: path
   project_name:
     description:
       - Compose project name. Default C(COMPOSE_PROJECT_NAME) of the project's C(.env), else
