@@ -11,6 +11,7 @@ declare -A wanted=(
     [busybox]=busybox-static [sshd]=openssh-server [ssh]=openssh-client
     [openssl]=openssl [rsync]=rsync [zstd]=zstd [/usr/bin/python3.11]=python3.11
     [ldd]=libc-bin [setsid]=util-linux [curl]=curl [jq]=jq [chromium]=chromium
+    [7z]=p7zip-full
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
