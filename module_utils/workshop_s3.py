@@ -1,0 +1,87 @@
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The S3-compatible object storage every off-host phase uses (archive, share, retention).
+
+One target description (an entry of `archive_targets`) and one client, so AWS S3, R2, B2, MinIO
+and Hetzner are reached, authenticated and failed the same way. Credentials come from the
+target (vault variables) or the host's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY),
+never from process arguments.
+"""
+
+import traceback
+
+from ansible.module_utils.workshop_errors import WorkshopError
+
+try:
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    HAS_BOTO3 = True
+    BOTO3_IMPORT_ERROR = None
+except ImportError:
+    HAS_BOTO3 = False
+    BOTO3_IMPORT_ERROR = traceback.format_exc()
+
+
+def target_argument_spec(required=True):
+    """The option describing one off-host target (an `archive_targets` entry), secrets no_log."""
+    return dict(
+        type="dict",
+        required=required,
+        options=dict(
+            name=dict(type="str", required=True),
+            type=dict(type="str", choices=["s3", "ssh"], required=True),
+            # s3
+            endpoint_url=dict(type="str"),
+            region=dict(type="str", default="us-east-1"),
+            bucket=dict(type="str"),
+            prefix=dict(type="str", default=""),
+            storage_class=dict(type="str"),
+            access_key=dict(type="str", no_log=True),
+            secret_key=dict(type="str", no_log=True),
+            validate_certs=dict(type="bool", default=True),
+            # ssh
+            host=dict(type="str"),
+            port=dict(type="int", default=22),
+            user=dict(type="str"),
+            path=dict(type="path"),
+            key_file=dict(type="path"),
+        ),
+    )
+
+
+def s3_client(target):
+    """A boto3 S3 client for an s3 target; raises WorkshopError naming the target when it is incomplete."""
+    if not target.get("bucket"):
+        raise WorkshopError(f"Archive target '{target['name']}' (s3) has no bucket: set bucket in archive_targets")
+    config = botocore.config.Config(
+        signature_version="s3v4",
+        retries={"max_attempts": 5, "mode": "standard"},
+        # Path-style addressing works with every S3-compatible server (MinIO, rclone, R2, B2).
+        s3={"addressing_style": "path"},
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=target.get("access_key") or None,
+        aws_secret_access_key=target.get("secret_key") or None,
+        region_name=target.get("region") or "us-east-1",
+    )
+    return session.client(
+        "s3", endpoint_url=target.get("endpoint_url") or None, verify=target.get("validate_certs", True), config=config
+    )
+
+
+def s3_error(target, action, key, exc):
+    """A WorkshopError for a failed S3 call: which target, bucket, key and what the server said."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "?")
+        said = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
+    else:
+        said = str(exc)
+    where = f"s3://{target.get('bucket')}/{key}" if key else f"s3://{target.get('bucket')}"
+    hint = " Check access_key/secret_key (or AWS_ACCESS_KEY_ID)." if "Access" in said or "Signature" in said else ""
+    return WorkshopError(
+        f"Archive target '{target['name']}' ({target.get('endpoint_url') or 'AWS'}): {action} {where} failed: {said}.{hint}",
+        target=target["name"],
+        key=key,
+    )
