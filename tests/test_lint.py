@@ -223,3 +223,180 @@ def test_the_boolean_check_catches_a_bare_read():
         "- debug: {msg: \"{{ 'set drain_reopen' }}\"}\n"
     )
     assert _unconverted_reads("drain_reopen", _expressions(document)) == ["drain_reopen", "'a' if drain_reopen else 'b'"]
+
+
+# --- Roles declare what they read -------------------------------------------------------------
+# Variables every role may read without declaring them: Ansible's magic variables (and facts,
+# ansible_*), the loop item, omit, and the Jinja globals Ansible adds (lookups, now, range...).
+MAGIC_VARIABLES = {
+    "omit",
+    "item",
+    "inventory_hostname",
+    "inventory_hostname_short",
+    "hostvars",
+    "groups",
+    "group_names",
+    "play_hosts",
+    "playbook_dir",
+    "role_path",
+    "role_name",
+    "inventory_dir",
+    "inventory_file",
+    "environment",
+    "lookup",
+    "query",
+    "q",
+    "now",
+    "undef",
+    "range",
+    "dict",
+    "lipsum",
+    "cycler",
+    "joiner",
+    "namespace",
+    "true",
+    "false",
+    "none",
+    "True",
+    "False",
+    "None",
+}
+_TEMPLATE_ENV = None
+
+
+class _AnyName(dict):
+    def __contains__(self, name):
+        return True
+
+    def get(self, name, default=None):
+        return super().get(name, str)
+
+
+def _jinja_reads(text, expression=False):
+    """Names a Jinja text (or a bare expression, as in `when:`) reads from outside itself.
+
+    Names only tested for being defined (`x is defined`) are not read: that is how a role refuses
+    a retired setting given by mistake.
+    """
+    global _TEMPLATE_ENV
+    import jinja2
+    from jinja2 import meta, nodes
+
+    if _TEMPLATE_ENV is None:
+        _TEMPLATE_ENV = jinja2.Environment(extensions=["jinja2.ext.do", "jinja2.ext.loopcontrols"])
+        # Ansible's filters and tests (bool, combine, abs...) are not Jinja's: take any name as one.
+        _TEMPLATE_ENV.filters = _AnyName(_TEMPLATE_ENV.filters)
+        _TEMPLATE_ENV.tests = _AnyName(_TEMPLATE_ENV.tests)
+    tree = _TEMPLATE_ENV.parse("{{ (%s) }}" % text if expression else text)
+    for test in tree.find_all(nodes.Test):
+        if test.name in ("defined", "undefined"):
+            test.node = nodes.Const(None)
+    return meta.find_undeclared_variables(tree)
+
+
+def _strings(node, key=None):
+    """(key, string) of every string in a YAML document, with the mapping key that holds it."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from _strings(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def _yaml_reads(document):
+    reads = set()
+    for key, text in _strings(document):
+        if key in CONDITION_KEYS:
+            reads |= _jinja_reads(text, expression=True)
+        elif "{{" in text or "{%" in text:
+            reads |= _jinja_reads(text)
+    return reads
+
+
+def _tasks(node):
+    """Every task (and block) of a task file, nested blocks included."""
+    for task in node or []:
+        if isinstance(task, dict):
+            yield task
+            for section in ("block", "rescue", "always"):
+                yield from _tasks(task.get(section))
+
+
+def role_variables(files):
+    """(declared, defined, reads) of a role given as {relative path: text}."""
+    declared, defined, reads = set(), set(), set()
+    for path, text in files.items():
+        if path.startswith("templates/"):
+            reads |= _jinja_reads(text)
+            continue
+        document = yaml.safe_load(text)
+        if path == "meta/argument_specs.yml":
+            for entry in document["argument_specs"].values():
+                declared |= set(entry.get("options") or {})
+            continue
+        if path.startswith("meta/"):
+            continue
+        reads |= _yaml_reads(document)
+        if path in ("defaults/main.yml",):
+            declared |= set(document or {})
+        elif path.startswith("vars/"):
+            defined |= set(document or {})
+        elif path.startswith(("tasks/", "handlers/")):
+            for task in _tasks(document):
+                defined |= set(task.get("vars") or {})
+                defined |= {task["register"]} if "register" in task else set()
+                defined |= set(task.get("ansible.builtin.set_fact") or task.get("set_fact") or {}) - {"cacheable"}
+                defined |= {(task.get("loop_control") or {}).get("loop_var", "item")}
+    return declared, defined, reads
+
+
+def undeclared_reads(role, files):
+    """What a role reads that it neither declares nor defines, and what it defines without its prefix."""
+    declared, defined, reads = role_variables(files)
+    unknown = reads - declared - defined - MAGIC_VARIABLES
+    unknown = {name for name in unknown if not name.startswith("ansible_")}
+    unprefixed = {name for name in defined if not name.startswith((f"_{role}_", f"__{role}_", "item"))}
+    return sorted(unknown), sorted(unprefixed)
+
+
+def _role_files(role):
+    root = REPO / "roles" / role
+    paths = [
+        *root.glob("defaults/*.yml"),
+        *root.glob("vars/*.yml"),
+        *root.glob("tasks/*.yml"),
+        *root.glob("handlers/*.yml"),
+        *root.glob("meta/*.yml"),
+        *(p for p in root.glob("templates/**/*") if p.is_file()),
+    ]
+    return {str(p.relative_to(root)): p.read_text() for p in paths}
+
+
+ALL_ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists())
+
+
+@pytest.mark.parametrize("role", ALL_ROLES)
+def test_a_role_reads_only_what_it_declares_or_defines(role):
+    """Every variable a role reads is in its argument spec (its own settings and each workshop_* global)
+    or defined inside it (_<role>_* in vars or set_fact, __<role>_* registered); nothing else leaks in."""
+    unknown, unprefixed = undeclared_reads(role, _role_files(role))
+    assert unknown == [], f"roles/{role} reads variables its meta/argument_specs.yml does not declare"
+    assert unprefixed == [], f"roles/{role} defines variables without its _{role}_/__{role}_ prefix"
+
+
+def test_the_declaration_check_catches_an_undeclared_read():
+    files = {
+        "defaults/main.yml": 'drain_timeout: 60\ndrain_url: "{{ workshop_queue_manager_url }}/x"\n',
+        "meta/argument_specs.yml": "argument_specs:\n  main:\n    options:\n      drain_timeout: {type: int}\n"
+        "      drain_url: {type: str}\n",
+        "vars/main.yml": '_drain_last: "{{ __drain_wait.results | last }}"\n',
+        "tasks/main.yml": "- name: Wait\n  queue_drain:\n    timeout: '{{ drain_timeout }}'\n  register: __drain_wait\n"
+        "  when: backup_dir is abs and old_setting is not defined\n"
+        "- name: Note\n  ansible.builtin.set_fact:\n    total: \"{{ _drain_last.counts | default(omit) }}\"\n"
+        "  loop: \"{{ groups['gpu'] }}\"\n  failed_when: item.rc != 0 and ansible_check_mode\n",
+        "templates/x.j2": "{% for user in users %}{{ user }} {{ workshop_id }}{% endfor %}\n",
+    }
+    assert undeclared_reads("drain", files) == (["backup_dir", "users", "workshop_id", "workshop_queue_manager_url"], ["total"])
