@@ -63,6 +63,17 @@ from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_gpu import parse_nvidia_smi_xml, summarize_gpus, xid_errors_from_kernel_log
 
 
+def read_file(path, option, what):
+    """The bytes of `path`; a file that cannot be read is a WorkshopError naming it and the option."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise WorkshopError(
+            f"Cannot read {what} at {path} on this host ({exc.strerror}): fix {option} or leave it empty", path=path
+        ) from None
+
+
 def report_summary(samples, xid):
     """The summary in the report's terms; ECC errors counted as volatile errors seen on any GPU."""
     summary = summarize_gpus(samples, xid)
@@ -86,23 +97,22 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["xml_file"]:
-        with open(params["xml_file"], "rb") as saved:
-            xml = saved.read()
-    else:
-        binary = module.get_bin_path("nvidia-smi")
-        if binary is None:
-            module.exit_json(changed=False, measured=False, reason="no nvidia-smi on this host")
-        rc, out, err = module.run_command([binary, "-q", "-x"], binary_data=True)
-        if rc != 0:
-            module.exit_json(changed=False, measured=False, reason=f"nvidia-smi failed (rc {rc}): {err.strip()[:200]}")
-        xml = out
     try:
+        if params["xml_file"]:
+            xml = read_file(params["xml_file"], "xml_file", "a saved `nvidia-smi -q -x` output (report_gpu_xml_file)")
+        else:
+            binary = module.get_bin_path("nvidia-smi")
+            if binary is None:
+                module.exit_json(changed=False, measured=False, reason="no nvidia-smi on this host")
+            rc, out, err = module.run_command([binary, "-q", "-x"], binary_data=True)
+            if rc != 0:
+                module.exit_json(changed=False, measured=False, reason=f"nvidia-smi failed (rc {rc}): {err.strip()[:200]}")
+            xml = out
         parsed = parse_nvidia_smi_xml(xml)
         xid = None
         if params["kernel_log"]:
-            with open(params["kernel_log"], encoding="utf-8", errors="replace") as log:
-                xid = xid_errors_from_kernel_log(log.read())
+            text = read_file(params["kernel_log"], "kernel_log", "the kernel log").decode("utf-8", errors="replace")
+            xid = xid_errors_from_kernel_log(text)
         summary = report_summary([parsed], xid)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)

@@ -24,6 +24,9 @@ description:
     its worker gone, cancelled but still in C(queue:running), pending, an id with no record, an unreadable
     record, a pending/running record in no queue), applies O(stuck_policy), and fails or returns as
     O(on_timeout) says, with advice for each job. No job is ever dropped silently.
+  - With O(state=read), it only reads the queue as a drain would see it (what check mode reports) and
+    changes nothing, in check mode or not. The drain role asks so, before closing anything, whether the
+    queue can be read at all.
   - For progress an admin can watch, call it repeatedly with a short O(slice_seconds), passing
     the previous result's RV(resume); the drain role does so in a loop whose label shows the depth.
 version_added: "0.1.0"
@@ -42,6 +45,14 @@ extends_documentation_fragment:
   - workshop_redis
   - workshop_compose
 options:
+  state:
+    description:
+      - V(drained) waits until the queue has drained (and settles stuck jobs on expiry, as O(stuck_policy) says).
+      - V(read) only reads the queue now and returns what a drain would see (RV(drained), RV(counts), RV(summary)),
+        waiting for nothing and changing nothing.
+    type: str
+    choices: [drained, read]
+    default: drained
   source:
     description: Where the queue is read.
     type: str
@@ -146,6 +157,12 @@ EXAMPLES = r"""
     that: drain.actions | rejectattr('action', 'match', 'left') | list | length == drain.actions | length
     fail_msg: "Some jobs were left: {{ drain.actions }}"
 
+- name: Before closing anything, make sure the queue can be read (read only)
+  queue_drain:
+    env_file: /home/dev/projects/comfyui/.env
+    state: read
+  register: queue_now
+
 - name: Wait through the queue manager's API, as the checklist's watch | jq does
   queue_drain:
     source: http
@@ -246,8 +263,8 @@ forced:
   type: list
   elements: str
 would_wait_for:
-  description: In check mode, what the drain would wait for.
-  returned: check mode
+  description: In check mode or with O(state=read), what the drain would wait for.
+  returned: check mode, or O(state=read)
   type: str
 """
 
@@ -307,6 +324,11 @@ def open_queue(module):
     return RedisQueue(WorkshopRedis.from_params(params))
 
 
+def only_look(module):
+    """Whether this call only reads the queue: check mode, or state=read."""
+    return module.check_mode or module.params["state"] == "read"
+
+
 def drain_http(module, queue, now, resume):
     """The status-URL drain: depth 0 on two reads; nothing can be named or settled from counts."""
     params = module.params
@@ -314,7 +336,7 @@ def drain_http(module, queue, now, resume):
     deadline = started + params["timeout"]
     counts = queue.counts()
     counts_at_start = resume.get("counts_at_start") or counts
-    if module.check_mode:
+    if only_look(module):
         drained, why, drained_at = counts["depth"] == 0, describe(counts, params["queues"]), None
     else:
         until = deadline if params["slice_seconds"] is None else min(deadline, now + params["slice_seconds"])
@@ -330,7 +352,7 @@ def drain_http(module, queue, now, resume):
         ended=ended,
         drained=drained,
         drained_at=drained_at,
-        timed_out=not drained and ended >= deadline and not module.check_mode,
+        timed_out=not drained and ended >= deadline and not only_look(module),
         counts=counts,
         counts_at_start=counts_at_start,
         totals=totals,
@@ -349,13 +371,13 @@ def drain_redis(module, queue, now, resume):
     state = new_state(resume, now, queue.counts())
     deadline = state["started"] + params["timeout"]
     result = dict(stuck_jobs=[], pending_jobs=[], actions=[], counts_at_start=state["counts_at_start"])
-    if module.check_mode:
+    if only_look(module):
         drained, counts, why = look(queue, state, queues)
         drained_at = time.time() if drained else None
     else:
         until = deadline if params["slice_seconds"] is None else min(deadline, now + params["slice_seconds"])
         drained, counts, why, drained_at = wait_until_drained(queue, state, queues, until, params["poll_interval"])
-    timed_out = not drained and time.time() >= deadline and not module.check_mode
+    timed_out = not drained and time.time() >= deadline and not only_look(module)
     if timed_out:
         jobs = classify(queue)
         result["stuck_jobs"] = [job for job in jobs if job["kind"] != PENDING]
@@ -419,7 +441,7 @@ def report(module, outcome):
         forced=forced,
         resume=outcome["resume"],
     )
-    if module.check_mode:
+    if only_look(module):
         result["would_wait_for"] = (
             f"{' and '.join(params['queues'])} to be empty, now {outcome['why']}; up to {params['timeout']}s"
         )
@@ -429,6 +451,7 @@ def report(module, outcome):
 def main():
     argument_spec = connection_argument_spec(
         project_dir_required=False,
+        state=dict(type="str", choices=["drained", "read"], default="drained"),
         source=dict(type="str", choices=["redis", "http"], default="redis"),
         queues=dict(type="list", elements="str", choices=["pending", "running"], default=["pending", "running"]),
         timeout=dict(type="int", default=3600),

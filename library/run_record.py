@@ -1,16 +1,18 @@
 #!/usr/bin/python
 # Copyright: (c) 2026, comfy-wrapup contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Ansible module: add facts to the workshop's run record."""
+"""Ansible module: add facts to the workshop's run record, or read it."""
 
 DOCUMENTATION = r"""
 ---
 module: run_record
-short_description: Add a phase's facts to the workshop's run record
+short_description: Add a phase's facts to the workshop's run record, or read it
 description:
   - The run record is one JSON file in the workshop's backup folder; each phase of the
     wrap-up writes its facts into a section of it (the drain's final time and job totals, ...)
     and the later phases and the report read them.
+  - Either way the module returns the whole record (RV(record)), so a play keeps it in memory
+    instead of reading the file back; O(state=read) only reads it (an empty record when there is none yet).
   - The file is written through a temporary name and renamed, so it is never left half-written.
     Nothing is written when the facts are already there.
 version_added: "0.1.0"
@@ -27,10 +29,15 @@ options:
     description: The run record (JSON).
     type: path
     required: true
-  section:
-    description: The section of the record to update, usually the phase's name.
+  state:
+    description:
+      - V(present) merges O(data) into O(section); V(read) changes nothing and returns the record.
     type: str
-    required: true
+    choices: [present, read]
+    default: present
+  section:
+    description: The section of the record to update, usually the phase's name. Required with O(state=present).
+    type: str
   data:
     description: Facts to merge into the section.
     type: dict
@@ -55,11 +62,23 @@ EXAMPLES = r"""
 - name: The report can rely on it
   ansible.builtin.assert:
     that: record.record.drain.total_jobs is defined
+
+- name: Read what the earlier phases recorded (read only, in check mode too)
+  run_record:
+    path: /var/backups/comfy-wrapup/berlin/run-record.json
+    state: read
+  register: recorded
+
+- name: The cut-off already announced
+  ansible.builtin.debug:
+    msg: "{{ recorded.record.announcement.cutoff | default('none yet') }}"
 """
 
 RETURN = r"""
 record:
-  description: The whole run record after this run (in check mode, as it would be).
+  description:
+    - The whole run record after this run (in check mode, as it would be).
+    - With O(state=read), the record as it is (V({}) when there is none yet).
   returned: always
   type: dict
   sample: {drain: {final_time: "2026-11-29T17:02:11.000000+00:00", total_jobs: 242}}
@@ -74,15 +93,19 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", required=True),
-            section=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "read"], default="present"),
+            section=dict(type="str"),
             data=dict(type="dict", default={}),
             keep_existing=dict(type="bool", default=False),
         ),
+        required_if=[("state", "present", ["section"])],
         supports_check_mode=True,
     )
     params = module.params
     try:
         before = read_record(params["path"])
+        if params["state"] == "read":
+            module.exit_json(changed=False, record=before)
         after = updated_record(before, params["section"], params["data"], params["keep_existing"])
         changed = after != before
         if changed and not module.check_mode:

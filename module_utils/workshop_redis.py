@@ -44,6 +44,11 @@ def redis_argument_spec():
 REDIS_MUTUALLY_EXCLUSIVE = [("redis_password", "env_file")]
 
 
+class RedisRefused(WorkshopError):
+    """Redis answered a command with an error (not an authentication one): a command renamed or not
+    allowed, a wrong type. Callers that can do without the command catch this, and only this."""
+
+
 class WorkshopRedis:
     """A Redis client for the workshop's queue whose errors name host, port and what to do."""
 
@@ -88,7 +93,7 @@ class WorkshopRedis:
             return function(*args, **kwargs)
         except redis.AuthenticationError:
             raise WorkshopError(
-                f"Redis at {self.address} refused the password: check {self.password_source}",
+                f"Redis at {self.address} refused the password: check {self.password_source} (wrong password)",
                 redis=self.address,
             ) from None
         except redis.ResponseError as exc:
@@ -97,7 +102,7 @@ class WorkshopRedis:
                     f"Redis at {self.address} requires a password: set env_file to the workshop's .env",
                     redis=self.address,
                 ) from None
-            raise WorkshopError(f"Redis at {self.address} answered an error: {exc}", redis=self.address) from None
+            raise RedisRefused(f"Redis at {self.address} answered an error: {exc}", redis=self.address) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise WorkshopUnreachable(
                 f"Cannot reach Redis at {self.address} ({exc}): is the workshop's redis service running "
@@ -172,11 +177,12 @@ class WorkshopRedis:
             time.sleep(poll)
 
     def rdb_location(self):
-        """Where Redis writes its RDB file (CONFIG GET dir, dbfilename); None when CONFIG is not allowed."""
+        """Where Redis writes its RDB file (CONFIG GET dir, dbfilename); None when CONFIG is not allowed
+        (renamed or denied). A wrong password or a Redis that does not answer raises, as everywhere."""
         try:
             directory = self.call(self.client.config_get, "dir").get("dir")
             name = self.call(self.client.config_get, "dbfilename").get("dbfilename")
-        except WorkshopError:
+        except RedisRefused:
             return None
         return f"{directory.rstrip('/')}/{name}" if directory and name else None
 

@@ -17,7 +17,7 @@ from ansible.module_utils.workshop_files import tree_usage, walk_tree
 from ansible.module_utils.workshop_lock import Busy, acquire, is_busy, new_owner, read_owner, release
 from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 from ansible.module_utils.workshop_redis import WorkshopRedis
-from test_rdb import running_redis
+from scratch_redis import running_redis
 
 # --- the lock -----------------------------------------------------------------------------------
 

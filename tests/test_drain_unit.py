@@ -30,7 +30,7 @@ from ansible.module_utils.workshop_drain import (
 )
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_redis import WorkshopRedis
-from test_rdb import running_redis
+from scratch_redis import running_redis
 
 QUEUES = ("pending", "running", "completed", "failed")
 BOTH = ["pending", "running"]

@@ -287,7 +287,7 @@ def _jinja_reads(text, expression=False):
         # Ansible's filters and tests (bool, combine, abs...) are not Jinja's: take any name as one.
         _TEMPLATE_ENV.filters = _AnyName(_TEMPLATE_ENV.filters)
         _TEMPLATE_ENV.tests = _AnyName(_TEMPLATE_ENV.tests)
-    tree = _TEMPLATE_ENV.parse("{{ (%s) }}" % text if expression else text)
+    tree = _TEMPLATE_ENV.parse("{{ (" + text + ") }}" if expression else text)
     for test in tree.find_all(nodes.Test):
         if test.name in ("defined", "undefined"):
             test.node = nodes.Const(None)
@@ -395,7 +395,7 @@ def test_the_declaration_check_catches_an_undeclared_read():
         "vars/main.yml": '_drain_last: "{{ __drain_wait.results | last }}"\n',
         "tasks/main.yml": "- name: Wait\n  queue_drain:\n    timeout: '{{ drain_timeout }}'\n  register: __drain_wait\n"
         "  when: backup_dir is abs and old_setting is not defined\n"
-        "- name: Note\n  ansible.builtin.set_fact:\n    total: \"{{ _drain_last.counts | default(omit) }}\"\n"
+        '- name: Note\n  ansible.builtin.set_fact:\n    total: "{{ _drain_last.counts | default(omit) }}"\n'
         "  loop: \"{{ groups['gpu'] }}\"\n  failed_when: item.rc != 0 and ansible_check_mode\n",
         "templates/x.j2": "{% for user in users %}{{ user }} {{ workshop_id }}{% endfor %}\n",
     }

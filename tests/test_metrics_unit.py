@@ -5,9 +5,6 @@ import contextlib
 import json
 import math
 import random
-import socket
-import subprocess
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -25,8 +22,8 @@ from ansible.module_utils.workshop_metrics import (
     workflow_facts,
 )
 from ansible.module_utils.workshop_redis import WorkshopRedis
+from scratch_redis import free_port, port_of, running_redis
 
-REDIS_SERVER = "/usr/bin/redis-server"
 T0 = datetime(2025, 11, 20, 10, 0, tzinfo=timezone.utc)
 SDXL = "sd_xl_base_1.0.safetensors"
 FLUX = "flux-2-klein-4b.safetensors"
@@ -572,34 +569,15 @@ def test_registered_users_none_and_repeated():
 # --- reading the records from a real redis-server and its dump.rdb ------------------------------
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def scratch_redis(folder):
-    """A throwaway redis-server on a free loopback port, in its own folder, saving only when told to."""
-    port = free_port()
-    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    conn = WorkshopRedis("127.0.0.1", port, password=None)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                conn.client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server on port {port} did not start")
-                time.sleep(0.05)
-        yield conn
-    finally:
-        conn.client.close()
-        process.terminate()
-        process.wait(timeout=10)
+    """The scratch redis-server (tests/scratch_redis.py), reached through the modules' own client."""
+    with running_redis(folder) as client:
+        conn = WorkshopRedis("127.0.0.1", port_of(client), password=None)
+        try:
+            yield conn
+        finally:
+            conn.client.close()
 
 
 INVALID_KEYS = ["job:broken-1", "job:broken-2", "job:number"]

@@ -1,12 +1,9 @@
 """workshop_rdb against snapshots saved by a real redis-server, filled like the platform's queue."""
 
-import contextlib
 import json
 import random
 import shutil
-import socket
 import struct
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -16,8 +13,8 @@ import redis
 from ansible.module_utils import workshop_rdb
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_rdb import crc64, iter_rdb, rdb_summary, verify_rdb
+from scratch_redis import running_redis
 
-REDIS_SERVER = "/usr/bin/redis-server"
 QUEUE_KEYS = ("queue:pending", "queue:running", "queue:completed", "queue:failed")
 # Every way of saving the same data: which server (rdbchecksum is fixed at startup), the config
 # set before SAVE, and what the checksum reads as.
@@ -31,41 +28,6 @@ VARIANTS = {
 CONFIG_DEFAULTS = {"maxmemory-policy": "noeviction", "rdbcompression": "yes"}
 MARKER = "corrupt-me-" * 4  # a job field whose bytes stay uncompressed in the "uncompressed" snapshot
 LISTPACK_INTEGERS = [0, 5, 127, 128, -1, 1000, -4096, 4095, 30000, -30000, 8_000_000, -8_000_000, 2_000_000_000, 2**40, -(2**62)]
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_redis(folder, *args):
-    """A throwaway redis-server on a free loopback port, saving only when told to."""
-    port = free_port()
-    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "no"]
-    # The debug command lets the test force plain quicklist nodes; depth 1 LZF-compresses inner list nodes.
-    command += ["--enable-debug-command", "local", "--list-compress-depth", "1", *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-    try:
-        deadline = time.monotonic() + 10
-        while not ping(client):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server on port {port} did not start")
-            time.sleep(0.05)
-        yield client
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def ping(client):
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 import shutil
 
 import pytest
-from test_rdb import running_redis
+from scratch_redis import running_redis
 
 from conftest import REPO  # noqa: F401 - makes ansible.module_utils find the project's helpers
 

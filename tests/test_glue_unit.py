@@ -1,0 +1,112 @@
+"""The glue's read-only answers and errors, in-process: run_record and queue_drain read without
+changing anything; gpu_facts and rdb_location fail inside their error boundary, naming the culprit."""
+
+import json
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_redis import WorkshopRedis
+from scratch_redis import port_of, running_redis
+
+from conftest import REPO, load_module
+
+
+def run_main(name, args, capsys, check_mode=False):
+    """A module's main() in-process; returns its JSON result."""
+    module = load_module(name)
+    with patch_module_args({**args, "_ansible_check_mode": check_mode}), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_redis(tmp_path_factory.mktemp("glue")) as client:
+        yield client
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_run_record_reads_the_record_and_changes_nothing(tmp_path, capsys, check_mode):
+    path = tmp_path / "run-record.json"
+    record = {"announcement": {"cutoff": "4:45 PM"}, "drain": {"total_jobs": 242, "drained": True}}
+    path.write_text(json.dumps(record))
+    before = path.stat()
+
+    result = run_main("run_record", {"path": str(path), "state": "read"}, capsys, check_mode)
+
+    assert result["changed"] is False and result["record"] == record
+    assert (path.stat().st_mtime_ns, path.read_text()) == (before.st_mtime_ns, json.dumps(record))
+
+
+def test_run_record_reads_no_record_as_empty_and_creates_nothing(tmp_path, capsys):
+    path = tmp_path / "workshop" / "run-record.json"
+    result = run_main("run_record", {"path": str(path), "state": "read"}, capsys)
+    assert result["changed"] is False and result["record"] == {}
+    assert not path.parent.exists()
+
+
+def test_queue_drain_read_answers_at_once_and_moves_no_job(server, capsys):
+    server.flushall()
+    job = {"id": "j1", "user_id": "user001", "status": "pending", "created_at": "2026-11-29T16:00:00Z"}
+    server.set("job:j1", json.dumps(job))
+    server.zadd("queue:pending", {"j1": 1})
+    before = {key: server.dump(key) for key in server.keys("*")}
+
+    result = run_main("queue_drain", {"redis_port": port_of(server), "state": "read", "timeout": 600}, capsys)
+
+    assert result["changed"] is False and result["drained"] is False and result["timed_out"] is False
+    assert (result["counts"]["pending"], result["counts"]["running"]) == (1, 0)
+    assert result["duration_seconds"] < 5  # it did not wait for the queue
+    assert {key: server.dump(key) for key in server.keys("*")} == before
+
+
+def test_queue_drain_read_of_an_empty_queue_says_drained(server, capsys):
+    server.flushall()
+    result = run_main("queue_drain", {"redis_port": port_of(server), "state": "read"}, capsys)
+    assert result["changed"] is False and result["drained"] is True
+
+
+def test_queue_drain_read_fails_on_a_missing_env_naming_it(tmp_path, server, capsys):
+    missing = tmp_path / ".env"
+    result = run_main("queue_drain", {"redis_port": port_of(server), "state": "read", "env_file": str(missing)}, capsys)
+    assert result["failed"] is True and str(missing) in result["msg"]
+
+
+def test_gpu_facts_names_a_missing_saved_xml(tmp_path, capsys):
+    missing = tmp_path / "nvidia-smi.xml"
+    result = run_main("gpu_facts", {"xml_file": str(missing)}, capsys)
+    assert result["failed"] is True and result["path"] == str(missing)
+    assert result["msg"] == (
+        f"Cannot read a saved `nvidia-smi -q -x` output (report_gpu_xml_file) at {missing} on this host "
+        "(No such file or directory): fix xml_file or leave it empty"
+    )
+
+
+def test_gpu_facts_names_an_unreadable_kernel_log(tmp_path, capsys):
+    xml = REPO / "tests" / "fixtures" / "nvidia-smi-h100.xml"
+    folder = tmp_path / "kern.log"
+    folder.mkdir()  # a folder where the log should be: open() fails
+    result = run_main("gpu_facts", {"xml_file": str(xml), "kernel_log": str(folder)}, capsys)
+    assert result["failed"] is True and result["path"] == str(folder) and "fix kernel_log" in result["msg"]
+
+
+def test_rdb_location_says_wrong_password_and_names_the_env_key_but_none_where_config_is_denied(tmp_path):
+    with running_redis(tmp_path, "--rename-command", "CONFIG", '""') as client:
+        assert WorkshopRedis("127.0.0.1", port_of(client)).rdb_location() is None  # the one case it may skip
+    with running_redis(tmp_path) as client:
+        client.config_set("requirepass", "right")
+        conn = WorkshopRedis("127.0.0.1", port_of(client), password="wrong", password_source="REDIS_PASSWORD in /srv/.env")
+        with pytest.raises(WorkshopError) as raised:
+            conn.rdb_location()
+    assert raised.value.msg == (
+        f"Redis at 127.0.0.1:{port_of(client)} refused the password: check REDIS_PASSWORD in /srv/.env (wrong password)"
+    )
+
+
+def test_rdb_location_raises_when_redis_does_not_answer(tmp_path):
+    with running_redis(tmp_path) as client:
+        port = port_of(client)
+    with pytest.raises(WorkshopError) as raised:
+        WorkshopRedis("127.0.0.1", port, timeout=1).rdb_location()
+    assert f"Cannot reach Redis at 127.0.0.1:{port}" in raised.value.msg
