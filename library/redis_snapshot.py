@@ -140,11 +140,10 @@ import os
 import tarfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.workshop_backup import sha256_file
 from ansible.module_utils.workshop_compose import ComposeProject
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import fsync_dir
+from ansible.module_utils.workshop_files import atomic_file, sha256_file
 from ansible.module_utils.workshop_lock import Busy
 from ansible.module_utils.workshop_rdb import iter_rdb, rdb_summary
 from ansible.module_utils.workshop_redis import QUEUES, WorkshopRedis, queue_key
@@ -216,25 +215,19 @@ def take_snapshot(params, check_mode):
             )
         source = rdb_path
     saved = conn.snapshot(params["method"], params["save_timeout"])
-    tmp = f"{dest}.partial"
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     try:
-        with Busy(os.path.dirname(os.path.dirname(dest))):
+        with Busy(os.path.dirname(os.path.dirname(dest))), atomic_file(dest) as target:
             if container is not None:
-                _copy_from_container(project, container, rdb_path, tmp)
+                _copy_from_container(project, container, rdb_path, target.tmp)
             else:
-                _copy_host_file(rdb_path, tmp)
-            os.chmod(tmp, 0o600)  # job records hold participants' prompts
-            summary = rdb_summary(tmp, zsets=[queue_key(queue) for queue in QUEUES])
-            volatile = sum(1 for entry in iter_rdb(tmp) if entry.expire_ms is not None)
-            digest = sha256_file(tmp)
-            os.rename(tmp, dest)
-            fsync_dir(os.path.dirname(dest))
+                _copy_host_file(rdb_path, target.tmp)
+            os.chmod(target.tmp, 0o600)  # job records hold participants' prompts
+            summary = rdb_summary(target.tmp, zsets=[queue_key(queue) for queue in QUEUES])
+            volatile = sum(1 for entry in iter_rdb(target.tmp) if entry.expire_ms is not None)
+            digest = sha256_file(target.tmp)
     except OSError as exc:
         raise WorkshopError(f"Cannot write the snapshot to {dest}: {exc.strerror or exc}", path=dest) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dict(
         changed=True,
         path=dest,

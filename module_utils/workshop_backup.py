@@ -20,12 +20,19 @@ from datetime import datetime, timezone
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import fsync_dir, walk_tree, write_atomically
+from ansible.module_utils.workshop_files import (
+    CHUNK,
+    atomic_file,
+    fsync_dir,
+    sha256_file,
+    sha256_stream,
+    walk_tree,
+    write_atomically,
+)
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "backup-"
 PARTIAL_PREFIX = ".partial-backup-"
-CHUNK = 1 << 20
 # Times a file that changes while it is read is read again before the backup gives up on it.
 READ_TRIES = 3
 # Space kept free beyond the estimate, for file system overhead and the manifests.
@@ -34,18 +41,6 @@ SPACE_MARGIN = 64 << 20
 
 def backup_name(now=None):
     return PREFIX + datetime.fromtimestamp(now or time.time(), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def sha256_stream(stream):
-    digest = hashlib.sha256()
-    for block in iter(lambda: stream.read(CHUNK), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_file(path):
-    with open(path, "rb") as stream:
-        return sha256_stream(stream)
 
 
 def list_tree(root):
@@ -86,12 +81,12 @@ def write_archive(dest, sources, min_files=0):
     vanished after it was listed is left out and reported. Fewer files than `min_files` refuses
     the archive. Returns (members [{path, size, sha256} or {path, link}], vanished [paths]).
     """
-    tmp = f"{dest}.partial"
     members, vanished = [], []
     try:
-        # Mode "w" on a plain file, not the stream mode "w|", whose small internal buffer is slow.
-        with open(tmp, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
+        with atomic_file(dest) as target:
+            # Mode "w" on a plain file, not the stream mode "w|", whose small internal buffer is slow.
+            raw = open(target.tmp, "wb")  # noqa: SIM115 - closed by the with below
+            with raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
                 for prefix in sorted(sources):
                     for entry in walk_tree(sources[prefix]):
                         arcname = f"{prefix}/{entry.relpath}"
@@ -103,32 +98,19 @@ def write_archive(dest, sources, min_files=0):
                             vanished.append(entry.path)
                         else:
                             members.append(member)
-            raw.flush()
-            os.fsync(raw.fileno())
-        files = sum(1 for member in members if "sha256" in member)
-        if files < min_files:
-            raise WorkshopError(
-                f"The archive {dest} would hold {files} files, far fewer than the {min_files} expected from the "
-                f"workshop's state ({', '.join(sorted(sources.values()))}): check the outputs folder; nothing was kept",
-                path=dest,
-                files=files,
-                min_files=min_files,
-            )
-        check_archive(tmp, members)
-        os.replace(tmp, dest)
-        fsync_dir(os.path.dirname(dest))
+            files = sum(1 for member in members if "sha256" in member)
+            if files < min_files:
+                raise WorkshopError(
+                    f"The archive {dest} would hold {files} files, far fewer than the {min_files} expected from the "
+                    f"workshop's state ({', '.join(sorted(sources.values()))}): check the outputs folder; nothing was kept",
+                    path=dest,
+                    files=files,
+                    min_files=min_files,
+                )
+            check_archive(target.tmp, members)
     except OSError as exc:
-        _remove(tmp)
         raise _space_error(dest, exc) from None
-    except WorkshopError:
-        _remove(tmp)
-        raise
     return members, vanished
-
-
-def _remove(path):
-    if os.path.exists(path):
-        os.unlink(path)
 
 
 class _Changed(Exception):

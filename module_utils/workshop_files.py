@@ -1,9 +1,27 @@
 """Plain helpers over the workshop's files."""
 
+import contextlib
+import hashlib
 import os
 import shutil
 
 from ansible.module_utils.workshop_errors import WorkshopError
+
+# Bytes read at a time when streaming a file (hashing, archiving).
+CHUNK = 1 << 20
+
+
+def sha256_stream(stream):
+    """sha256 (hex) of what a binary stream holds from where it stands, read CHUNK bytes at a time."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: stream.read(CHUNK), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path):
+    with open(path, "rb") as stream:
+        return sha256_stream(stream)
 
 
 class Entry:
@@ -118,25 +136,57 @@ def filesystem_usage(path):
     return {"path": path, "total": usage.total, "used": usage.used, "free": usage.free}
 
 
-def write_atomically(path, data, mode=0o640):
-    """Write `data` (bytes) to `path` through a temporary name in the same folder, then rename.
+def temporary_name(path):
+    """The one name a file has while it is written: `<path>.partial`, in the same folder (so the rename is atomic)."""
+    return f"{path}.partial"
 
-    A crash or a full disk leaves either the old file or the new one, never a partial file.
+
+class AtomicFile:
+    """What atomic_file yields: `tmp`, the name to write; `discard()` keeps the file at `path` as it is."""
+
+    def __init__(self, path):
+        self.path = path
+        self.tmp = temporary_name(path)
+        self.keep = True
+
+    def discard(self):
+        self.keep = False
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Write `path` through its temporary name: the one write-temp-then-rename of the project.
+
+    The block writes `tmp` (the yielded AtomicFile's). When it ends without an error, `tmp` is
+    fsynced, renamed over `path` and the rename made durable (the folder fsynced); on any error, or
+    when the block called discard(), `tmp` is removed and `path` left as it was. A crash or a full
+    disk leaves either the old file or the new one, never a partial file under the real name.
     """
-    folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    target = AtomicFile(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        yield target
+        if target.keep:
+            fd = os.open(target.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(target.tmp, path)
+            fsync_dir(os.path.dirname(path))
+    finally:
+        if os.path.lexists(target.tmp):
+            os.unlink(target.tmp)
+
+
+def write_atomically(path, data, mode=0o640):
+    """Write `data` (bytes) to `path` through its temporary name, then rename (atomic_file)."""
+    try:
+        with atomic_file(path) as target:
+            fd = os.open(target.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise WorkshopError(f"Cannot write {path}: {exc.strerror}", path=path) from None
-    fsync_dir(folder)
 
 
 def fsync_dir(folder):

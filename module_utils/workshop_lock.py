@@ -22,6 +22,7 @@ import socket
 import time
 
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import fsync_dir
 from ansible.module_utils.workshop_time import utc_iso
 
 LOCK_NAME = ".lock"
@@ -96,14 +97,6 @@ def describe(owner):
     )
 
 
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(path, owner):
     """Create the lock file with `owner`; False when it exists already."""
     try:
@@ -114,7 +107,7 @@ def _create(path, owner):
         lock.write(json.dumps(owner, sort_keys=True) + "\n")
         lock.flush()
         os.fsync(lock.fileno())
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
     return True
 
 
@@ -193,7 +186,7 @@ def release(folder, run_id, check_mode=False):
         )
     if not check_mode:
         os.unlink(path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return dict(lock_file=path, released=True, owner=current, warning="")
 
 

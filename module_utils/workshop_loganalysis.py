@@ -45,6 +45,7 @@ import zlib
 from datetime import datetime, timezone
 
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_time import DOCKER_STAMP
 
 CATEGORIES = (
     "errors",
@@ -63,7 +64,7 @@ DEFAULT_RESTART_GAP = 300
 # cannot grow memory.
 _MAX_RECORD_LINES = 200
 
-_DOCKER_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z ")
+_DOCKER_STAMP = re.compile(DOCKER_STAMP)
 _PLATFORM = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:,\d+)? - .+? - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - (.*)$", re.S)
 _UVICORN = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL):\s+(.*)$", re.S)
 _NGINX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(debug|info|notice|warn|error|crit|alert|emerg)\] (.*)$", re.S)

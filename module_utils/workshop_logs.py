@@ -11,12 +11,12 @@ import heapq
 import os
 import re
 
-from ansible.module_utils.workshop_backup import sha256_stream
 from ansible.module_utils.workshop_compose import SERVICE_LABEL
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import fsync_dir
+from ansible.module_utils.workshop_files import atomic_file, sha256_stream
+from ansible.module_utils.workshop_time import DOCKER_STAMP
 
-_STAMP = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z ")
+_STAMP = re.compile(DOCKER_STAMP.encode("ascii"))
 
 
 def normalize_line(line):
@@ -53,27 +53,21 @@ def write_gzip_lines(path, lines):
     logs changes nothing. The gzip header carries no time, for the same reason. The file is
     fsynced before its rename and the folder after it, so a sealed backup's logs survive a power cut.
     """
-    tmp = f"{path}.partial"
     count = size = 0
+    changed = True
     try:
-        with open(tmp, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+        with atomic_file(path) as target:
+            with open(target.tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
                 for line in lines:
                     out.write(line)
                     count += 1
                     size += len(line)
-            raw.flush()
-            os.fsync(raw.fileno())
-        if same_content(path, tmp):
-            os.unlink(tmp)
-            return count, size, False
-        os.replace(tmp, path)
-        fsync_dir(os.path.dirname(path))
+            if same_content(path, target.tmp):
+                target.discard()
+                changed = False
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise WorkshopError(f"Cannot write {path}: {exc.strerror}", path=path) from None
-    return count, size, True
+    return count, size, changed
 
 
 def same_content(path, other):

@@ -9,11 +9,13 @@ write this one model, so they always say the same.
 
 import math
 
+from ansible.module_utils.workshop_loganalysis import CATEGORIES
 from ansible.module_utils.workshop_time import parse_time
 
-LOG_CATEGORIES = ("errors", "warnings", "ssl", "connection", "thermal", "restarts", "crashes", "requeues")
 # Log categories the job figures already say: listed as issues only when there are no job metrics.
 JOB_LOG_CATEGORIES = ("job_failures",)
+# The log analysis's one table of categories, in its order, less those.
+LOG_CATEGORIES = tuple(category for category in CATEGORIES if category not in JOB_LOG_CATEGORIES)
 TOP_ISSUES = 10
 TOP_LIST = 5
 INVALID_SHOWN = 5
@@ -385,7 +387,7 @@ def _issues(metrics, logs):
     for key, entry in entries.items():
         entry[1] = ["Failed jobs: ", Code(key[1]), f" ({plural(entry[0], 'job')})"]
     totals = _get(logs, "totals") or {}
-    categories = [*LOG_CATEGORIES, *sorted(set(totals) - set(LOG_CATEGORIES) - set(JOB_LOG_CATEGORIES))]
+    categories = [*LOG_CATEGORIES, *sorted(set(totals) - set(CATEGORIES))]
     if metrics is None:
         categories += list(JOB_LOG_CATEGORIES)
     for category in categories:

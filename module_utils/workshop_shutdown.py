@@ -6,8 +6,9 @@ without Docker. The module `shutdown_guard` calls them with what it read from th
 
 import os
 
-from ansible.module_utils.workshop_backup import archives_of, list_tree, read_manifest, sha256_file
+from ansible.module_utils.workshop_backup import archives_of, list_tree, read_manifest
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import sha256_file
 from ansible.module_utils.workshop_rdb import iter_rdb
 from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_time import parse_time

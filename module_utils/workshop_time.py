@@ -12,6 +12,11 @@ from datetime import datetime, timezone
 # A fraction of 1 to 9 digits (Docker writes nanoseconds); fromisoformat before 3.11 takes 3 or 6.
 _FRACTION = re.compile(r"\.(\d+)")
 
+# The timestamp `docker logs --timestamps` puts before each line (RFC 3339, UTC, up to nanoseconds,
+# then one space): group 1 the seconds, group 2 the fraction. The one pattern the log export (bytes)
+# and the log analysis (text) both compile.
+DOCKER_STAMP = r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z "
+
 
 def _from_text(text):
     if text.endswith(("Z", "z")):

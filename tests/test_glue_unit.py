@@ -110,3 +110,40 @@ def test_rdb_location_raises_when_redis_does_not_answer(tmp_path):
     with pytest.raises(WorkshopError) as raised:
         WorkshopRedis("127.0.0.1", port, timeout=1).rdb_location()
     assert f"Cannot reach Redis at 127.0.0.1:{port}" in raised.value.msg
+
+
+# --- one atomic writer ---------------------------------------------------------------------------
+
+
+def test_atomic_file_renames_on_success_and_leaves_the_old_file_on_error_or_discard(tmp_path):
+    from ansible.module_utils.workshop_files import atomic_file
+
+    path = tmp_path / "outputs.tar"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file(str(path)) as target:
+        (tmp_path / "outputs.tar.partial").write_bytes(b"half")
+        assert target.tmp == str(tmp_path / "outputs.tar.partial")
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["outputs.tar"]
+
+    with atomic_file(str(path)) as target:
+        (tmp_path / "outputs.tar.partial").write_bytes(b"same")
+        target.discard()
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["outputs.tar"]
+
+    with atomic_file(str(path)) as target:
+        (tmp_path / "outputs.tar.partial").write_bytes(b"new")
+    assert path.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["outputs.tar"]
+
+
+def test_every_writer_goes_through_the_one_atomic_writer():
+    """No module or helper renames a temporary file into place by itself: atomic_file does it, once."""
+    import ast
+
+    renames = []
+    for path in sorted([*(REPO / "library").glob("*.py"), *(REPO / "module_utils").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if isinstance(func, ast.Attribute) and func.attr == "replace" and getattr(func.value, "id", None) == "os":
+                renames.append(path.name)
+    assert renames == ["workshop_files.py"]
