@@ -35,8 +35,13 @@ options:
     description: The workshop's figures, as the workshop_metrics module returns them (its C(metrics)).
     type: dict
     required: true
+  record:
+    description:
+      - The workshop's run record (announcement, drain, backup and its verification) as the run_record
+        module returns it (its RV(run_record#module:record)), kept in memory by the play.
+    type: dict
   run_record:
-    description: The workshop's run record (announcement, drain, backup and its verification).
+    description: The run record's file, read when O(record) is not given.
     type: path
   gpu:
     description: The result of the gpu_facts module on the GPU host; omit when there is none.
@@ -62,6 +67,12 @@ options:
 """
 
 EXAMPLES = r"""
+- name: Read what the earlier phases recorded
+  run_record:
+    path: /var/backups/comfy-wrapup/berlin/run-record.json
+    state: read
+  register: recorded
+
 - name: Collect metrics and statistics
   workshop_metrics:
     dest: /var/backups/comfy-wrapup/berlin/report/metrics.json
@@ -71,7 +82,7 @@ EXAMPLES = r"""
   workshop_report:
     dest: /var/backups/comfy-wrapup/berlin/report
     metrics: "{{ metrics.metrics }}"
-    run_record: /var/backups/comfy-wrapup/berlin/run-record.json
+    record: "{{ recorded.record }}"
     context:
       workshop_id: berlin
       timezone: Europe/Berlin
@@ -109,6 +120,13 @@ from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_report import REPORT_FILES, write_report
 
 
+def record_of(params):
+    """The run record: given in memory, else read from its file, else none."""
+    if params["record"] is not None:
+        return params["record"]
+    return read_record(params["run_record"]) if params["run_record"] else {}
+
+
 def inputs_of(params):
     """render_markdown's inputs from the module's parameters."""
     metrics = params["metrics"]
@@ -121,7 +139,7 @@ def inputs_of(params):
         gpu_reason=gpu_reason,
         network=params["network"],
         network_reason=params["network_reason"],
-        record=read_record(params["run_record"]) if params["run_record"] else {},
+        record=record_of(params),
         context=params["context"],
         durations=metrics.get("duration_seconds"),
     )
@@ -132,6 +150,7 @@ def main():
         argument_spec=dict(
             dest=dict(type="path", required=True),
             metrics=dict(type="dict", required=True),
+            record=dict(type="dict"),
             run_record=dict(type="path"),
             gpu=dict(type="dict"),
             gpu_reason=dict(type="str", default="no host in the inventory group gpu"),
@@ -139,6 +158,7 @@ def main():
             network_reason=dict(type="str", default="no GPU host to measure the latency to"),
             context=dict(type="dict", default={}),
         ),
+        mutually_exclusive=[("record", "run_record")],
         supports_check_mode=True,
     )
     dest = module.params["dest"]

@@ -147,3 +147,14 @@ def test_every_writer_goes_through_the_one_atomic_writer():
             if isinstance(func, ast.Attribute) and func.attr == "replace" and getattr(func.value, "id", None) == "os":
                 renames.append(path.name)
     assert renames == ["workshop_files.py"]
+
+
+def test_the_project_name_comes_from_the_one_env_file_the_modules_read(tmp_path):
+    """workshop_env_file outside the project directory: its COMPOSE_PROJECT_NAME names the project."""
+    from ansible.module_utils.workshop_compose import resolve_project_name
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / ".env").write_text("COMPOSE_PROJECT_NAME=stale\n")
+    (tmp_path / "site.env").write_text("COMPOSE_PROJECT_NAME=Workshop7\n")
+    assert resolve_project_name(str(tmp_path / "project"), None, str(tmp_path / "site.env")) == "workshop7"
+    assert resolve_project_name(str(tmp_path / "project")) == "stale"

@@ -1,0 +1,119 @@
+"""Roles and playbooks on a workshop without Docker: settings from an inventory group reach the
+phases, and the checklist's --check renders the report preview. A real redis-server (scratch)
+holds the jobs; the Docker Engine named does not answer, as on a workshop already shut down."""
+
+import gzip
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+from scratch_redis import port_of, running_redis
+
+from conftest import run_playbook
+
+PASSWORD = "s3cret-group-vars"
+BACKUP = "backup-20261129T170000Z"
+JOBS = [("job-0", "user001", "completed"), ("job-1", "user002", "completed"), ("job-2", "user003", "failed")]
+
+
+def job(job_id, user, status, n):
+    return {
+        "id": job_id,
+        "user_id": user,
+        "status": status,
+        "created_at": f"2026-11-29T16:00:0{n}Z",
+        "started_at": f"2026-11-29T16:00:1{n}Z",
+        "completed_at": f"2026-11-29T16:01:0{n}Z",
+        "workflow": {},
+        "metadata": {},
+        **({"error": "CUDA out of memory"} if status == "failed" else {}),
+    }
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A workshop's project (.env) and backup root, with a backup whose snapshot and logs the report reads."""
+    root = tmp_path_factory.mktemp("site")
+    project, backups = root / "project", root / "backups"
+    folder = backups / "ws" / BACKUP
+    (folder / "redis").mkdir(parents=True)
+    (folder / "logs").mkdir()
+    (project / "data" / "outputs" / "user001").mkdir(parents=True)
+    (project / "data" / "outputs" / "user001" / "img.png").write_bytes(b"\x89PNG" + bytes(60))
+    with running_redis(root) as client:
+        for n, (job_id, user, status) in enumerate(JOBS):
+            client.set(f"job:{job_id}", json.dumps(job(job_id, user, status, n)))
+            client.zadd(f"queue:{status}", {job_id: n})
+        client.save()
+        shutil.copy(root / "dump.rdb", folder / "redis" / "dump.rdb")
+        client.config_set("requirepass", PASSWORD)
+        with gzip.open(folder / "logs" / "queue-manager.log.gz", "wt") as log:
+            log.write("2026-11-29T16:01:00.000000000Z 2026-11-29 16:01:00,000 - queue_manager - INFO - Job job-0 done\n")
+        (backups / "ws" / "run-record.json").write_text(json.dumps({"backup": {"name": BACKUP, "path": str(folder)}}))
+        (project / ".env").write_text(f"REDIS_PASSWORD={PASSWORD}\nNUM_USERS=4\n")
+        settings = {
+            "workshop_backup_root": str(backups),
+            "workshop_project_dir": str(project),
+            "workshop_redis_port": port_of(client),
+            "workshop_docker_host": f"unix://{root}/no-engine.sock",
+        }
+        yield SimpleNamespace(root=root, backups=backups, settings=settings)
+
+
+def ini_inventory(folder, settings):
+    """The group's settings in an INI inventory's [workshop:vars]."""
+    inventory = folder / "hosts"
+    inventory.write_text(
+        "[workshop]\nws ansible_connection=local ansible_python_interpreter=" + _host_python() + "\n\n"
+        "[workshop:vars]\n" + "".join(f"{name}={value}\n" for name, value in settings.items())
+    )
+    return inventory
+
+
+def group_vars_inventory(folder, settings):
+    """The group's settings in group_vars/workshop.yml next to the inventory."""
+    inventory = folder / "hosts"
+    inventory.write_text("[workshop]\nws ansible_connection=local ansible_python_interpreter=" + _host_python() + "\n")
+    (folder / "group_vars").mkdir()
+    (folder / "group_vars" / "workshop.yml").write_text("---\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    return inventory
+
+
+def _host_python():
+    import os
+    import sys
+
+    return os.environ.get("COMFY_WRAPUP_HOST_PYTHON") or sys.executable
+
+
+@pytest.mark.parametrize("inventory_of", [ini_inventory, group_vars_inventory], ids=["workshop_vars", "group_vars_file"])
+def test_workshop_settings_from_an_inventory_group_reach_every_phase(site, tmp_path, inventory_of):
+    """[workshop:vars] (or group_vars/workshop.yml) sets the backup root, the project and Redis's port:
+    the state phase reads the queue through that port, the report phase writes under that root."""
+    inventory = inventory_of(tmp_path, site.settings)
+    report = site.backups / "ws" / "report"
+    shutil.rmtree(report, ignore_errors=True)
+
+    run = run_playbook("post_workshop.yml", "--tags", "report", "-i", str(inventory))
+
+    assert "Queue: 0 pending, 0 running, 2 completed, 1 failed" in run.text  # Redis on the group's port, its .env
+    assert f"Report: {report}/report.md and report.html" in run.text
+    assert sorted(p.name for p in report.iterdir()) == ["metrics.json", "report.html", "report.md"]
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert (metrics["jobs"]["submitted"], metrics["jobs"]["completed"], metrics["jobs"]["failed"]) == (3, 2, 1)
+    assert f"Database snapshot: `{site.backups}/ws/{BACKUP}/redis/dump.rdb`" in (report / "report.md").read_text()
+
+
+def test_the_checklist_in_check_mode_renders_the_report_preview_and_writes_nothing(site, tmp_path):
+    inventory = ini_inventory(tmp_path, site.settings)
+    report = site.backups / "ws" / "report"
+    shutil.rmtree(report, ignore_errors=True)
+
+    run = run_playbook("post_workshop.yml", "--check", "--tags", "report", "-i", str(inventory))
+
+    assert run.recap["ws"]["failed"] == 0
+    assert "# Workshop Report - 2026-11-29" in run.text  # the preview, rendered from the metrics in memory
+    assert "Total jobs submitted: 3" in run.text and "Successfully completed: 2" in run.text
+    assert f"Report: {report}/report.md and report.html (open it offline in any browser) - not written: check mode" in run.text
+    assert not report.exists()
