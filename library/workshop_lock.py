@@ -101,7 +101,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_lock import FOLDER_MODE, acquire, new_owner, release, require_absolute
+from ansible.module_utils.workshop_files import make_workshop_folder
+from ansible.module_utils.workshop_lock import acquire, new_owner, release, require_absolute
 
 
 def main():
@@ -123,9 +124,8 @@ def main():
         if params["state"] == "released":
             result = release(folder, params["run_id"], module.check_mode)
         else:
-            if not os.path.isdir(folder) and not module.check_mode:
-                os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
-                os.chmod(folder, FOLDER_MODE)
+            if not module.check_mode:
+                make_workshop_folder(folder)
             owner = new_owner(
                 params["run_id"],
                 host=params["owner_host"],

@@ -9,6 +9,23 @@ from ansible.module_utils.workshop_errors import WorkshopError
 
 # Bytes read at a time when streaming a file (hashing, archiving).
 CHUNK = 1 << 20
+# The workshop folder (<workshop_backup_root>/<workshop_id>): one mode wherever it is created or touched.
+WORKSHOP_FOLDER_MODE = 0o700
+
+
+def make_workshop_folder(folder):
+    """Create the workshop's folder (and its parents) with WORKSHOP_FOLDER_MODE, unless it is there."""
+    if os.path.isdir(folder):
+        return
+    try:
+        os.makedirs(folder, mode=WORKSHOP_FOLDER_MODE, exist_ok=True)
+        os.chmod(folder, WORKSHOP_FOLDER_MODE)
+    except OSError as exc:
+        raise WorkshopError(
+            f"Cannot create the workshop's folder {folder} on this host ({exc.strerror}): "
+            "check workshop_backup_root (a folder this user may write to)",
+            path=folder,
+        ) from None
 
 
 def sha256_stream(stream):

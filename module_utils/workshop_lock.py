@@ -26,7 +26,6 @@ from ansible.module_utils.workshop_files import fsync_dir
 from ansible.module_utils.workshop_time import utc_iso
 
 LOCK_NAME = ".lock"
-FOLDER_MODE = 0o700
 
 
 def lock_path(folder):

@@ -6,11 +6,8 @@ import os
 import time
 
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import write_atomically
+from ansible.module_utils.workshop_files import make_workshop_folder, write_atomically
 from ansible.module_utils.workshop_time import utc_iso
-
-# The workshop folder holding the record: one mode wherever it is created or touched.
-FOLDER_MODE = 0o700
 
 
 def read_record(path):
@@ -20,6 +17,10 @@ def read_record(path):
             return json.load(record)
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise WorkshopError(
+            f"Cannot read the run record {path} on this host ({exc.strerror}): check workshop_backup_root", path=path
+        ) from None
     except ValueError as exc:
         raise WorkshopError(f"The run record {path} is not valid JSON ({exc}): fix or move it aside", path=path) from None
 
@@ -34,10 +35,7 @@ def updated_record(record, section, data, keep_existing):
 
 
 def save_record(path, record):
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
-        os.chmod(folder, FOLDER_MODE)
+    make_workshop_folder(os.path.dirname(path))
     write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
 
 

@@ -158,3 +158,19 @@ def test_the_project_name_comes_from_the_one_env_file_the_modules_read(tmp_path)
     (tmp_path / "site.env").write_text("COMPOSE_PROJECT_NAME=Workshop7\n")
     assert resolve_project_name(str(tmp_path / "project"), None, str(tmp_path / "site.env")) == "workshop7"
     assert resolve_project_name(str(tmp_path / "project")) == "stale"
+
+
+def test_a_workshop_folder_that_cannot_be_made_fails_naming_it(tmp_path, capsys):
+    (tmp_path / "backups").write_text("a file where the backup root should be")
+    folder = tmp_path / "backups" / "berlin"
+    result = run_main("workshop_lock", {"path": str(folder), "run_id": "r1", "purpose": "backup"}, capsys)
+    assert result["failed"] is True and result["path"] == str(folder)
+    assert result["msg"] == (
+        f"Cannot create the workshop's folder {folder} on this host (Not a directory): "
+        "check workshop_backup_root (a folder this user may write to)"
+    )
+
+    record = folder / "run-record.json"
+    result = run_main("run_record", {"path": str(record), "section": "drain", "data": {"total_jobs": 1}}, capsys)
+    assert result["failed"] is True and result["path"] == str(record)
+    assert result["msg"] == f"Cannot read the run record {record} on this host (Not a directory): check workshop_backup_root"
