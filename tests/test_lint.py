@@ -181,19 +181,25 @@ CONDITION_KEYS = {"when", "failed_when", "changed_when", "until", "break_when", 
 _JINJA = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.S)
 
 
-def _expressions(node, key=None):
-    """The Jinja expressions of a YAML document, less whole values handed on to a module option."""
+def _strings(node, key=None):
+    """(key, string) of every string in a YAML document, with the mapping key that holds it."""
     if isinstance(node, dict):
         for name, value in node.items():
-            yield from _expressions(value, name)
+            yield from _strings(value, name)
     elif isinstance(node, list):
         for value in node:
-            yield from _expressions(value, key)
+            yield from _strings(value, key)
     elif isinstance(node, str):
+        yield key, node
+
+
+def _expressions(node):
+    """The Jinja expressions of a YAML document, less whole values handed on to a module option."""
+    for key, text in _strings(node):
         if key in CONDITION_KEYS:
-            yield node
-        elif not re.fullmatch(r"\{\{\s*\w+\s*\}\}", node.strip()):  # modules convert "false" themselves
-            yield from ("".join(parts) for parts in _JINJA.findall(node))
+            yield text
+        elif not re.fullmatch(r"\{\{\s*\w+\s*\}\}", text.strip()):  # modules convert "false" themselves
+            yield from ("".join(parts) for parts in _JINJA.findall(text))
 
 
 def _unconverted_reads(name, expressions):
@@ -292,18 +298,6 @@ def _jinja_reads(text, expression=False):
         if test.name in ("defined", "undefined"):
             test.node = nodes.Const(None)
     return meta.find_undeclared_variables(tree)
-
-
-def _strings(node, key=None):
-    """(key, string) of every string in a YAML document, with the mapping key that holds it."""
-    if isinstance(node, dict):
-        for name, value in node.items():
-            yield from _strings(value, name)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _strings(value, key)
-    elif isinstance(node, str):
-        yield key, node
 
 
 def _yaml_reads(document):
