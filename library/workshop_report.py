@@ -38,7 +38,7 @@ options:
   record:
     description:
       - The workshop's run record (announcement, drain, backup and its verification) as the run_record
-        module returns it (its RV(run_record#module:record)), kept in memory by the play.
+        module returns it (its C(record)), kept in memory by the play.
     type: dict
   run_record:
     description: The run record's file, read when O(record) is not given.
