@@ -276,7 +276,7 @@ def _local(params):
 def present(params, store, check_mode):
     backup, folder = _local(params)
     entries = backup_entries(folder)
-    progress = Progress(entries, params["resume"] or None)
+    progress = Progress(entries, params["resume"], owner=f"{params['target']['name']}/{params['workshop_id']}/{backup}")
     deadline = time.time() + params["slice_seconds"] if params["slice_seconds"] > 0 else None
     name = params["target"]["name"]
     where = store.where(params["workshop_id"], backup)

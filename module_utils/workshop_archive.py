@@ -31,7 +31,15 @@ from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import fsync_dir
 from ansible.module_utils.workshop_record import read_record, save_record
+from ansible.module_utils.workshop_s3 import s3_error
 from ansible.module_utils.workshop_time import utc_iso
+
+try:
+    import botocore.exceptions
+
+    S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+except ImportError:  # ssh targets need no boto3
+    S3_ERRORS = ()
 
 CHUNK = 1 << 20
 MIB = 1 << 20
@@ -94,8 +102,10 @@ def sample_of(entries, count, seed=None):
 class Progress:
     """Bytes and files done, and the rate, across the slices of one run (`resume` carries it)."""
 
-    def __init__(self, entries, resume=None):
-        resume = resume or {}
+    def __init__(self, entries, resume=None, owner=None):
+        # A resume of another target or backup (a variable left from an earlier loop) is ignored.
+        resume = resume if resume and resume.get("owner") == owner else {}
+        self.owner = owner
         self.files = len(entries)
         self.bytes = sum(entry[1] for entry in entries)
         self.started = resume.get("started") or time.time()
@@ -113,7 +123,7 @@ class Progress:
         self.partial += count
 
     def state(self):
-        return {"started": self.started, "sent": self.sent, "done": sorted(self.done)}
+        return {"owner": self.owner, "started": self.started, "sent": self.sent, "done": sorted(self.done)}
 
     def report(self):
         elapsed = max(time.time() - self.started, 1e-6)
@@ -139,12 +149,12 @@ class Progress:
 
 def _md5s_of(path, part_size):
     """(MD5 of the whole file, MD5 of each part) of a local file."""
-    whole = hashlib.md5()  # noqa: S324 - the ETag S3 computes, not a security checksum
+    whole = hashlib.md5()  # the ETag S3 computes, not a security checksum
     parts = []
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(part_size), b""):
             whole.update(block)
-            parts.append(hashlib.md5(block).digest())  # noqa: S324
+            parts.append(hashlib.md5(block).digest())
     return whole.hexdigest(), parts
 
 
@@ -152,7 +162,7 @@ def etags_of(whole_md5, part_md5s):
     """The ETags an S3 server may report for an object: MD5 of the content, or of the parts' MD5s plus '-N'."""
     found = {whole_md5}
     if len(part_md5s) > 1:
-        found.add(hashlib.md5(b"".join(part_md5s)).hexdigest() + f"-{len(part_md5s)}")  # noqa: S324
+        found.add(hashlib.md5(b"".join(part_md5s)).hexdigest() + f"-{len(part_md5s)}")
     return found
 
 
@@ -180,28 +190,18 @@ class S3Target:
         return remote_key(self.prefix, workshop_id, backup, relpath)
 
     def _call(self, action, key, method, **kwargs):
-        from ansible.module_utils.workshop_s3 import s3_error
-
         try:
             return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
-        except Exception as exc:  # botocore raises many types; each becomes one message naming the key
+        except S3_ERRORS as exc:
             raise s3_error(self.target, action, key, exc) from None
 
     def stat(self, key):
         """{size, sha256, etag} of the object at `key`, None when there is none."""
-        import botocore.exceptions
-
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except S3_ERRORS as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            from ansible.module_utils.workshop_s3 import s3_error
-
-            raise s3_error(self.target, "reading", key, exc) from None
-        except Exception as exc:
-            from ansible.module_utils.workshop_s3 import s3_error
-
             raise s3_error(self.target, "reading", key, exc) from None
         metadata = {name.lower(): value for name, value in (head.get("Metadata") or {}).items()}
         return {
@@ -246,7 +246,7 @@ class S3Target:
                 **self._extra(sha256),
             )
             progress.add(size)
-            return {hashlib.md5(data).hexdigest()}  # noqa: S324
+            return {hashlib.md5(data).hexdigest()}
         return self._upload_multipart(key, local_path, size, sha256, progress, deadline)
 
     def open_upload(self, key):
@@ -254,15 +254,11 @@ class S3Target:
 
         Older unfinished uploads of the same key (earlier killed runs) are aborted.
         """
-        import botocore.exceptions
-
         try:
             listed = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        except botocore.exceptions.ClientError as exc:
+        except S3_ERRORS as exc:
             # Some servers (rclone) answer NoSuchUpload when the bucket has no upload open.
-            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                from ansible.module_utils.workshop_s3 import s3_error
-
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") != "NoSuchUpload":
                 raise s3_error(self.target, "listing uploads of", key, exc) from None
             listed = {}
         uploads = sorted((u for u in listed.get("Uploads") or [] if u["Key"] == key), key=lambda u: u["Initiated"])
@@ -286,7 +282,7 @@ class S3Target:
         found = self.open_upload(key)
         upload_id, done = found if found else (None, {})
         digest = hashlib.sha256()
-        whole = hashlib.md5()  # noqa: S324
+        whole = hashlib.md5()
         md5s = []
         etags = []
         with open(local_path, "rb") as stream:
@@ -295,7 +291,7 @@ class S3Target:
                 number += 1
                 digest.update(block)
                 whole.update(block)
-                part_md5 = hashlib.md5(block).hexdigest()  # noqa: S324
+                part_md5 = hashlib.md5(block).hexdigest()
                 md5s.append(bytes.fromhex(part_md5))
                 if done.get(number) == (part_md5, len(block)):
                     etags.append(part_md5)
@@ -307,10 +303,12 @@ class S3Target:
                 if deadline is not None and time.time() >= deadline:
                     return False
                 if upload_id is None:
-                    upload_id = self._call("starting the upload of", key, "create_multipart_upload", Key=key, **self._extra(sha256))[
-                        "UploadId"
-                    ]
-                answer = self._call("uploading a part of", key, "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=block)
+                    upload_id = self._call(
+                        "starting the upload of", key, "create_multipart_upload", Key=key, **self._extra(sha256)
+                    )["UploadId"]
+                answer = self._call(
+                    "uploading a part of", key, "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=block
+                )
                 if answer["ETag"].strip('"') != part_md5:
                     raise WorkshopError(
                         f"Archive target '{self.target['name']}': part {number} of s3://{self.bucket}/{key} arrived damaged "
@@ -363,18 +361,17 @@ class S3Target:
         """sha256 of the object at `key`, read in full (written to `dest` as it is read, when given)."""
         body = self._call("reading", key, "get_object", Key=key)["Body"]
         digest = hashlib.sha256()
-        out = open(dest, "wb") if dest else None
-        try:
-            for block in iter(lambda: body.read(CHUNK), b""):
-                digest.update(block)
-                if out:
-                    out.write(block)
-            if out:
+        with open(dest or os.devnull, "wb") as out:
+            try:
+                for block in iter(lambda: body.read(CHUNK), b""):
+                    digest.update(block)
+                    if dest:
+                        out.write(block)
+            except S3_ERRORS as exc:
+                raise s3_error(self.target, "reading", key, exc) from None
+            if dest:
                 out.flush()
                 os.fsync(out.fileno())
-        finally:
-            if out:
-                out.close()
         return digest.hexdigest()
 
     def backups(self, workshop_id):
@@ -453,12 +450,15 @@ class SshTarget:
         return f"{self.root}/{workshop_id}/{backup}/{relpath}"
 
     def _command(self, script, *args):
-        return ["ssh", *self.options, self.destination, " ".join(["sh", "-c", shlex.quote(script), "sh", *map(shlex.quote, args)])]
+        return [
+            "ssh",
+            *self.options,
+            self.destination,
+            " ".join(["sh", "-c", shlex.quote(script), "sh", *map(shlex.quote, args)]),
+        ]
 
     def run(self, script, *args, what="", stdin=None, check=True):
-        completed = subprocess.run(
-            self._command(script, *args), input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False
-        )
+        completed = subprocess.run(self._command(script, *args), input=stdin, capture_output=True, check=False)
         if check and completed.returncode != 0:
             raise self.error(what, completed.returncode, completed.stderr)
         return completed
@@ -651,7 +651,12 @@ def copy_backup(store, folder, workshop_id, backup, progress, deadline=None, che
     if check_mode:
         # What would be uploaded: every file not there yet, the manifest included.
         pending = [entry[0] for entry in entries if entry[0] not in progress.done]
-    return {"uploaded": uploaded, "skipped": skipped, "pending": pending, "done": not pending and len(progress.done) == len(entries)}
+    return {
+        "uploaded": uploaded,
+        "skipped": skipped,
+        "pending": pending,
+        "done": not pending and len(progress.done) == len(entries),
+    }
 
 
 def verify_copy(store, folder, workshop_id, backup, mode="all", sample=3, seed=None):
@@ -711,7 +716,9 @@ def fetch_backup(store, workshop_id, backup, dest, check_mode=False):
     final = os.path.join(dest, backup)
     if os.path.exists(final):
         entries = backup_entries(final)
-        bad = [relpath for relpath, size, sha256 in entries[:-1] if not _local_matches(os.path.join(final, relpath), size, sha256)]
+        bad = [
+            relpath for relpath, size, sha256 in entries[:-1] if not _local_matches(os.path.join(final, relpath), size, sha256)
+        ]
         if bad:
             raise WorkshopError(
                 f"{final} exists and differs from its manifest ({', '.join(bad[:5])}): it is never overwritten. "
@@ -781,14 +788,3 @@ def record_archive(path, name, entry, now=None):
     section["targets"] = targets
     save_record(path, dict(record, archive=section))
     return True
-
-
-def offsite_problem(run_record, newest):
-    """Why no verified off-host copy of backup `newest` is recorded (None when one is)."""
-    targets = ((read_record(run_record).get("archive") or {}).get("targets")) or {}
-    if any(entry.get("backup") == newest and entry.get("verified") is True for entry in targets.values()):
-        return None
-    seen = "; ".join(
-        f"{name}: {entry.get('backup')}{' verified' if entry.get('verified') else ' NOT verified'}" for name, entry in sorted(targets.items())
-    )
-    return f"no verified off-host copy of the newest backup {newest} is recorded in {run_record} ({seen or 'no archive recorded'})"

@@ -96,7 +96,9 @@ class S3Server:
         import boto3
         import botocore.config
 
-        return boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1").client(
+        return boto3.session.Session(
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1"
+        ).client(
             "s3",
             endpoint_url=self.endpoint_url,
             config=botocore.config.Config(signature_version="s3v4", s3={"addressing_style": "path"}),

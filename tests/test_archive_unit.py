@@ -1,5 +1,6 @@
 """The archive module against real servers on loopback: rclone serve s3 (SigV4) and sshd; no Docker."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from ansible.module_utils.workshop_archive import MANIFEST, record_archive, remote_key
+from ansible.module_utils.workshop_backup import backup_name, seal
+from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
+from ansible.module_utils.workshop_shutdown import offsite_problem
 from s3server import s3server  # noqa: F401 - a fixture
 
 from conftest import REPO, SSH_PORT, load_module
-
-from ansible.module_utils.workshop_archive import MANIFEST, offsite_problem, record_archive, remote_key
-from ansible.module_utils.workshop_backup import backup_name, seal
-from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 
 WORKSHOP = "berlin"
 
@@ -57,10 +58,8 @@ def descendants(pid):
 def kill_tree(pid):
     """SIGKILL `pid` and everything it started, at once: a run dying as a host loses power."""
     for each in [pid, *descendants(pid)]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(each, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run_main(args, capsys, check=False):
@@ -172,10 +171,8 @@ def test_s3_upload_killed_mid_file_resumes_with_the_parts_already_sent(tmp_path,
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     result = json.loads(rerun.stdout.partition(" => ")[2])
     assert bucket_files(s3server, name) == files_of(backup_dir / name)
-    try:
-        assert not client.list_multipart_uploads(Bucket="workshops", Prefix=key).get("Uploads")  # none left open
-    except client.exceptions.NoSuchUpload:
-        pass
+    with contextlib.suppress(client.exceptions.NoSuchUpload):  # rclone's answer when none is open
+        assert not client.list_multipart_uploads(Bucket="workshops", Prefix=key).get("Uploads")
     # The parts sent before the kill were kept: the re-run sent the rest only.
     total = sum(len(b) for b in files_of(backup_dir / name).values())
     assert result["progress"]["bytes_sent"] == total - sum(part["Size"] for part in sent) - sum(map(len, before.values()))
@@ -252,7 +249,7 @@ def test_fetch_refuses_a_damaged_copy(tmp_path, s3server, capsys):  # noqa: F811
 
 
 def test_secrets_never_show_in_the_output(tmp_path, s3server):  # noqa: F811
-    backup_dir, name, record = make_backup(tmp_path, big=1 << 20)
+    backup_dir, _name, record = make_backup(tmp_path, big=1 << 20)
     args = s3_args(s3server, backup_dir, record)
     completed = subprocess.run(
         ["ansible", "workshop", "-i", str(REPO / "inventory" / "local"), "-vvv", "-m", "archive_copy", "-a", json.dumps(args)],
@@ -272,7 +269,13 @@ def test_secrets_never_show_in_the_output(tmp_path, s3server):  # noqa: F811
 def ssh_args(client_key, tmp_path, backup_dir, record, **extra):
     args = dict(
         target=dict(
-            name="nas", type="ssh", host="127.0.0.1", port=SSH_PORT, user="root", path=str(tmp_path / "nas"), key_file=str(client_key)
+            name="nas",
+            type="ssh",
+            host="127.0.0.1",
+            port=SSH_PORT,
+            user="root",
+            path=str(tmp_path / "nas"),
+            key_file=str(client_key),
         ),
         workshop_id=WORKSHOP,
         backup_dir=str(backup_dir),
