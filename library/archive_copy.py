@@ -136,6 +136,10 @@ options:
     description: S3 files of this size (MiB) or more go up in parts.
     type: int
     default: 64
+  concurrency:
+    description: S3 parts in flight at once (memory - this many parts); reading and hashing overlap sending.
+    type: int
+    default: 3
   slice_seconds:
     description: Stop after about this many seconds and return RV(resume) (0 - run to the end).
     type: int
@@ -274,7 +278,26 @@ def _local(params):
 
 
 def present(params, store, check_mode):
-    backup, folder = _local(params)
+    try:
+        backup, folder = _local(params)
+    except WorkshopError as exc:
+        if not check_mode:
+            raise
+        # A dry run before the first backup: the backup phase would make the backup this one copies.
+        return dict(
+            changed=True,
+            backup=None,
+            where=None,
+            done=False,
+            uploaded=[],
+            unchanged=[],
+            pending=[],
+            progress={},
+            summary=f"nothing to list yet: {exc.msg}",
+            resume={},
+            files=0,
+            bytes=0,
+        )
     entries = backup_entries(folder)
     progress = Progress(entries, params["resume"], owner=f"{params['target']['name']}/{params['workshop_id']}/{backup}")
     deadline = time.time() + params["slice_seconds"] if params["slice_seconds"] > 0 else None
@@ -348,6 +371,7 @@ def main():
             sample_files=dict(type="int", default=3),
             part_size_mb=dict(type="int", default=64),
             multipart_threshold_mb=dict(type="int", default=64),
+            concurrency=dict(type="int", default=3),
             slice_seconds=dict(type="int", default=0),
             resume=dict(type="dict"),
             known_hosts=dict(type="path"),
@@ -365,6 +389,7 @@ def main():
             known_hosts=module.params["known_hosts"],
             part_size=module.params["part_size_mb"] * MIB,
             threshold=module.params["multipart_threshold_mb"] * MIB,
+            concurrency=module.params["concurrency"],
         )
         result = handlers[module.params["state"]](module.params, store, module.check_mode)
     except WorkshopError as exc:

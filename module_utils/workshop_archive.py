@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest, sealed_backups, sha256_file
 from ansible.module_utils.workshop_errors import WorkshopError
@@ -175,8 +176,9 @@ class S3Target:
     def close(self):
         pass
 
-    def __init__(self, target, client, part_size=64 * MIB, threshold=64 * MIB):
+    def __init__(self, target, client, part_size=64 * MIB, threshold=64 * MIB, concurrency=3):
         self.target = target
+        self.concurrency = max(concurrency, 1)
         self.client = client
         self.bucket = target["bucket"]
         self.prefix = target.get("prefix") or ""
@@ -285,38 +287,44 @@ class S3Target:
         whole = hashlib.md5()
         md5s = []
         etags = []
-        with open(local_path, "rb") as stream:
-            number = 0
-            for block in iter(lambda: stream.read(self.part_size), b""):
-                number += 1
-                digest.update(block)
-                whole.update(block)
-                part_md5 = hashlib.md5(block).hexdigest()
-                md5s.append(bytes.fromhex(part_md5))
-                if done.get(number) == (part_md5, len(block)):
-                    etags.append(part_md5)
-                    continue
-                if number in done:
-                    # A part of other content (the file changed, or another part size): start again.
-                    self._call("aborting", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
-                    return self._fresh_multipart(key, local_path, size, sha256, progress, deadline)
-                if deadline is not None and time.time() >= deadline:
-                    return False
-                if upload_id is None:
-                    upload_id = self._call(
-                        "starting the upload of", key, "create_multipart_upload", Key=key, **self._extra(sha256)
-                    )["UploadId"]
-                answer = self._call(
-                    "uploading a part of", key, "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=block
-                )
-                if answer["ETag"].strip('"') != part_md5:
-                    raise WorkshopError(
-                        f"Archive target '{self.target['name']}': part {number} of s3://{self.bucket}/{key} arrived damaged "
-                        f"(ETag {answer['ETag']}, MD5 sent {part_md5}); run again to resend it",
-                        key=key,
+        # Up to `concurrency` parts in flight (sent in part order): reading and hashing the next part
+        # overlaps sending the previous ones. Memory: concurrency x part size.
+        inflight = []
+        stopped = False
+        with open(local_path, "rb") as stream, ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            try:
+                number = 0
+                for block in iter(lambda: stream.read(self.part_size), b""):
+                    number += 1
+                    digest.update(block)
+                    whole.update(block)
+                    part_md5 = hashlib.md5(block).hexdigest()
+                    md5s.append(bytes.fromhex(part_md5))
+                    if done.get(number) == (part_md5, len(block)):
+                        etags.append(part_md5)
+                        continue
+                    if number in done:
+                        # A part of other content (the file changed, or another part size): start again.
+                        self._settle(key, inflight, progress, 0)
+                        self._call("aborting", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
+                        return self._fresh_multipart(key, local_path, size, sha256, progress, deadline)
+                    if deadline is not None and time.time() >= deadline:
+                        stopped = True
+                        break
+                    if upload_id is None:
+                        upload_id = self._call(
+                            "starting the upload of", key, "create_multipart_upload", Key=key, **self._extra(sha256)
+                        )["UploadId"]
+                    self._settle(key, inflight, progress, self.concurrency - 1)
+                    future = pool.submit(
+                        self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block
                     )
-                etags.append(part_md5)
-                progress.add(len(block))
+                    inflight.append((future, number, part_md5, len(block)))
+                    etags.append(part_md5)
+            finally:
+                self._settle(key, inflight, progress, 0)
+        if stopped:
+            return False
         if digest.hexdigest() != sha256:
             if upload_id:
                 self._call("aborting", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
@@ -330,6 +338,22 @@ class S3Target:
             MultipartUpload={"Parts": [{"PartNumber": n + 1, "ETag": f'"{etag}"'} for n, etag in enumerate(etags)]},
         )
         return etags_of(whole.hexdigest(), md5s)
+
+    def _settle(self, key, inflight, progress, keep):
+        """Wait for the oldest parts in flight until at most `keep` remain; each must come back with its MD5."""
+        while len(inflight) > keep:
+            future, number, part_md5, length = inflight.pop(0)
+            try:
+                answer = future.result()
+            except S3_ERRORS as exc:
+                raise s3_error(self.target, f"uploading part {number} of", key, exc) from None
+            if answer["ETag"].strip('"') != part_md5:
+                raise WorkshopError(
+                    f"Archive target '{self.target['name']}': part {number} of s3://{self.bucket}/{key} arrived damaged "
+                    f"(ETag {answer['ETag']}, MD5 sent {part_md5}); run again to resend it",
+                    key=key,
+                )
+            progress.add(length)
 
     def _fresh_multipart(self, key, local_path, size, sha256, progress, deadline):
         found = self.open_upload(key)
@@ -580,11 +604,11 @@ def _part_name(relpath):
     return os.path.join(head, f".{tail}.part")
 
 
-def make_target(target, known_hosts=None, part_size=64 * MIB, threshold=64 * MIB):
+def make_target(target, known_hosts=None, part_size=64 * MIB, threshold=64 * MIB, concurrency=3):
     if target["type"] == "s3":
         from ansible.module_utils.workshop_s3 import s3_client
 
-        return S3Target(target, s3_client(target), part_size=part_size, threshold=threshold)
+        return S3Target(target, s3_client(target), part_size=part_size, threshold=threshold, concurrency=concurrency)
     return SshTarget(target, known_hosts=known_hosts)
 
 

@@ -354,3 +354,11 @@ def test_offsite_problem(tmp_path, targets, ok):
     record = tmp_path / "run-record.json"
     record.write_text(json.dumps({"archive": {"targets": targets}}))
     assert (offsite_problem(str(record), "backup-2") is None) is ok
+
+
+def test_check_mode_before_any_backup_says_so_and_fails_nothing(tmp_path, s3server, capsys):  # noqa: F811
+    (tmp_path / WORKSHOP).mkdir()
+    args = s3_args(s3server, tmp_path / WORKSHOP, tmp_path / WORKSHOP / "run-record.json")
+    preview = run_main(args, capsys, check=True)
+    assert "failed" not in preview and preview["done"] is False and "No sealed backup" in preview["summary"]
+    assert run_main(args, capsys)["failed"] is True  # a real run does fail
