@@ -34,6 +34,7 @@ sanity: setup
 bench: setup
 	@python bench/backup_speed.py
 	@python bench/metrics_speed.py
+	@python bench/archive_speed.py
 	@$(ENGINE) run sh -c 'ansible-playbook playbooks/staging.yml -e staging_workshop_num_users=6 >/dev/null && python bench/drain_latency.py'
 
 staging-up staging-play staging-reset staging-down: setup

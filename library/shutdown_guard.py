@@ -14,7 +14,9 @@ description:
     verification failed (C(backup.verify.ok) false), and it must hold the log of every container
     of the project (the logs die with the containers) unless O(without_logs_backup). For
     O(mode=down_volumes), every volume in O(volumes) must be covered - Redis's data volume by the
-    backup's snapshot, any other by O(volumes_not_needed) - and belong to the project.
+    backup's snapshot, any other by O(volumes_not_needed) - and belong to the project. With
+    O(require_offsite), the run record must also name a verified off-host copy of that newest backup
+    (C(archive.targets.<name>) with its C(backup) and C(verified) true).
   - V(final) (O(mode=down_volumes), after every service stopped) - copies the snapshot the stopped
     Redis wrote as it shut down out of its container (from the volume, through the Docker API),
     checks it was written at that shutdown, and compares it by content with the backup's
@@ -85,6 +87,10 @@ options:
     default: 10
   without_logs_backup:
     description: Allow removing containers whose logs are not in a verified backup (they are lost).
+    type: bool
+    default: false
+  require_offsite:
+    description: For O(mode=down_volumes), refuse unless O(run_record) names a verified off-host copy of the newest backup.
     type: bool
     default: false
 """
@@ -177,6 +183,7 @@ from ansible.module_utils.workshop_shutdown import (
     compare_rdb,
     final_snapshot_problem,
     logs_missing,
+    offsite_problem,
     recorded_verify_problem,
     volume_coverage,
 )
@@ -230,6 +237,14 @@ def preflight(params, project):
             containers=missing,
         )
     result["logs_missing"] = missing
+    if params["mode"] == "down_volumes" and params["require_offsite"]:
+        problem = offsite_problem(params["run_record"], newest) if params["run_record"] else "no run record given"
+        if problem:
+            raise WorkshopError(
+                f"Refused: {problem}. The volumes hold the only copy besides this host's backup: archive it (tag archive) "
+                f"and read it back (tag verify_remote), or set shutdown_require_offsite=false. {NOTHING_REMOVED}",
+                backup=newest,
+            )
     if params["mode"] == "down_volumes":
         foreign = sorted(set(params["volumes"]) - set(inventory["volumes"]))
         if foreign:
@@ -319,6 +334,7 @@ def main():
         not_before=dict(type="str"),
         stop_timeout=dict(type="int", default=10),
         without_logs_backup=dict(type="bool", default=False),
+        require_offsite=dict(type="bool", default=False),
     )
     module = AnsibleModule(
         argument_spec=argument_spec, mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE, supports_check_mode=True

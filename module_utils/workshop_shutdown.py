@@ -38,6 +38,20 @@ def recorded_verify_problem(run_record, newest):
     )
 
 
+def offsite_problem(run_record, newest):
+    """Why no verified off-host copy of backup `newest` is recorded (None when one is)."""
+    targets = ((read_record(run_record).get("archive") or {}).get("targets")) or {}
+    if any(entry.get("backup") == newest and entry.get("verified") is True for entry in targets.values()):
+        return None
+    seen = "; ".join(
+        f"{name}: {entry.get('backup')}{' verified' if entry.get('verified') else ' NOT verified'}"
+        for name, entry in sorted(targets.items())
+    )
+    return (
+        f"no verified off-host copy of the newest backup {newest} is recorded in {run_record} ({seen or 'no archive recorded'})"
+    )
+
+
 def volume_coverage(volumes, redis_volume, not_needed):
     """{volume: why it may go} for every volume, and the sorted volumes nothing covers."""
     covered, uncovered = {}, []

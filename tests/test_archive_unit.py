@@ -1,0 +1,364 @@
+"""The archive module against real servers on loopback: rclone serve s3 (SigV4) and sshd; no Docker."""
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from ansible.module_utils.workshop_archive import MANIFEST, record_archive, remote_key
+from ansible.module_utils.workshop_backup import backup_name, seal
+from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
+from ansible.module_utils.workshop_shutdown import offsite_problem
+from s3server import s3server  # noqa: F401 - a fixture
+
+from conftest import REPO, SSH_PORT, load_module
+
+WORKSHOP = "berlin"
+
+
+def make_backup(root, big=12 << 20, when=1_790_000_000, seed=b"a"):
+    """A sealed backup (a big outputs.tar, a snapshot, a log) recorded as verified in the run record."""
+    backup_dir = root / WORKSHOP
+    partial = backup_dir / f".partial-backup-{when}"
+    (partial / "redis").mkdir(parents=True)
+    (partial / "logs").mkdir()
+    block = hashlib.sha256(seed).digest() * 32  # 1 KiB, different per seed
+    (partial / "outputs.tar").write_bytes(os.urandom(big - 1024) + block)
+    (partial / "redis" / "dump.rdb").write_bytes(b"REDIS0012" + os.urandom(3000))
+    (partial / "logs" / "redis.log.gz").write_bytes(os.urandom(700) + seed)
+    name = backup_name(when)
+    manifest = seal(str(partial), str(backup_dir / name), {"workshop_id": WORKSHOP})
+    record = backup_dir / "run-record.json"
+    record_backup(str(record), name, str(backup_dir / name), len(manifest["files"]), {})
+    return backup_dir, name, record
+
+
+def files_of(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def descendants(pid):
+    """Every process started under `pid` (Ansible's workers call setsid: a process group misses them)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
+def kill_tree(pid):
+    """SIGKILL `pid` and everything it started, at once: a run dying as a host loses power."""
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+
+
+def run_main(args, capsys, check=False):
+    from ansible.module_utils.testing import patch_module_args
+
+    module = load_module("archive_copy")
+    if check:
+        args = dict(args, _ansible_check_mode=True)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def s3_args(server, backup_dir, record, **extra):
+    args = dict(
+        target=server.target(),
+        workshop_id=WORKSHOP,
+        backup_dir=str(backup_dir),
+        record=str(record),
+        part_size_mb=5,
+        multipart_threshold_mb=5,
+    )
+    args.update(extra)
+    return args
+
+
+def bucket_files(server, backup):
+    client = server.client()
+    prefix = remote_key("comfy", WORKSHOP, backup) + "/"
+    listed = client.list_objects_v2(Bucket="workshops", Prefix=prefix).get("Contents") or []
+    return {o["Key"][len(prefix) :]: client.get_object(Bucket="workshops", Key=o["Key"])["Body"].read() for o in listed}
+
+
+def test_s3_copy_is_byte_exact_recorded_and_a_second_run_changes_nothing(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, name, record = make_backup(tmp_path)
+    local = files_of(backup_dir / name)
+
+    preview = run_main(s3_args(s3server, backup_dir, record), capsys, check=True)
+    assert preview["changed"] is True and preview["uploaded"] == sorted(local, key=lambda f: f == MANIFEST)
+    assert bucket_files(s3server, name) == {}  # check mode wrote nothing
+
+    first = run_main(s3_args(s3server, backup_dir, record), capsys)
+    assert "failed" not in first, first["msg"]
+    assert first["changed"] is True and first["done"] is True
+    assert first["uploaded"][-1] == MANIFEST and sorted(first["uploaded"]) == sorted(local)
+    assert bucket_files(s3server, name) == local
+    head = s3server.client().head_object(Bucket="workshops", Key=remote_key("comfy", WORKSHOP, name, "outputs.tar"))
+    assert {k.lower(): v for k, v in head["Metadata"].items()}["sha256"] == hashlib.sha256(local["outputs.tar"]).hexdigest()
+    entry = read_record(record)["archive"]["targets"]["s3test"]
+    assert entry["backup"] == name and entry["verified"] is True and entry["files"] == len(local)
+    assert entry["bytes"] == sum(map(len, local.values())) and entry["where"] == f"s3://workshops/comfy/{WORKSHOP}/{name}/"
+    record_text = record.read_text()
+
+    second = run_main(s3_args(s3server, backup_dir, record), capsys)
+    assert second["changed"] is False and second["uploaded"] == [] and sorted(second["unchanged"]) == sorted(local)
+    assert record.read_text() == record_text  # nothing rewritten, times kept
+    assert run_main(s3_args(s3server, backup_dir, record), capsys, check=True)["changed"] is False
+
+
+def test_s3_never_overwrites_a_different_object(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, name, record = make_backup(tmp_path)
+    key = remote_key("comfy", WORKSHOP, name, "redis/dump.rdb")
+    s3server.client().put_object(Bucket="workshops", Key=key, Body=b"someone else's file")
+
+    failed = run_main(s3_args(s3server, backup_dir, record), capsys)
+    assert failed["failed"] is True and failed["key"] == key and "never overwritten" in failed["msg"]
+    assert s3server.client().get_object(Bucket="workshops", Key=key)["Body"].read() == b"someone else's file"
+    assert "archive" not in read_record(record)
+
+
+def test_only_a_verified_newest_backup_leaves_the_host(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, name, record = make_backup(tmp_path)
+    record_verify(str(record), name, [{"file": "outputs.tar", "member": None, "reason": "content differs"}])
+    failed = run_main(s3_args(s3server, backup_dir, record), capsys)
+    assert failed["failed"] is True and name in failed["msg"] and "tag verify" in failed["msg"]
+    assert bucket_files(s3server, name) == {}
+
+
+def test_s3_upload_killed_mid_file_resumes_with_the_parts_already_sent(tmp_path, s3server):  # noqa: F811
+    """A real kill: ansible and its module die after the first parts are on the server."""
+    backup_dir, name, record = make_backup(tmp_path, big=80 << 20)
+    args = json.dumps(s3_args(s3server, backup_dir, record))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    command = ["ansible", "workshop", "-i", str(REPO / "inventory" / "local"), "-m", "archive_copy", "-a", args]
+    client = s3server.client()
+    key = remote_key("comfy", WORKSHOP, name, "outputs.tar")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    parts = []
+    while time.monotonic() < deadline and len(parts) < 3:
+        try:
+            uploads = client.list_multipart_uploads(Bucket="workshops", Prefix=key).get("Uploads") or []
+        except client.exceptions.NoSuchUpload:  # rclone's answer while none is open
+            uploads = []
+        if uploads:
+            parts = client.list_parts(Bucket="workshops", Key=key, UploadId=uploads[0]["UploadId"]).get("Parts") or []
+        time.sleep(0.02)
+    kill_tree(process.pid)
+    process.wait()
+    assert 3 <= len(parts) < 16, "the kill must land mid-file"
+    time.sleep(0.5)
+    uploads = client.list_multipart_uploads(Bucket="workshops", Prefix=key)["Uploads"]
+    sent = client.list_parts(Bucket="workshops", Key=key, UploadId=uploads[0]["UploadId"])["Parts"]
+    assert "Contents" not in client.list_objects_v2(Bucket="workshops", Prefix=key)  # nothing half-visible
+    before = bucket_files(s3server, name)  # files completed before the kill
+
+    env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "json"
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    result = json.loads(rerun.stdout.partition(" => ")[2])
+    assert bucket_files(s3server, name) == files_of(backup_dir / name)
+    with contextlib.suppress(client.exceptions.NoSuchUpload):  # rclone's answer when none is open
+        assert not client.list_multipart_uploads(Bucket="workshops", Prefix=key).get("Uploads")
+    # The parts sent before the kill were kept: the re-run sent the rest only.
+    total = sum(len(b) for b in files_of(backup_dir / name).values())
+    assert result["progress"]["bytes_sent"] == total - sum(part["Size"] for part in sent) - sum(map(len, before.values()))
+    assert result["changed"] is True and result["done"] is True
+    entry = read_record(record)["archive"]["targets"]["s3test"]
+    assert entry["verified"] is True and entry["backup"] == name
+
+
+def test_slices_report_progress_until_done(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, name, record = make_backup(tmp_path, big=40 << 20)
+    total = sum(len(b) for b in files_of(backup_dir / name).values())
+    resume, slices, lines = None, 0, []
+    while True:
+        result = run_main(s3_args(s3server, backup_dir, record, slice_seconds=1, resume=resume), capsys)
+        slices += 1
+        lines.append(result["summary"])
+        resume = result["resume"]
+        if result["done"]:
+            break
+        assert slices < 100
+    assert result["progress"]["bytes_done"] == total and result["progress"]["files_done"] == result["progress"]["files"]
+    assert result["progress"]["bytes_sent"] == total  # every byte sent once, whatever the slices
+    assert bucket_files(s3server, name) == files_of(backup_dir / name)
+    assert read_record(record)["archive"]["targets"]["s3test"]["verified"] is True
+
+
+def test_verify_remote_catches_an_object_altered_on_the_target(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, name, record = make_backup(tmp_path)
+    run_main(s3_args(s3server, backup_dir, record), capsys)
+    assert run_main(s3_args(s3server, backup_dir, record, state="verified", verify="all"), capsys)["failures"] == []
+
+    stored = s3server.path_of(remote_key("comfy", WORKSHOP, name, "logs/redis.log.gz"))
+    data = bytearray(stored.read_bytes())
+    data[10] ^= 0xFF  # same size, other content
+    stored.write_bytes(bytes(data))
+
+    failed = run_main(s3_args(s3server, backup_dir, record, state="verified", verify="all"), capsys)
+    assert failed["failed"] is True and [f["file"] for f in failed["failures"]] == ["logs/redis.log.gz"]
+    entry = read_record(record)["archive"]["targets"]["s3test"]
+    assert entry["verified"] is False and entry["failures"][0]["file"] == "logs/redis.log.gz"
+    assert offsite_problem(str(record), name) is not None
+    # The altered object is never taken for the backup's: a new archive run refuses it.
+    again = run_main(s3_args(s3server, backup_dir, record), capsys)
+    assert again["failed"] is True and "logs/redis.log.gz" in again["key"]
+
+
+def test_fetch_from_s3_returns_the_newest_backup_byte_exact(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, old, record = make_backup(tmp_path, when=1_790_000_000, seed=b"old")
+    run_main(s3_args(s3server, backup_dir, record), capsys)
+    _dummy, new, _dummy = make_backup(tmp_path / "second", when=1_790_000_100, seed=b"new")
+    run_main(s3_args(s3server, tmp_path / "second" / WORKSHOP, tmp_path / "second" / WORKSHOP / "run-record.json"), capsys)
+
+    args = dict(state="fetched", target=s3server.target(), workshop_id=WORKSHOP, dest=str(tmp_path / "restore"))
+    preview = run_main(args, capsys, check=True)
+    assert preview["changed"] is True and preview["backup"] == new and not (tmp_path / "restore" / new).exists()
+    fetched = run_main(args, capsys)
+    expected = files_of(tmp_path / "second" / WORKSHOP / new)
+    assert fetched["backup"] == new and fetched["path"] == str(tmp_path / "restore" / new)
+    assert fetched["files"] == len(expected) and fetched["bytes"] == sum(map(len, expected.values()))
+    assert files_of(tmp_path / "restore" / new) == expected
+    assert run_main(args, capsys)["changed"] is False
+    named = run_main(dict(args, backup=old), capsys)
+    assert files_of(named["path"]) == files_of(backup_dir / old)
+
+
+def test_fetch_refuses_a_damaged_copy(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, name, record = make_backup(tmp_path)
+    run_main(s3_args(s3server, backup_dir, record), capsys)
+    stored = s3server.path_of(remote_key("comfy", WORKSHOP, name, "redis/dump.rdb"))
+    stored.write_bytes(stored.read_bytes()[:-1] + b"!")
+    failed = run_main(dict(state="fetched", target=s3server.target(), workshop_id=WORKSHOP, dest=str(tmp_path / "r")), capsys)
+    assert failed["failed"] is True and failed["file"] == "redis/dump.rdb"
+    assert not (tmp_path / "r" / name).exists()
+
+
+def test_secrets_never_show_in_the_output(tmp_path, s3server):  # noqa: F811
+    backup_dir, _name, record = make_backup(tmp_path, big=1 << 20)
+    args = s3_args(s3server, backup_dir, record)
+    completed = subprocess.run(
+        ["ansible", "workshop", "-i", str(REPO / "inventory" / "local"), "-vvv", "-m", "archive_copy", "-a", json.dumps(args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert args["target"]["secret_key"] not in completed.stdout + completed.stderr
+    assert args["target"]["secret_key"] not in record.read_text()
+
+
+# --- SSH ------------------------------------------------------------------------------------------
+
+
+def ssh_args(client_key, tmp_path, backup_dir, record, **extra):
+    args = dict(
+        target=dict(
+            name="nas",
+            type="ssh",
+            host="127.0.0.1",
+            port=SSH_PORT,
+            user="root",
+            path=str(tmp_path / "nas"),
+            key_file=str(client_key),
+        ),
+        workshop_id=WORKSHOP,
+        backup_dir=str(backup_dir),
+        record=str(record),
+        known_hosts=str(tmp_path / "known_hosts"),
+    )
+    args.update(extra)
+    return args
+
+
+def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys):
+    backup_dir, name, record = make_backup(tmp_path)
+    local = files_of(backup_dir / name)
+    remote = tmp_path / "nas" / WORKSHOP / name
+    # A killed run's leftover: the first 3 MiB of outputs.tar in its .part file.
+    remote.mkdir(parents=True)
+    (remote / ".outputs.tar.part").write_bytes(local["outputs.tar"][: 3 << 20])
+
+    preview = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys, check=True)
+    assert preview["changed"] is True and sorted(preview["uploaded"]) == sorted(local)
+    first = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
+    assert first["changed"] is True and first["done"] is True
+    assert first["progress"]["bytes_sent"] == sum(map(len, local.values())) - (3 << 20)  # resumed, not resent
+    assert files_of(remote) == local  # no .part left
+    entry = read_record(record)["archive"]["targets"]["nas"]
+    assert entry["verified"] is True and entry["where"] == f"ssh://root@127.0.0.1:{SSH_PORT}{tmp_path}/nas/{WORKSHOP}/{name}/"
+
+    second = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
+    assert second["changed"] is False and second["uploaded"] == []
+
+    (remote / "redis" / "dump.rdb").write_bytes(b"X" + local["redis/dump.rdb"][1:])
+    failed = run_main(ssh_args(sshd, tmp_path, backup_dir, record, state="verified", verify="all"), capsys)
+    assert failed["failed"] is True and [f["file"] for f in failed["failures"]] == ["redis/dump.rdb"]
+    assert read_record(record)["archive"]["targets"]["nas"]["verified"] is False
+    refused = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
+    assert refused["failed"] is True and "never overwritten" in refused["msg"]
+    assert (remote / "redis" / "dump.rdb").read_bytes()[:1] == b"X"
+
+
+def test_ssh_fetch_brings_the_backup_back(tmp_path, sshd, capsys):
+    backup_dir, name, record = make_backup(tmp_path)
+    run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
+    args = ssh_args(sshd, tmp_path, backup_dir, record, state="fetched", dest=str(tmp_path / "back"))
+    fetched = run_main(args, capsys)
+    assert fetched["backup"] == name and files_of(fetched["path"]) == files_of(backup_dir / name)
+    assert run_main(args, capsys)["changed"] is False
+
+
+# --- plain helpers --------------------------------------------------------------------------------
+
+
+def test_record_keeps_its_times_when_nothing_changed(tmp_path):
+    record = str(tmp_path / "w" / "run-record.json")
+    entry = dict(where="s3://b/p/", backup="backup-1", files=3, bytes=10, verified=True)
+    assert record_archive(record, "r2", entry, now=100) is True
+    assert record_archive(record, "r2", entry, now=200) is False
+    saved = read_record(record)["archive"]["targets"]["r2"]
+    assert saved["at"] == saved["verified_at"] == "1970-01-01T00:01:40+00:00"
+    assert record_archive(record, "r2", dict(entry, verified=False), now=300) is True
+    saved = read_record(record)["archive"]["targets"]["r2"]
+    assert saved["at"] == "1970-01-01T00:01:40+00:00" and saved["verified_at"] == "1970-01-01T00:05:00+00:00"
+    assert oct(os.stat(os.path.dirname(record)).st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize(
+    ("targets", "ok"),
+    [
+        ({}, False),
+        ({"r2": {"backup": "backup-2", "verified": True}}, True),
+        ({"r2": {"backup": "backup-1", "verified": True}}, False),  # an older backup
+        ({"r2": {"backup": "backup-2", "verified": False}}, False),
+        ({"r2": {"backup": "backup-2", "verified": False}, "nas": {"backup": "backup-2", "verified": True}}, True),
+    ],
+)
+def test_offsite_problem(tmp_path, targets, ok):
+    record = tmp_path / "run-record.json"
+    record.write_text(json.dumps({"archive": {"targets": targets}}))
+    assert (offsite_problem(str(record), "backup-2") is None) is ok
+
+
+def test_check_mode_before_any_backup_says_so_and_fails_nothing(tmp_path, s3server, capsys):  # noqa: F811
+    (tmp_path / WORKSHOP).mkdir()
+    args = s3_args(s3server, tmp_path / WORKSHOP, tmp_path / WORKSHOP / "run-record.json")
+    preview = run_main(args, capsys, check=True)
+    assert "failed" not in preview and preview["done"] is False and "No sealed backup" in preview["summary"]
+    assert run_main(args, capsys)["failed"] is True  # a real run does fail
