@@ -16,7 +16,7 @@ description:
     PNG, MP4 and other compressed media are stored, not deflated. Built streaming (flat memory),
     several participants in parallel.
   - Delivers each archive under a name holding 128 random bits, to an S3-compatible target with a
-    presigned link (SigV4: at most 7 days, never past the share period), or to a folder the admin serves.
+    presigned link (at most 7 days, the SigV4 limit, and never past the share period), or to a folder the admin serves.
   - A second run on unchanged outputs changes nothing. With I(refresh), new links are issued for the
     rest of the share period.
 version_added: "0.1.0"
@@ -56,8 +56,8 @@ options:
     required: true
   encryption:
     description:
-      - C(workshop) encrypts with the participant's workshop password (a generated one for a participant not in USER_CREDENTIALS.txt),
-        C(generated) with a generated password, C(none) not at all.
+      - C(workshop) encrypts with the participant's workshop password (a generated one for a participant
+        not in USER_CREDENTIALS.txt), C(generated) with a generated password, C(none) not at all.
     type: str
     choices: [workshop, generated, none]
     default: workshop
@@ -131,9 +131,19 @@ participants:
   type: list
   elements: dict
   sample:
-    - {user: user001, name: Ada, email: ada@example.org, archive: berlin-user001-outputs.zip, bytes: 1048576,
-       sha256: 9f86d0..., files: 12, file_list: [outputs/img_001.png], location: s3://bucket/share/berlin/3f.../berlin-user001-outputs.zip,
-       link: "https://...", link_expires: "2026-12-06T18:00:00+00:00", link_issued: "2026-11-29T18:00:00+00:00", password: workshop}
+    - user: user001
+      name: Ada
+      email: ada@example.org
+      archive: berlin-user001-outputs.zip
+      bytes: 1048576
+      sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      files: 12
+      file_list: [outputs/img_001.png]
+      location: s3://bucket/share/berlin/3f2a.../berlin-user001-outputs.zip
+      link: "https://s3.example.org/bucket/share/berlin/3f2a.../berlin-user001-outputs.zip?X-Amz-Expires=604800&..."
+      link_expires: "2026-12-06T18:00:00+00:00"
+      link_issued: "2026-11-29T18:00:00+00:00"
+      password: workshop
 absent:
   description: Participants without outputs (never attended, or made nothing): listed, no archive.
   returned: always
@@ -181,7 +191,7 @@ period_ends:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_s3 import BOTO3_IMPORT_ERROR, HAS_BOTO3, target_argument_spec
-from ansible.module_utils.workshop_share import MAX_LINK_SECONDS, HAS_PYZIPPER, PYZIPPER_IMPORT_ERROR, share
+from ansible.module_utils.workshop_share import HAS_PYZIPPER, MAX_LINK_SECONDS, PYZIPPER_IMPORT_ERROR, share
 
 
 def main():

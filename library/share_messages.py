@@ -117,7 +117,11 @@ messages:
   returned: always
   type: list
   elements: dict
-  sample: [{user: user001, to: ada@example.org, eml: /var/backups/comfy-wrapup/berlin/share/outbox/user001.eml, sent_at: "2026-11-29T18:00:00+00:00"}]
+  sample:
+    - user: user001
+      to: ada@example.org
+      eml: /var/backups/comfy-wrapup/berlin/share/outbox/user001.eml
+      sent_at: "2026-11-29T18:00:00+00:00"
 no_email:
   description: Participants whose message has no address (outbox only).
   returned: always

@@ -37,8 +37,8 @@ except ImportError:
 
 # Already compressed: stored, not deflated (deflating them costs time and saves nothing).
 STORED_SUFFIXES = frozenset(
-    ".png .jpg .jpeg .webp .gif .avif .mp4 .webm .mov .mkv .m4v .mp3 .m4a .ogg .opus .flac .zip .gz .xz .zst .7z".split()
-)
+    (".png", ".jpg", ".jpeg", ".webp", ".gif", ".avif", ".mp4", ".webm", ".mov", ".mkv", ".m4v", ".mp3", ".m4a")
+) | frozenset((".ogg", ".opus", ".flac", ".zip", ".gz", ".xz", ".zst", ".7z"))
 # SigV4 caps a presigned link at 7 days on every S3-compatible server.
 MAX_LINK_SECONDS = 7 * 24 * 3600
 STATE_NAME = "share-state.json"

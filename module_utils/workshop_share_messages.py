@@ -7,6 +7,7 @@ only when the admin chose so, in place of PASSWORD_PLACEHOLDER, so it never trav
 Ansible. A message already sent with the same content (same link, same expiry) is not sent again.
 """
 
+import contextlib
 import email.policy
 import email.utils
 import hashlib
@@ -109,9 +110,8 @@ def send_messages(params, check_mode, now=None):
         digest = content_digest(message, params["sender"])
         previous = sent.get(user) or {}
         item = {"user": user, "to": message.get("to") or "", "eml": path, "sent_at": previous.get("sent_at")}
-        if params.get("smtp") and message.get("to"):
-            if previous.get("digest") != digest or params["resend"]:
-                to_send.append((user, message["to"], mail, digest, item))
+        if params.get("smtp") and message.get("to") and (previous.get("digest") != digest or params["resend"]):
+            to_send.append((user, message["to"], mail, digest, item))
         summary.append(item)
     sent_now = []
     if to_send and not check_mode:
@@ -131,10 +131,8 @@ def send_messages(params, check_mode, now=None):
                 sent[user] = {"digest": digest, "sent_at": item["sent_at"], "to": address}
                 sent_now.append(user)
         finally:
-            try:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
                 server.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
         write_json(sent_path, sent)
     would_send = [entry[0] for entry in to_send]
     return {

@@ -11,14 +11,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from conftest import load_module  # noqa: F401 - adds module_utils to ansible.module_utils' path
-from s3server import s3_server
-from smtpserver import smtp_server
-
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_share import MAX_LINK_SECONDS, parse_credentials, parse_roster, share
 from ansible.module_utils.workshop_share_messages import send_messages
+from s3server import s3_server
+from smtpserver import smtp_server
+
+from conftest import load_module  # noqa: F401 - adds module_utils to ansible.module_utils' path
 
 PASSWORDS = {f"user{n:03d}": f"pw-{n}-{'x' * n}:colon" for n in range(1, 7)}
 # user001..user004 made things; user005 attended the roster only; user006 never came.
@@ -121,12 +120,10 @@ def test_each_participant_gets_only_their_own_files_encrypted_with_their_passwor
         rc, out = open_with_7z(archive, PASSWORDS[user] + "wrong", tmp_path / "wrong" / user)
         assert rc != 0 and "Wrong password" in out
         listing = subprocess.run(["7z", "l", "-slt", str(archive)], capture_output=True, text=True, check=True).stdout
-        methods = dict(
-            zip(
-                [line[7:] for line in listing.splitlines() if line.startswith("Path = ")][1:],
-                [line[9:] for line in listing.splitlines() if line.startswith("Method = ")],
-            )
-        )
+        paths = [line[7:] for line in listing.splitlines() if line.startswith("Path = ")][1:]
+        kinds = [line[9:] for line in listing.splitlines() if line.startswith("Method = ")]
+        assert len(paths) == len(kinds) == len(MADE[user])
+        methods = dict(zip(paths, kinds, strict=True))
         for name, method in methods.items():
             assert method.startswith("AES-256"), (name, method)
             assert ("Store" in method) == name.endswith((".png", ".mp4", ".webp")), (name, method)
