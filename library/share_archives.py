@@ -145,7 +145,7 @@ participants:
       link_issued: "2026-11-29T18:00:00+00:00"
       password: workshop
 absent:
-  description: Participants without outputs (never attended, or made nothing): listed, no archive.
+  description: Participants without outputs (never attended, or made nothing), listed; they get no archive.
   returned: always
   type: list
   elements: str
