@@ -142,6 +142,7 @@ participants:
       location: s3://bucket/share/berlin/3f2a.../berlin-user001-outputs.zip
       link: "https://s3.example.org/bucket/share/berlin/3f2a.../berlin-user001-outputs.zip?X-Amz-Expires=604800&..."
       link_expires: "2026-12-06T18:00:00+00:00"
+      link_expires_text: 6 December 2026, 18:00 UTC
       link_issued: "2026-11-29T18:00:00+00:00"
       password: workshop
 absent:
@@ -186,6 +187,15 @@ period_ends:
   description: End of the share period, after which the retention phase removes the archives.
   returned: always
   type: str
+period_ends_text:
+  description: The end of the share period for people (with its time zone), as messages state it.
+  returned: always
+  type: str
+  sample: 29 December 2026, 18:00 UTC
+record:
+  description: What the run record keeps per participant (archive, bytes, sha256, files, file_list, location, link_expires).
+  returned: always
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

@@ -127,6 +127,10 @@ no_email:
   returned: always
   type: list
   elements: str
+record:
+  description: What the run record keeps per participant (to, sent_at).
+  returned: always
+  type: dict
 smtp:
   description: Whether SMTP was configured.
   returned: always

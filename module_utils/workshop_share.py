@@ -297,6 +297,12 @@ def password_source(mode, credentials, user):
 # ---------------------------------------------------------------- delivery
 
 
+def human_time(epoch):
+    """A time for people, with its time zone: "6 December 2026, 18:00 UTC"."""
+    moment = time.gmtime(epoch)
+    return f"{moment.tm_mday} {time.strftime('%B %Y, %H:%M', moment)} UTC"
+
+
 def archive_name(workshop_id, user):
     return f"{workshop_id}-{user}-outputs.zip"
 
@@ -395,7 +401,7 @@ def share(params, check_mode, now=None, client_factory=None):
     delivery = "s3" if target else "folder"
     if delivery == "folder" and not params.get("folder"):
         raise WorkshopError("No share target and no share folder: set share_target (S3) or share_folder")
-    started = state.get("started_at") or now
+    started = state.get("started_at") or int(now)
     if params.get("refresh") and state.get("ends_at") and now >= state["ends_at"]:
         raise WorkshopError(
             f"The share period ended at {utc_iso(state['ends_at'])}: links are not renewed after it "
@@ -502,6 +508,7 @@ def share(params, check_mode, now=None, client_factory=None):
                 "location": entry["location"],
                 "link": entry["link"],
                 "link_expires": utc_iso(entry["link_expires"]),
+                "link_expires_text": human_time(entry["link_expires"]),
                 "link_issued": utc_iso(entry["link_issued"]),
                 "password": password_source(params["encryption"], credentials, user),
             }
@@ -516,7 +523,12 @@ def share(params, check_mode, now=None, client_factory=None):
         "delivery": delivery,
         "period_started": utc_iso(started),
         "period_ends": utc_iso(ends),
+        "period_ends_text": human_time(ends),
         "participants": out,
+        "record": {
+            p["user"]: {key: p[key] for key in ("archive", "bytes", "sha256", "files", "file_list", "location", "link_expires")}
+            for p in out
+        },
         "absent": absent,
         "no_email": no_email,
         "built": built,

@@ -141,6 +141,7 @@ def send_messages(params, check_mode, now=None):
         "written": written,
         "sent": sent_now if not check_mode else would_send,
         "messages": summary,
+        "record": {item["user"]: {"to": item["to"], "sent_at": item["sent_at"]} for item in summary},
         "no_email": [m["user"] for m in params["messages"] if not m.get("to")],
         "smtp": bool(params.get("smtp")),
     }
