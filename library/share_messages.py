@@ -12,7 +12,7 @@ description:
   - When I(smtp_host) is set, sends each message that has an address and was not sent before with the
     same content; a refresh (a new link) makes a new message. I(resend) sends again anyway.
   - The participant's password is put into the message on the host, in place of C(@@PASSWORD@@),
-    only with I(password_in_message); it never travels through Ansible.
+    only with I(secret_in_message); it never travels through Ansible.
 version_added: "0.1.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
@@ -39,12 +39,12 @@ options:
     description: The From address.
     type: str
     required: true
-  password_in_message:
+  secret_in_message:
     description: Put each participant's archive password into their message (else it says where the password comes from).
     type: bool
     default: false
   credentials_file:
-    description: USER_CREDENTIALS.txt, read on the host for I(password_in_message).
+    description: USER_CREDENTIALS.txt, read on the host for I(secret_in_message).
     type: path
   smtp_host:
     description: SMTP server; empty writes the outbox only.
@@ -149,7 +149,7 @@ def main():
             share_dir=dict(type="path", required=True),
             outbox=dict(type="path", required=True),
             sender=dict(type="str", required=True),
-            password_in_message=dict(type="bool", default=False),
+            secret_in_message=dict(type="bool", default=False),
             credentials_file=dict(type="path"),
             smtp_host=dict(type="str", default=""),
             smtp_port=dict(type="int", default=587),

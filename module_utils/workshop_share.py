@@ -391,7 +391,10 @@ def share(params, check_mode, now=None, client_factory=None):
     roster = parse_roster(params.get("roster_csv") or "")
     participants = build_roster(params["outputs_dir"], credentials, roster, params["pattern"], params.get("user_data_dir"))
     if not check_mode:
-        ensure_folder(os.path.dirname(share_dir.rstrip("/")) or "/")
+        # The workshop folder, when this phase is the first to make it, gets its one mode (0700).
+        parent = os.path.dirname(share_dir.rstrip("/"))
+        if parent and not os.path.isdir(parent):
+            ensure_folder(parent)
         ensure_folder(share_dir)
         ensure_folder(os.path.join(share_dir, "archives"))
     passwords = passwords_for(

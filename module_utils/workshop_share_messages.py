@@ -84,7 +84,7 @@ def send_messages(params, check_mode, now=None):
     """Write every message to the outbox; send those with an address not yet sent. Returns the phase's result.
 
     params: messages [{user, to, name, subject, body, date}], share_dir, outbox, sender,
-    password_in_message, credentials_file, smtp (dict or None: host, port, security, username,
+    secret_in_message, credentials_file, smtp (dict or None: host, port, security, username,
     password, timeout, ca_file), resend.
     """
     now = time.time() if now is None else now
@@ -92,7 +92,7 @@ def send_messages(params, check_mode, now=None):
     outbox = params["outbox"]
     sent_path = os.path.join(share_dir, SENT_NAME)
     sent = read_json(sent_path)
-    if params["password_in_message"]:
+    if params["secret_in_message"]:
         credentials = read_credentials(params.get("credentials_file"))
         generated = read_json(os.path.join(share_dir, PASSWORDS_NAME))
     else:
@@ -102,7 +102,7 @@ def send_messages(params, check_mode, now=None):
     written, to_send, summary = [], [], []
     for message in params["messages"]:
         user = message["user"]
-        password = participant_password(user, credentials, generated) if params["password_in_message"] else ""
+        password = participant_password(user, credentials, generated) if params["secret_in_message"] else ""
         mail = compose(message, params["sender"], password)
         path = os.path.join(outbox, f"{user}.eml")
         if write_if_changed(path, mail.as_bytes(), mode=0o600, check_mode=check_mode):

@@ -252,7 +252,7 @@ def message_params(tmp_path, result, port, **extra):
         "share_dir": share_dir,
         "outbox": os.path.join(share_dir, "outbox"),
         "sender": "workshop@example.org",
-        "password_in_message": False,
+        "secret_in_message": False,
         "credentials_file": None,
         "smtp": {
             "host": "127.0.0.1",
@@ -298,7 +298,7 @@ def test_the_password_goes_in_only_when_the_admin_chooses(workshop, tmp_path, sm
     port, mailbox = smtp
     result = share(params(workshop, tmp_path), check_mode=False)
     send_messages(
-        message_params(tmp_path, result, port, password_in_message=True, credentials_file=str(workshop / "USER_CREDENTIALS.txt")),
+        message_params(tmp_path, result, port, secret_in_message=True, credentials_file=str(workshop / "USER_CREDENTIALS.txt")),
         check_mode=False,
     )
     assert f"Password: {PASSWORDS['user001']}" in mailbox.messages[0][2].get_content()
