@@ -80,7 +80,9 @@ options:
       bucket: {description: Bucket., type: str}
       prefix: {description: Key prefix., type: str, default: ""}
       storage_class: {description: Storage class of the objects., type: str}
-      access_key: {description: Access key; empty reads AWS_ACCESS_KEY_ID on the host., type: str}
+      access_key:
+        description: Access key id (not secret, every presigned link shows it); empty reads AWS_ACCESS_KEY_ID on the host.
+        type: str
       secret_key: {description: Secret key; empty reads AWS_SECRET_ACCESS_KEY on the host., type: str}
       validate_certs: {description: Verify the endpoint's TLS certificate., type: bool, default: true}
       host: {description: Unused here (ssh targets)., type: str}
@@ -204,6 +206,14 @@ from ansible.module_utils.workshop_s3 import BOTO3_IMPORT_ERROR, HAS_BOTO3, targ
 from ansible.module_utils.workshop_share import HAS_PYZIPPER, MAX_LINK_SECONDS, PYZIPPER_IMPORT_ERROR, share
 
 
+def share_target_spec():
+    """The target option; its access key id is not hidden: every presigned link carries it (as
+    X-Amz-Credential), and Ansible would mask it inside the links, breaking them. The secret key stays no_log."""
+    spec = target_argument_spec(required=False)
+    spec["options"] = dict(spec["options"], access_key=dict(type="str", no_log=False))
+    return spec
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -217,7 +227,7 @@ def main():
             encryption=dict(type="str", choices=["workshop", "generated", "none"], default="workshop"),
             days=dict(type="int", default=30),
             link_lifetime=dict(type="int", default=MAX_LINK_SECONDS),
-            target=target_argument_spec(required=False),
+            target=share_target_spec(),
             folder=dict(type="path"),
             base_url=dict(type="str", default=""),
             refresh=dict(type="bool", default=False),
