@@ -17,7 +17,7 @@ from ansible.module_utils.workshop_share_messages import send_messages
 from s3server import s3_server
 from smtpserver import smtp_server
 
-from conftest import load_module  # noqa: F401 - adds module_utils to ansible.module_utils' path
+from conftest import load_module  # also adds module_utils to ansible.module_utils' path
 
 PASSWORDS = {f"user{n:03d}": f"pw-{n}-{'x' * n}:colon" for n in range(1, 7)}
 # user001..user004 made things; user005 attended the roster only; user006 never came.
@@ -308,3 +308,33 @@ def test_an_unreachable_smtp_server_is_named(workshop, tmp_path):
     result = share(params(workshop, tmp_path), check_mode=False)
     with pytest.raises(WorkshopError, match=r"Cannot reach the SMTP server 127.0.0.1:1 "):
         send_messages(message_params(tmp_path, result, 1), check_mode=False)
+
+
+def run_main(name, args, capsys):
+    from ansible.module_utils.testing import patch_module_args
+
+    module = load_module(name)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_module_previews_in_check_mode_then_builds(workshop, tmp_path, capsys):
+    args = {
+        "outputs_dir": str(workshop / "data" / "outputs"),
+        "credentials_file": str(workshop / "USER_CREDENTIALS.txt"),
+        "share_dir": str(tmp_path / "backups" / "ws" / "share"),
+        "workshop_id": "ws",
+        "folder": str(tmp_path / "served"),
+        "base_url": "https://files.example.org/share",
+    }
+    preview = run_main("share_archives", {**args, "_ansible_check_mode": True}, capsys)
+    assert preview["changed"] and preview["built"] == ["user001", "user002", "user003", "user004"]
+    assert not (tmp_path / "backups").exists() and not (tmp_path / "served").exists()
+    built = run_main("share_archives", args, capsys)
+    links = [p["link"] for p in built["participants"]]
+    assert built["changed"] and len(links) == 4 and all(link.startswith("https://files.example.org/share/") for link in links)
+    assert run_main("share_archives", args, capsys)["changed"] is False
+    over_ssh = {key: value for key, value in args.items() if key != "folder"}
+    failed = run_main("share_archives", {**over_ssh, "target": {"name": "box", "type": "ssh"}}, capsys)
+    assert failed["failed"] and "share_target 'box' is of type ssh" in failed["msg"]
