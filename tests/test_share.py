@@ -63,7 +63,7 @@ def open_zip(archive, password, into):
 
 def test_each_attending_participant_gets_exactly_their_outputs(played_20, s3, smtp, tmp_path):
     passwords = played_20
-    port, mailbox = smtp
+    port, mailbox, _ = smtp
     workshop_id = f"share-{uuid.uuid4().hex[:8]}"
     (tmp_path / "roster.csv").write_text("user,name,email\n" + "".join(f"{u},P {u},{u}@example.org\n" for u in USERS))
     settings = {

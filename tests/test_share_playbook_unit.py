@@ -48,7 +48,7 @@ def site(tmp_path, s3, smtp):
     (project / "data" / "outputs" / "user003").mkdir(parents=True)
     (project / "USER_CREDENTIALS.txt").write_text("# users\n" + "".join(f"{u}:{p}\n" for u, p in PASSWORDS.items()))
     (tmp_path / "roster.csv").write_text(ROSTER)
-    port, mailbox = smtp
+    port, mailbox, _ = smtp
     settings = {
         "workshop_id": "ws-share",
         "workshop_project_dir": str(project),

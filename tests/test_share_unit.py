@@ -269,7 +269,7 @@ def message_params(tmp_path, result, port, **extra):
 
 
 def test_messages_are_written_sent_once_and_carry_no_password(workshop, tmp_path, smtp):
-    port, mailbox = smtp
+    port, mailbox, _ = smtp
     result = share(params(workshop, tmp_path), check_mode=False)
 
     preview = send_messages(message_params(tmp_path, result, port), check_mode=True)
@@ -295,7 +295,7 @@ def test_messages_are_written_sent_once_and_carry_no_password(workshop, tmp_path
 
 
 def test_the_password_goes_in_only_when_the_admin_chooses(workshop, tmp_path, smtp):
-    port, mailbox = smtp
+    port, mailbox, _ = smtp
     result = share(params(workshop, tmp_path), check_mode=False)
     send_messages(
         message_params(tmp_path, result, port, secret_in_message=True, credentials_file=str(workshop / "USER_CREDENTIALS.txt")),
@@ -338,3 +338,23 @@ def test_the_module_previews_in_check_mode_then_builds(workshop, tmp_path, capsy
     over_ssh = {key: value for key, value in args.items() if key != "folder"}
     failed = run_main("share_archives", {**over_ssh, "target": {"name": "box", "type": "ssh"}}, capsys)
     assert failed["failed"] and "share_target 'box' is of type ssh" in failed["msg"]
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_messages_go_over_tls_with_the_login(workshop, tmp_path, security):
+    servers = smtp_server(security, folder=tmp_path, login=("team", "s3cret-login"))
+    port, mailbox, cert = next(servers)
+    try:
+        result = share(params(workshop, tmp_path), check_mode=False)
+        smtp = {"host": "127.0.0.1", "port": port, "security": security, "username": "team", "timeout": 10}
+        good = message_params(tmp_path, result, port, smtp={**smtp, "password": "s3cret-login", "ca_file": str(cert)})
+        assert send_messages(good, check_mode=False)["sent"] == ["user001", "user003"]
+        assert [m[1] for m in mailbox.messages] == [["ada@example.org"], ["cy@example.org"]] and mailbox.logins == ["team"]
+        # A certificate nobody vouches for, or a wrong login, stops the sending with the server named.
+        with pytest.raises(WorkshopError, match=rf"Cannot reach the SMTP server 127.0.0.1:{port} \({security}\).*CERTIFICATE"):
+            send_messages({**good, "resend": True, "smtp": {**good["smtp"], "ca_file": None}}, check_mode=False)
+        with pytest.raises(WorkshopError, match=rf"Cannot reach the SMTP server 127.0.0.1:{port} \({security}\).*535"):
+            send_messages({**good, "resend": True, "smtp": {**good["smtp"], "password": "wrong"}}, check_mode=False)
+        assert len(mailbox.messages) == 2
+    finally:
+        next(servers, None)
