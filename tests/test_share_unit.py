@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -358,3 +359,24 @@ def test_messages_go_over_tls_with_the_login(workshop, tmp_path, security):
         assert len(mailbox.messages) == 2
     finally:
         next(servers, None)
+
+
+def test_archives_are_built_streaming_with_flat_memory(tmp_path):
+    """A 160 MB participant (stored and deflated entries) fits in a process that never grows by more than a few MiB."""
+    big = tmp_path / "clip.mp4"
+    with big.open("wb") as out:
+        for _ in range(80):
+            out.write(os.urandom(1 << 20))
+    script = f"""
+import resource, sys
+import ansible.module_utils
+ansible.module_utils.__path__.append({str(Path(__file__).resolve().parent.parent / "module_utils")!r})
+from ansible.module_utils.workshop_share import build_archive
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+files = [("outputs/clip.mp4", {str(big)!r}, 0, 0), ("outputs/clip.bin", {str(big)!r}, 0, 0)]
+build_archive({str(tmp_path / "big.zip")!r}, files, "pw")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    grown = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert (tmp_path / "big.zip").stat().st_size > 160 << 20
+    assert grown < 24, f"the build grew the process by {grown} MiB"
