@@ -380,3 +380,20 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     grown = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
     assert (tmp_path / "big.zip").stat().st_size > 160 << 20
     assert grown < 24, f"the build grew the process by {grown} MiB"
+
+
+def test_saved_workflows_go_in_when_asked(workshop, tmp_path):
+    user_data = workshop / "data" / "user_data"
+    (user_data / "user001" / "workflows").mkdir(parents=True)
+    (user_data / "user001" / "workflows" / "flux.json").write_bytes(b'{"nodes": []}')
+    (user_data / "user002").mkdir()
+    without = share(params(workshop, tmp_path), check_mode=False)
+    assert without["participants"][0]["file_list"] == sorted(f"outputs/{n}" for n in MADE["user001"])
+
+    result = share(params(workshop, tmp_path, user_data_dir=str(user_data)), check_mode=False)
+    assert result["built"] == ["user001"]  # only the archive whose content changed
+    entry = result["participants"][0]
+    assert entry["file_list"] == [*sorted(f"outputs/{n}" for n in MADE["user001"]), "workflows/workflows/flux.json"]
+    archive = tmp_path / "served" / entry["location"].split("/served/")[1]
+    assert open_with_7z(archive, PASSWORDS["user001"], tmp_path / "wf")[0] == 0
+    assert (tmp_path / "wf" / "workflows" / "workflows" / "flux.json").read_bytes() == b'{"nodes": []}'
