@@ -351,9 +351,12 @@ def test_an_unknown_frontend_pattern_is_named(staging_workshop, fresh_record):
     assert f"No service of compose project '{COMPOSE_PROJECT}' matches pattern '^frontend-'" in run.output
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def step_pause(staging_workshop):
-    """The staging queue manager sleeps 0.25 s between the Redis commands of every move of a job."""
+    """The staging queue manager sleeps 0.25 s between the Redis commands of every move of a job.
+
+    Brought up once for the tests that use it (the last of this file), then back to no pause.
+    """
     staging("up", staging_workshop_step_pause=0.25)
     yield 0.25
     staging("up")
