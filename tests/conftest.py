@@ -231,6 +231,26 @@ def wait_for_status(rdb, job_id, statuses, timeout=30.0):
     )
 
 
+def empty_staging(rdb):
+    """The staging workshop emptied in place, as staging("reset") leaves it but without taking it down:
+    every service running, no job moving, every Redis key gone, no participant output, input or file."""
+    compose("up", "-d")
+    wait_for(lambda: redis_answers(rdb), what="Redis to answer")
+
+    def still_moving():
+        jobs = [job_record(rdb, job_id) for job_id in rdb.zrange("queue:pending", 0, -1) + rdb.zrange("queue:running", 0, -1)]
+        return [job for job in jobs if job and not ((job.get("metadata") or {}).get("staging") or {}).get("hang")]
+
+    wait_for(lambda: not still_moving(), timeout=60, what="the jobs of earlier tests to finish")
+    rdb.flushall()
+    for name in ("outputs", "inputs", "user_data"):
+        for child in (PROJECT_DIR / "data" / name).iterdir():
+            # A participant's user_data folder is mounted into their frontend: emptied, not removed.
+            inner = list(child.iterdir()) if name == "user_data" and child.is_dir() else [child]
+            for path in inner:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def run_module(name, args, check=False, env=None):
     """Run one module of library/ ad hoc on the staging host; returns (ok, result dict)."""
     command = ["ansible", "workshop", "-m", name, "-a", json.dumps(args)]

@@ -19,11 +19,11 @@ from conftest import (
     REPO,
     container,
     dotenv,
+    empty_staging,
     http,
     job_record,
     redis_answers,
     run_playbook,
-    staging,
     submit,
     wait_for,
     wait_for_status,
@@ -58,7 +58,7 @@ def load_loadgen():
 @pytest.fixture(scope="module")
 def history(staging_workshop, rdb):
     """An empty workshop, then a job history this test controls, played to its end and backed up."""
-    staging("reset")
+    empty_staging(rdb)
     workflows = load_loadgen().load_workflows(REPO / "roles/staging_workshop/files/workflows")
     submitted = {}
     for user, name, behaviour in PLAN:
