@@ -51,7 +51,8 @@ def load_module(name):
 # so sessions run side by side. Slot = COMFY_WRAPUP_SLOT (default 0) + the xdist worker's number;
 # inventory/local derives the same ports, directories and names from COMFY_WRAPUP_SLOT, which
 # every ansible run of the session gets. Slot 0 is the platform's own layout (the shared one: run
-# it under `flock /tmp/comfy-wrapup-docker.lock`); slot N adds 1000*N to the ports and "-sN" to names.
+# it under `flock /tmp/comfy-wrapup-docker.lock`, so a session with workers takes slot 0 only under the lock;
+# experiments without it use COMFY_WRAPUP_SLOT=10 and up); slot N adds 1000*N to the ports and "-sN" to names.
 SLOT = int(os.environ.get("COMFY_WRAPUP_SLOT") or 0) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
 os.environ["COMFY_WRAPUP_SLOT"] = str(SLOT)
 SLOT_SUFFIX = f"-s{SLOT}" if SLOT else ""
@@ -63,7 +64,7 @@ REDIS_PORT = 6379 + 1000 * SLOT
 QUEUE_MANAGER_PORT = 3000 + 1000 * SLOT
 ADMIN_PORT = 8080 + 1000 * SLOT
 FRONTEND_BASE_PORT = 8188 + 1000 * SLOT
-SSH_PORT = 22022 + SLOT
+SSH_PORT = 23000 + SLOT  # a range no other sshd of the tests uses
 QUEUE_MANAGER = f"http://127.0.0.1:{QUEUE_MANAGER_PORT}"
 
 
