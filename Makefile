@@ -16,12 +16,16 @@ setup:
 demo: setup
 	@$(ENGINE) run scripts/demo.sh
 
+# Test workers side by side (pytest-xdist), each with a staging workshop of its own: slots
+# COMFY_WRAPUP_SLOT (default 0) to COMFY_WRAPUP_SLOT+TEST_WORKERS-1 (tests/conftest.py, inventory/local).
+# A test file stays on one worker (--dist loadfile): its module fixtures are brought up once.
+TEST_WORKERS ?= 3
 test: setup
-	@$(ENGINE) run --stop pytest tests
+	@$(ENGINE) run --stop pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 # The fast tier: everything that needs no Docker Engine.
 test-unit: setup
-	@pytest -m unit tests
+	@pytest -n 2 -m unit tests
 
 lint: setup
 	@pytest tests/test_lint.py

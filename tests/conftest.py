@@ -4,6 +4,7 @@ The staging workshop is brought up once per test session through the project's o
 playbook (so the role is tested by every run) and torn down at the end.
 """
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -46,8 +47,32 @@ def load_module(name):
     return module
 
 
-PROJECT_DIR = Path("/var/lib/comfy-wrapup/staging/comfyui")
-QUEUE_MANAGER = "http://127.0.0.1:3000"
+# Slots: each pytest session (and each pytest-xdist worker in it) has a staging workshop of its own,
+# so sessions run side by side. Slot = COMFY_WRAPUP_SLOT (default 0) + the xdist worker's number;
+# inventory/local derives the same ports, directories and names from COMFY_WRAPUP_SLOT, which
+# every ansible run of the session gets. Slot 0 is the platform's own layout (the shared one: run
+# it under `flock /tmp/comfy-wrapup-docker.lock`, so a session with workers takes slot 0 only under the lock;
+# experiments without it use COMFY_WRAPUP_SLOT=10 and up); slot N adds 1000*N to the ports and "-sN" to names.
+SLOT = int(os.environ.get("COMFY_WRAPUP_SLOT") or 0) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
+os.environ["COMFY_WRAPUP_SLOT"] = str(SLOT)
+SLOT_SUFFIX = f"-s{SLOT}" if SLOT else ""
+PROJECT_DIR = Path(f"/var/lib/comfy-wrapup/staging{SLOT_SUFFIX}/comfyui")
+BACKUP_ROOT = Path(f"/var/lib/comfy-wrapup/backups{SLOT_SUFFIX}")
+COMPOSE_PROJECT = f"comfyui{SLOT_SUFFIX}"
+CONTAINER_PREFIX = f"comfy{SLOT_SUFFIX}"
+REDIS_PORT = 6379 + 1000 * SLOT
+QUEUE_MANAGER_PORT = 3000 + 1000 * SLOT
+ADMIN_PORT = 8080 + 1000 * SLOT
+FRONTEND_BASE_PORT = 8188 + 1000 * SLOT
+SSH_PORT = 23000 + SLOT  # a range no other sshd of the tests uses
+QUEUE_MANAGER = f"http://127.0.0.1:{QUEUE_MANAGER_PORT}"
+
+
+def container(service):
+    """The container name of a staging service in this session's slot (comfy-redis in slot 0)."""
+    return f"{CONTAINER_PREFIX}-{service}"
+
+
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 # Settings of the staging workshop under test: fewer participants than the default 20 keep the
 # suite quick; the worker fails nothing by chance, so each test decides its own failures.
@@ -141,15 +166,23 @@ def compose(*args):
 
 @pytest.fixture(scope="session")
 def staging_workshop():
-    """An empty staging workshop, up for the whole session, torn down after it."""
-    staging("reset")
+    """An empty staging workshop in this session's slot, up for the whole session, torn down after it.
+
+    Bring-ups of side-by-side slots take turns (a file lock), so the images are built once, by the first.
+    """
+    with open("/tmp/comfy-wrapup-staging-bringup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            staging("reset")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     yield PROJECT_DIR
     staging("down")
 
 
 @pytest.fixture(scope="session")
 def rdb(staging_workshop):
-    client = redis.Redis(host="127.0.0.1", port=6379, password=dotenv("REDIS_PASSWORD"), decode_responses=True)
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=dotenv("REDIS_PASSWORD"), decode_responses=True)
     yield client
     client.close()
 
@@ -199,6 +232,26 @@ def wait_for_status(rdb, job_id, statuses, timeout=30.0):
     )
 
 
+def empty_staging(rdb):
+    """The staging workshop emptied in place, as staging("reset") leaves it but without taking it down:
+    every service running, no job moving, every Redis key gone, no participant output, input or file."""
+    compose("up", "-d")
+    wait_for(lambda: redis_answers(rdb), what="Redis to answer")
+
+    def still_moving():
+        jobs = [job_record(rdb, job_id) for job_id in rdb.zrange("queue:pending", 0, -1) + rdb.zrange("queue:running", 0, -1)]
+        return [job for job in jobs if job and not ((job.get("metadata") or {}).get("staging") or {}).get("hang")]
+
+    wait_for(lambda: not still_moving(), timeout=60, what="the jobs of earlier tests to finish")
+    rdb.flushall()
+    for name in ("outputs", "inputs", "user_data"):
+        for child in (PROJECT_DIR / "data" / name).iterdir():
+            # A participant's user_data folder is mounted into their frontend: emptied, not removed.
+            inner = list(child.iterdir()) if name == "user_data" and child.is_dir() else [child]
+            for path in inner:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def run_module(name, args, check=False, env=None):
     """Run one module of library/ ad hoc on the staging host; returns (ok, result dict)."""
     command = ["ansible", "workshop", "-m", name, "-a", json.dumps(args)]
@@ -209,10 +262,7 @@ def run_module(name, args, check=False, env=None):
     return "SUCCESS" in head or "CHANGED" in head, json.loads(body)
 
 
-REDIS_ARGS = {"env_file": str(PROJECT_DIR / ".env")}
-
-
-SSH_PORT = 22022
+REDIS_ARGS = {"env_file": str(PROJECT_DIR / ".env"), "redis_port": REDIS_PORT}
 
 
 @pytest.fixture
@@ -253,8 +303,8 @@ def ssh_inventory(tmp_path, client_key, host_vars=""):
         f"vps ansible_host=127.0.0.1 ansible_port={SSH_PORT} ansible_user=root "
         f"ansible_ssh_private_key_file={client_key} ansible_python_interpreter={python} "
         "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' "
-        f"workshop_project_dir={PROJECT_DIR} workshop_backup_root=/var/lib/comfy-wrapup/backups "
-        f"workshop_docker_host={os.environ['DOCKER_HOST']} {host_vars}\n"
+        f"workshop_project_dir={PROJECT_DIR} workshop_backup_root={BACKUP_ROOT} workshop_redis_port={REDIS_PORT} "
+        f"workshop_queue_manager_url={QUEUE_MANAGER} workshop_docker_host={os.environ['DOCKER_HOST']} {host_vars}\n"
     )
     return inventory
 
@@ -264,9 +314,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         needs_docker = "staging_workshop" in getattr(item, "fixturenames", ()) or item.get_closest_marker("staging")
         item.add_marker(pytest.mark.staging if needs_docker else pytest.mark.unit)
-
-
-BACKUP_ROOT = Path("/var/lib/comfy-wrapup/backups")
 
 
 @pytest.fixture

@@ -15,7 +15,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import BACKUP_ROOT, PROJECT_DIR, REPO, run_playbook, staging, submit, wait_for, wait_for_status
+from conftest import (
+    BACKUP_ROOT,
+    PROJECT_DIR,
+    REDIS_PORT,
+    REPO,
+    container,
+    run_playbook,
+    staging,
+    submit,
+    wait_for,
+    wait_for_status,
+)
 
 
 def tree(root):
@@ -278,7 +289,7 @@ def test_compose_logs_exports_every_line_of_every_service_in_time_order(played, 
 
     assert ok and result["changed"]
     docker_lines = subprocess.run(
-        ["docker", "logs", "--timestamps", "comfy-worker-1"], capture_output=True, text=True, check=True
+        ["docker", "logs", "--timestamps", container("worker-1")], capture_output=True, text=True, check=True
     )
     expected = (docker_lines.stdout + docker_lines.stderr).count("\n")
     worker = next(entry for entry in result["services"] if entry["service"] == "worker-1")
@@ -314,7 +325,7 @@ def test_a_typo_in_the_outputs_folder_fails_naming_both_paths(workshop_id):
 
     assert run.returncode != 0
     assert f"workshop_outputs_dir is {typo}, but the workshop writes its outputs to {PROJECT_DIR}/data/outputs" in run.output
-    assert "comfy-worker-1:/outputs" in run.output
+    assert f"{container('worker-1')}:/outputs" in run.output
     assert backups(workshop_id) == []
 
 
@@ -442,7 +453,7 @@ def test_a_wrong_redis_password_names_the_host_and_the_env_file(workshop_id, tmp
 
     assert run.returncode != 0
     assert "on localhost failed" in run.output
-    assert f"Redis at 127.0.0.1:6379 refused the password: check REDIS_PASSWORD in {env}" in run.output
+    assert f"Redis at 127.0.0.1:{REDIS_PORT} refused the password: check REDIS_PASSWORD in {env}" in run.output
     assert "not-the-password" not in run.output
 
 
@@ -481,7 +492,8 @@ def test_a_wrong_rdb_path_is_named_before_any_save(played, rdb, tmp_path):
         {"dest": str(tmp_path / "dump.rdb"), "project_dir": str(PROJECT_DIR), "rdb_path": "/data2/dump.rdb", **REDIS_ARGS},
     )
     assert not ok
-    assert "rdb_path is /data2/dump.rdb, but Redis at 127.0.0.1:6379 writes its snapshot to /data/dump.rdb" in result["msg"]
+    expected = f"rdb_path is /data2/dump.rdb, but Redis at 127.0.0.1:{REDIS_PORT} writes its snapshot to /data/dump.rdb"
+    assert expected in result["msg"]
     assert rdb.info("persistence")["rdb_saves"] == saves  # no BGSAVE was asked for
 
 

@@ -9,7 +9,7 @@ import json
 
 import docker
 
-from conftest import BACKUP_ROOT, PROJECT_DIR, run_playbook, ssh_inventory
+from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, run_playbook, ssh_inventory
 
 
 def files_state(*roots):
@@ -48,7 +48,7 @@ def containers_state():
     try:
         return {
             c.name: (c.status, c.attrs["State"]["StartedAt"], c.attrs["RestartCount"])
-            for c in client.containers.list(all=True, filters={"label": "com.docker.compose.project=comfyui"})
+            for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={COMPOSE_PROJECT}"})
         }
     finally:
         client.close()

@@ -7,15 +7,19 @@ import threading
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 from ansible.module_utils.workshop_drain import RedisQueue, look, new_state, wait_until_drained
 from ansible.module_utils.workshop_redis import WorkshopRedis
 
 from conftest import (
+    BACKUP_ROOT,
+    COMPOSE_PROJECT,
+    FRONTEND_BASE_PORT,
     PROJECT_DIR,
+    QUEUE_MANAGER,
     REDIS_ARGS,
+    REDIS_PORT,
     compose,
     dotenv,
     epoch,
@@ -31,7 +35,8 @@ from conftest import (
 )
 
 QUEUES = ("pending", "running", "completed", "failed")
-RECORD = Path("/var/lib/comfy-wrapup/backups/staging/run-record.json")
+STATUS_URL = f"{QUEUE_MANAGER}/api/queue/status"
+RECORD = BACKUP_ROOT / "staging" / "run-record.json"
 
 
 def frontend_states():
@@ -42,7 +47,7 @@ def frontend_states():
             "ps",
             "--all",
             "--filter",
-            "label=com.docker.compose.project=comfyui",
+            f"label=com.docker.compose.project={COMPOSE_PROJECT}",
             "--format",
             '{{.Label "com.docker.compose.service"}} {{.State}}',
         ],
@@ -301,7 +306,7 @@ def test_redis_stopped_during_the_wait_fails_clearly(staging_workshop, rdb, clea
         waiter.join(timeout=60)
         ok, result = outcome["result"]
         assert not ok
-        assert "Cannot reach Redis at 127.0.0.1:6379" in result["msg"]
+        assert f"Cannot reach Redis at 127.0.0.1:{REDIS_PORT}" in result["msg"]
         assert "While draining the queue" in result["msg"]
     finally:
         compose("start", "redis")
@@ -321,10 +326,11 @@ def test_check_mode_of_the_module_reports_what_it_would_wait_for(staging_worksho
 
 
 def test_reading_the_depth_over_http_with_jmespath(staging_workshop, rdb, cleanup_jobs):
-    ok, result = run_module("queue_drain", {"source": "http", "queues": ["pending"], "timeout": 10})
+    ok, result = run_module("queue_drain", {"source": "http", "status_url": STATUS_URL, "queues": ["pending"], "timeout": 10})
     assert ok and result["drained"] and result["counts"]["depth"] == 0
 
-    ok, result = run_module("queue_drain", {"source": "http", "depth_query": "mode", "timeout": 1, "on_timeout": "return"})
+    args = {"source": "http", "status_url": STATUS_URL, "depth_query": "mode", "timeout": 1, "on_timeout": "return"}
+    ok, result = run_module("queue_drain", args)
     assert not ok and "depth_query 'mode'" in result["msg"]
 
 
@@ -336,25 +342,28 @@ def test_reopen_brings_the_frontends_back(staging_workshop, fresh_record):
 
     assert reopened.changed() > 0
     assert set(frontend_states().values()) == {"running"}
-    with urllib.request.urlopen("http://127.0.0.1:8188/", timeout=10) as page:
+    with urllib.request.urlopen(f"http://127.0.0.1:{FRONTEND_BASE_PORT}/", timeout=10) as page:
         assert b"user001" in page.read()
 
 
 def test_an_unknown_frontend_pattern_is_named(staging_workshop, fresh_record):
     run = run_playbook("playbooks/drain.yml", extra_vars={"drain_frontend_pattern": "^frontend-"}, expect_ok=False)
-    assert "No service of compose project 'comfyui' matches pattern '^frontend-'" in run.output
+    assert f"No service of compose project '{COMPOSE_PROJECT}' matches pattern '^frontend-'" in run.output
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def step_pause(staging_workshop):
-    """The staging queue manager sleeps 0.25 s between the Redis commands of every move of a job."""
+    """The staging queue manager sleeps 0.25 s between the Redis commands of every move of a job.
+
+    Brought up once for the tests that use it (the last of this file), then back to no pause.
+    """
     staging("up", staging_workshop_step_pause=0.25)
     yield 0.25
     staging("up")
 
 
 def drain_queue():
-    return RedisQueue(WorkshopRedis("127.0.0.1", 6379, password=dotenv("REDIS_PASSWORD")))
+    return RedisQueue(WorkshopRedis("127.0.0.1", REDIS_PORT, password=dotenv("REDIS_PASSWORD")))
 
 
 def test_never_drained_inside_the_platforms_pending_to_running_window(step_pause, rdb, cleanup_jobs):

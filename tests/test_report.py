@@ -8,13 +8,28 @@ import statistics
 import subprocess
 from collections import Counter
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, dotenv, http, job_record, redis_answers, run_playbook, staging, submit, wait_for, wait_for_status
+from conftest import (
+    BACKUP_ROOT,
+    PROJECT_DIR,
+    QUEUE_MANAGER,
+    REDIS_PORT,
+    REPO,
+    container,
+    dotenv,
+    empty_staging,
+    http,
+    job_record,
+    redis_answers,
+    run_playbook,
+    submit,
+    wait_for,
+    wait_for_status,
+)
 
-REPORTS = Path("/var/lib/comfy-wrapup/backups/staging")
+REPORTS = BACKUP_ROOT / "staging"
 # Inputs naming a model: the platform's loader fields (README) in any node, and LTX-2's generic
 # text_encoder / model_name only in loader nodes.
 MODEL_INPUTS = {"ckpt_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "vae_name", "lora_name"}
@@ -43,7 +58,7 @@ def load_loadgen():
 @pytest.fixture(scope="module")
 def history(staging_workshop, rdb):
     """An empty workshop, then a job history this test controls, played to its end and backed up."""
-    staging("reset")
+    empty_staging(rdb)
     workflows = load_loadgen().load_workflows(REPO / "roles/staging_workshop/files/workflows")
     submitted = {}
     for user, name, behaviour in PLAN:
@@ -207,7 +222,8 @@ def test_the_gpu_host_is_read_from_a_recorded_nvidia_smi(history, tmp_path):
     inventory.write_text(
         "[workshop]\n"
         f"localhost ansible_connection=local ansible_python_interpreter={python} workshop_id=staging "
-        "workshop_project_dir=/var/lib/comfy-wrapup/staging/comfyui workshop_backup_root=/var/lib/comfy-wrapup/backups\n"
+        f"workshop_project_dir={PROJECT_DIR} workshop_backup_root={BACKUP_ROOT} workshop_redis_port={REDIS_PORT} "
+        f"workshop_queue_manager_url={QUEUE_MANAGER}\n"
         "[gpu]\n"
         f"gpu-h100 ansible_connection=local ansible_host=127.0.0.1 ansible_python_interpreter={python}\n"
     )
@@ -217,7 +233,7 @@ def test_the_gpu_host_is_read_from_a_recorded_nvidia_smi(history, tmp_path):
         str(inventory),
         extra_vars={
             "report_gpu_xml_file": str(REPO / "tests/fixtures/nvidia-smi-h100.xml"),
-            "report_latency_port": 6379,
+            "report_latency_port": REDIS_PORT,
             "report_dir": str(tmp_path / "report"),
         },
     )
@@ -270,7 +286,7 @@ def test_the_html_report_opens_in_chromium_with_its_charts(history, tmp_path):
 def redis_client():
     import redis
 
-    return redis.Redis(host="127.0.0.1", port=6379, password=dotenv("REDIS_PASSWORD"), socket_timeout=2)
+    return redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=dotenv("REDIS_PASSWORD"), socket_timeout=2)
 
 
 def report_files():
@@ -312,7 +328,7 @@ def test_the_report_reads_the_snapshot_with_the_redis_container_stopped(history)
     """report_source=rdb needs neither the live Redis nor Docker: it reads the newest backup's snapshot."""
     run_playbook("playbooks/report.yml")
     live = metrics_of(REPORTS / "report")
-    subprocess.run(["docker", "stop", "comfy-redis"], check=True, capture_output=True, timeout=120)
+    subprocess.run(["docker", "stop", container("redis")], check=True, capture_output=True, timeout=120)
     try:
         run = run_playbook(  # the whole checklist's report phase: its always-on state phase must not stop it
             "post_workshop.yml",
@@ -339,6 +355,6 @@ def test_the_report_reads_the_snapshot_with_the_redis_container_stopped(history)
         )
         assert "Total jobs submitted: 10" in shown.output
     finally:
-        subprocess.run(["docker", "start", "comfy-redis"], check=True, capture_output=True, timeout=120)
+        subprocess.run(["docker", "start", container("redis")], check=True, capture_output=True, timeout=120)
         shutil.rmtree(REPORTS / "report-rdb", ignore_errors=True)
         wait_for(lambda: redis_answers(redis_client()), timeout=60, what="Redis to answer again")

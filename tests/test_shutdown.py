@@ -16,9 +16,11 @@ import test_backup
 from test_backup import BACKUP_ROOT, backup, backups
 
 from conftest import (
+    COMPOSE_PROJECT,
     PROJECT_DIR,
     QUEUE_MANAGER,
     REPO,
+    SLOT_SUFFIX,
     compose,
     http,
     redis_answers,
@@ -30,6 +32,7 @@ from conftest import (
 )
 
 PROJECT_LABEL = "com.docker.compose.project"
+WSBERLIN = f"wsberlin{SLOT_SUFFIX}"  # another compose project name, one per slot
 # The backup tests' fixtures: the played staging workshop, and a workshop id (backup folder) per test.
 played = test_backup.played
 workshop_id = test_backup.workshop_id
@@ -42,7 +45,7 @@ def engine():
     client.close()
 
 
-def project_state(engine, project="comfyui"):
+def project_state(engine, project=COMPOSE_PROJECT):
     """Containers (id, status), networks and volumes of one compose project, as the Docker Engine has them."""
     label = {"label": f"{PROJECT_LABEL}={project}"}
     return dict(
@@ -142,11 +145,11 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
     try:
         run = shutdown(workshop_id, "down_volumes")
 
-        assert "Volumes DELETED: comfyui_redis-data" in run.output
+        assert f"Volumes DELETED: {COMPOSE_PROJECT}_redis-data" in run.output
         assert project_state(engine) == dict(containers={}, networks=[], volumes=[])
         shutdown_record = record_of(workshop_id)["shutdown"]
-        assert shutdown_record["volumes_deleted"] == ["comfyui_redis-data"]
-        assert shutdown_record["networks_removed"] == ["comfyui_default"]
+        assert shutdown_record["volumes_deleted"] == [f"{COMPOSE_PROJECT}_redis-data"]
+        assert shutdown_record["networks_removed"] == [f"{COMPOSE_PROJECT}_default"]
         assert shutdown_record["final_state"]["keys_compared"] > completed
         assert shutdown_record["final_state"]["ttl_keys_left_out"] == ["worker:worker-1:heartbeat"]
         again = shutdown(workshop_id, "down_volumes")
@@ -163,33 +166,33 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
 
 
 def test_a_project_started_under_another_name_deletes_nothing_of_the_other_project(played, rdb, engine, tmp_path):
-    """The project directory runs as compose project "wsberlin" while "comfyui" still has its volume."""
+    """The project directory runs as compose project WSBERLIN while "comfyui" still has its volume."""
     name = "test-proj-" + os.urandom(3).hex()
     compose("down")  # comfyui: containers and network gone, its volume kept
-    assert project_state(engine)["volumes"] == ["comfyui_redis-data"]
+    assert project_state(engine)["volumes"] == [f"{COMPOSE_PROJECT}_redis-data"]
     try:
-        staging("up", staging_workshop_compose_project="wsberlin")
+        staging("up", staging_workshop_compose_project=WSBERLIN)
         env = PROJECT_DIR / ".env"
         env.write_text(re.sub(r"(?m)^COMPOSE_PROJECT_NAME=.*\n", "", env.read_text()))
-        wsberlin = project_state(engine, "wsberlin")
-        assert wsberlin["volumes"] == ["wsberlin_redis-data"] and wsberlin["containers"]
-        backup(name, extra={"workshop_compose_project": "wsberlin"})
+        wsberlin = project_state(engine, WSBERLIN)
+        assert wsberlin["volumes"] == [f"{WSBERLIN}_redis-data"] and wsberlin["containers"]
+        backup(name, extra={"workshop_compose_project": WSBERLIN})
 
-        run = shutdown(name, "down_volumes", workshop_compose_project="wsberlin")
+        run = shutdown(name, "down_volumes", workshop_compose_project=WSBERLIN)
 
-        assert project_state(engine) == dict(containers={}, networks=[], volumes=["comfyui_redis-data"])
-        assert project_state(engine, "wsberlin") == dict(containers={}, networks=[], volumes=[])
+        assert project_state(engine) == dict(containers={}, networks=[], volumes=[f"{COMPOSE_PROJECT}_redis-data"])
+        assert project_state(engine, WSBERLIN) == dict(containers={}, networks=[], volumes=[])
         record = record_of(name)["shutdown"]
-        assert record["project"] == "wsberlin"
-        assert record["volumes_deleted"] == ["wsberlin_redis-data"]
+        assert record["project"] == WSBERLIN
+        assert record["volumes_deleted"] == [f"{WSBERLIN}_redis-data"]
         assert sorted(record["containers_removed"]) == sorted(wsberlin["containers"])
-        assert "Volumes DELETED: wsberlin_redis-data" in run.output
+        assert f"Volumes DELETED: {WSBERLIN}_redis-data" in run.output
     finally:
-        for container in engine.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}=wsberlin"}):
+        for container in engine.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={WSBERLIN}"}):
             container.remove(force=True)
-        for network in engine.networks.list(filters={"label": f"{PROJECT_LABEL}=wsberlin"}):
+        for network in engine.networks.list(filters={"label": f"{PROJECT_LABEL}={WSBERLIN}"}):
             network.remove()
-        for volume in engine.volumes.list(filters={"label": f"{PROJECT_LABEL}=wsberlin"}):
+        for volume in engine.volumes.list(filters={"label": f"{PROJECT_LABEL}={WSBERLIN}"}):
             volume.remove()
         shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
         back_up_and_running(rdb)
@@ -280,7 +283,7 @@ def test_an_incr_after_the_backup_makes_down_volumes_refuse_naming_the_key(works
     run = shutdown(workshop_id, "down_volumes", expect_ok=False)
 
     assert f"{counter}: value changed after the backup" in run.output
-    assert project_state(engine)["volumes"] == ["comfyui_redis-data"]
+    assert project_state(engine)["volumes"] == [f"{COMPOSE_PROJECT}_redis-data"]
     assert "shutdown" not in record_of(workshop_id)
     wait_for(lambda: redis_answers(rdb), what="Redis to answer again")
     assert "redis" in running_services()
@@ -316,7 +319,7 @@ def test_down_without_a_verified_logs_backup_is_refused_unless_confirmed(worksho
     try:
         confirmed = shutdown(workshop_id, "down", shutdown_without_logs_backup="true")
         assert confirmed.changed() > 0
-        assert project_state(engine) == dict(containers={}, networks=[], volumes=["comfyui_redis-data"])
+        assert project_state(engine) == dict(containers={}, networks=[], volumes=[f"{COMPOSE_PROJECT}_redis-data"])
         assert record_of(workshop_id)["shutdown"]["backup"] is None
     finally:
         back_up_and_running(rdb)
@@ -327,7 +330,7 @@ def test_down_keeps_the_volumes_and_the_second_down_changes_nothing(workshop_id,
     try:
         first = shutdown(workshop_id, "down")
         assert first.changed() > 0
-        assert project_state(engine) == dict(containers={}, networks=[], volumes=["comfyui_redis-data"])
+        assert project_state(engine) == dict(containers={}, networks=[], volumes=[f"{COMPOSE_PROJECT}_redis-data"])
         record = record_of(workshop_id)["shutdown"]
         assert record["mode"] == "down" and record["volumes_deleted"] == [] and record["backup"] == backups(workshop_id)[-1].name
 
@@ -354,13 +357,13 @@ def test_check_mode_shows_exactly_what_each_mode_would_do_and_changes_nothing(wo
     assert preview.changed() > 0
     assert f"Containers: {containers}" in preview.output
     if mode == "stop":
-        assert "Would stop in project comfyui: admin, queue-manager," in preview.output
-        assert "redis" in preview.output.split("Would stop in project comfyui:")[1].split(".")[0].split(", ")[-1]
+        assert f"Would stop in project {COMPOSE_PROJECT}: admin, queue-manager," in preview.output
+        assert "redis" in preview.output.split(f"Would stop in project {COMPOSE_PROJECT}:")[1].split(".")[0].split(", ")[-1]
     else:
-        assert "Would remove from project comfyui:" in preview.output
-        assert "Networks: comfyui_default" in preview.output
+        assert f"Would remove from project {COMPOSE_PROJECT}:" in preview.output
+        assert f"Networks: {COMPOSE_PROJECT}_default" in preview.output
     if mode == "down_volumes":
-        assert "Volumes that would be DELETED: comfyui_redis-data" in preview.output
+        assert f"Volumes that would be DELETED: {COMPOSE_PROJECT}_redis-data" in preview.output
     elif mode == "down":
-        assert "Volumes kept: comfyui_redis-data" in preview.output
+        assert f"Volumes kept: {COMPOSE_PROJECT}_redis-data" in preview.output
     assert "shutdown" not in record_of(workshop_id)

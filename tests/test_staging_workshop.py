@@ -6,6 +6,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import PROJECT_DIR, compose, dotenv, http, job_record, redis_answers, staging, submit, wait_for, wait_for_status
 
 QUEUES = ("pending", "running", "completed", "failed")
@@ -102,20 +104,6 @@ def test_worker_logs_carry_the_platform_lines(staging_workshop, rdb):
     assert " - INFO - " in worker_log  # the platform's "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
-def test_submissions_beyond_max_queue_depth_get_429(staging_workshop, rdb):
-    staging("up", staging_workshop_max_queue_depth=3)
-    try:
-        blocker = submit("user006", metadata={"staging": {"duration": 3, "succeed": True}})
-        wait_for_status(rdb, blocker, {"running"})
-        queued = [submit("user006", metadata={"staging": {"duration": 0.1, "succeed": True}}) for _ in range(3)]
-        status, body = http("POST", "/api/jobs", {"user_id": "user006", "workflow": {}, "metadata": {}})
-        assert status == 429, body
-    finally:
-        staging("up")
-    for job_id in queued:
-        wait_for_status(rdb, job_id, {"completed"})
-
-
 def test_cancelling_a_pending_job_deletes_it_without_a_trace(staging_workshop, rdb, cleanup_jobs):
     blocker = submit("user001", metadata={"staging": {"duration": 2, "succeed": True}})
     wait_for_status(rdb, blocker, {"running"})
@@ -151,29 +139,6 @@ def test_timestamps_are_written_as_the_platform_writes_them(staging_workshop, rd
     heartbeat = rdb.get("worker:worker-1:heartbeat")
     assert heartbeat.endswith("+00:00") and stamp.fullmatch(heartbeat[:-6]), heartbeat
     assert 0 < rdb.ttl("worker:worker-1:heartbeat") <= 60
-
-
-def test_the_step_pause_holds_the_take_window_open(staging_workshop, rdb):
-    """With the pause, a job taken by the worker is seen in no queue with its record already running."""
-    staging("up", staging_workshop_step_pause=0.5)
-    try:
-        job_id = submit("user004", metadata={"staging": {"duration": 0.1, "succeed": True}})
-        seen = wait_for(
-            lambda: (
-                (job := job_record(rdb, job_id))
-                and job["status"] == "running"
-                and rdb.zscore("queue:pending", job_id) is None
-                and rdb.zscore("queue:running", job_id) is None
-                and job
-            ),
-            timeout=20,
-            interval=0.02,
-            what="the job between ZPOPMIN and ZADD queue:running",
-        )
-        assert seen["worker_id"] == "worker-1"
-        wait_for_status(rdb, job_id, {"completed"}, timeout=30)
-    finally:
-        staging("up")
 
 
 def test_invalid_user_id_is_refused(staging_workshop):
@@ -231,3 +196,42 @@ def test_the_redis_password_is_in_no_process_argument(staging_workshop):
         except OSError:  # the process ended meanwhile
             continue
         assert password not in cmdline, proc.name
+
+
+# The last tests of this file: the queue manager brought up once with a small max queue depth and
+# a step pause (one bring-up for both settings, and one back to the defaults at the end of the file).
+@pytest.fixture(scope="module")
+def tuned(staging_workshop):
+    staging("up", staging_workshop_max_queue_depth=3, staging_workshop_step_pause=0.5)
+    yield
+    staging("up")
+
+
+def test_submissions_beyond_max_queue_depth_get_429(tuned, rdb):
+    # The blocker runs long enough for the four submissions, each slowed by the step pause.
+    blocker = submit("user006", metadata={"staging": {"duration": 8, "succeed": True}})
+    wait_for_status(rdb, blocker, {"running"})
+    queued = [submit("user006", metadata={"staging": {"duration": 0.1, "succeed": True}}) for _ in range(3)]
+    status, body = http("POST", "/api/jobs", {"user_id": "user006", "workflow": {}, "metadata": {}})
+    assert status == 429, body
+    for job_id in queued:
+        wait_for_status(rdb, job_id, {"completed"})
+
+
+def test_the_step_pause_holds_the_take_window_open(tuned, rdb):
+    """With the pause, a job taken by the worker is seen in no queue with its record already running."""
+    job_id = submit("user004", metadata={"staging": {"duration": 0.1, "succeed": True}})
+    seen = wait_for(
+        lambda: (
+            (job := job_record(rdb, job_id))
+            and job["status"] == "running"
+            and rdb.zscore("queue:pending", job_id) is None
+            and rdb.zscore("queue:running", job_id) is None
+            and job
+        ),
+        timeout=20,
+        interval=0.02,
+        what="the job between ZPOPMIN and ZADD queue:running",
+    )
+    assert seen["worker_id"] == "worker-1"
+    wait_for_status(rdb, job_id, {"completed"}, timeout=30)

@@ -2,7 +2,18 @@
 
 import re
 
-from conftest import PROJECT_DIR, compose, redis_answers, run_playbook, ssh_inventory, submit, wait_for, wait_for_status
+from conftest import (
+    COMPOSE_PROJECT,
+    PROJECT_DIR,
+    REDIS_PORT,
+    compose,
+    redis_answers,
+    run_playbook,
+    ssh_inventory,
+    submit,
+    wait_for,
+    wait_for_status,
+)
 
 
 def queue_line(output):
@@ -46,14 +57,14 @@ def test_a_wrong_password_is_named_but_never_shown(staging_workshop, tmp_path):
     env = tmp_path / ".env"
     env.write_text("REDIS_PASSWORD=not-the-password-4711\n")
     run = run_playbook("post_workshop.yml", "--tags", "state", extra_vars={"workshop_env_file": str(env)}, expect_ok=False)
-    assert "Redis at 127.0.0.1:6379 refused the password: check REDIS_PASSWORD in" in run.output
+    assert f"Redis at 127.0.0.1:{REDIS_PORT} refused the password: check REDIS_PASSWORD in" in run.output
     assert "not-the-password-4711" not in run.output
 
 
 def test_an_unknown_compose_project_lists_the_known_ones(staging_workshop):
     run = run_playbook("post_workshop.yml", "--tags", "state", extra_vars={"workshop_compose_project": "nosuch"})
     assert "Services: not read: No containers of compose project 'nosuch'" in run.text
-    assert "comfyui" in run.output
+    assert COMPOSE_PROJECT in run.output
 
 
 def test_post_workshop_runs_over_ssh(staging_workshop, rdb, sshd, tmp_path):
@@ -73,7 +84,7 @@ def test_with_redis_down_the_state_says_so_and_the_run_goes_on(staging_workshop,
     finally:
         compose("start", "redis")
         wait_for(lambda: redis_answers(rdb), what="redis to answer again")
-    assert "Queue: not read: Cannot reach Redis at 127.0.0.1:6379" in run.text
+    assert f"Queue: not read: Cannot reach Redis at 127.0.0.1:{REDIS_PORT}" in run.text
     assert "frontends 6 of 6" in run.output  # what could be read is still shown
     assert "Not read: queue." in run.text
 
