@@ -23,7 +23,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import fsync_dir, walk_tree, write_atomically
+from ansible.module_utils.workshop_files import atomic_file, sha256_file, walk_tree, write_atomically
 from ansible.module_utils.workshop_time import utc_iso
 
 try:
@@ -191,42 +191,26 @@ def build_archive(dest, files, password, compress_level=6):
     whatever the sizes. PNG/MP4/... are stored, the rest deflated; with a password every entry
     is AES-256 encrypted (WinZip AES).
     """
-    tmp = f"{dest}.part-{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as raw:
-            archive = pyzipper.AESZipFile(raw, "w", compression=pyzipper.ZIP_DEFLATED, compresslevel=compress_level)
-            with archive:
-                if password:
-                    archive.setpassword(password.encode())
-                    archive.setencryption(pyzipper.WZ_AES, nbits=256)
-                for arcname, path, _size, _mtime in files:
-                    info = archive.zipinfo_cls.from_file(path, arcname)
-                    info.compress_type = pyzipper.ZIP_STORED if stored(arcname) else pyzipper.ZIP_DEFLATED
-                    with open(path, "rb") as source, archive.open(info, "w", force_zip64=True) as target:
-                        shutil.copyfileobj(source, target, CHUNK)
-            raw.flush()
-            os.fsync(raw.fileno())
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as written:
-            for block in iter(lambda: written.read(CHUNK), b""):
-                digest.update(block)
-        size = os.path.getsize(tmp)
-        os.replace(tmp, dest)
+        with atomic_file(dest) as target:
+            fd = os.open(target.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as raw:
+                archive = pyzipper.AESZipFile(raw, "w", compression=pyzipper.ZIP_DEFLATED, compresslevel=compress_level)
+                with archive:
+                    if password:
+                        archive.setpassword(password.encode())
+                        archive.setencryption(pyzipper.WZ_AES, nbits=256)
+                    for arcname, path, _size, _mtime in files:
+                        info = archive.zipinfo_cls.from_file(path, arcname)
+                        info.compress_type = pyzipper.ZIP_STORED if stored(arcname) else pyzipper.ZIP_DEFLATED
+                        with open(path, "rb") as source, archive.open(info, "w", force_zip64=True) as entry:
+                            shutil.copyfileobj(source, entry, CHUNK)
+            # The digest is of the bytes on disk, read back, not of what was meant to be written.
+            digest = sha256_file(target.tmp)
+            size = os.path.getsize(target.tmp)
     except OSError as exc:
         raise WorkshopError(f"Cannot write the archive {dest}: {exc.strerror or exc}", path=dest) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return {"bytes": size, "sha256": digest.hexdigest()}
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        for block in iter(lambda: source.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"bytes": size, "sha256": digest}
 
 
 # ---------------------------------------------------------------- state
@@ -316,19 +300,16 @@ def folder_deliver(archive, share_folder, token, name, sha256, check_mode):
     if check_mode:
         return True
     os.makedirs(dest_dir, mode=0o755, exist_ok=True)
-    tmp = os.path.join(dest_dir, f".{name}.part-{os.getpid()}")
     try:
-        shutil.copyfile(archive, tmp)
-        os.chmod(tmp, 0o644)
-        if sha256_file(tmp) != sha256:
-            raise WorkshopError(f"The copy {tmp} of {archive} differs from it: check the disk of {share_folder}", path=tmp)
-        os.replace(tmp, dest)
-        fsync_dir(dest_dir)
+        with atomic_file(dest) as target:
+            shutil.copyfile(archive, target.tmp)
+            os.chmod(target.tmp, 0o644)
+            if sha256_file(target.tmp) != sha256:
+                raise WorkshopError(
+                    f"The copy of {archive} to {dest} differs from it: check the disk of {share_folder}", path=dest
+                )
     except OSError as exc:
         raise WorkshopError(f"Cannot copy {archive} to {dest}: {exc.strerror}", path=dest) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return True
 
 

@@ -17,7 +17,7 @@ from s3server import s3_server
 from smtpserver import smtp_server
 from test_share_playbook_unit import ArgvSampler
 
-from conftest import BACKUP_ROOT, PROJECT_DIR, run_playbook, staging
+from conftest import BACKUP_ROOT, PROJECT_DIR, empty_staging, run_playbook, staging
 
 USERS = [f"user{n:03d}" for n in range(1, 21)]
 LINK = re.compile(r"Link:\s+(\S+)")
@@ -34,8 +34,10 @@ def smtp():
 
 
 @pytest.fixture
-def played_20(staging_workshop):
-    """A workshop of 20 participants (loadgen: 80% attend), and the platform's USER_CREDENTIALS.txt for them."""
+def played_20(staging_workshop, rdb):
+    """A workshop of 20 participants (loadgen: 80% attend), and the platform's USER_CREDENTIALS.txt for them.
+    Played on an emptied workshop: outputs earlier tests of this slot left would make absent participants attend."""
+    empty_staging(rdb)
     staging("play", staging_workshop_num_users=20, staging_workshop_play_jobs_per_user="1-2", staging_workshop_play_bursts=1)
     passwords = {user: secrets.token_urlsafe(12) for user in USERS}
     credentials = PROJECT_DIR / "USER_CREDENTIALS.txt"
