@@ -464,7 +464,7 @@ def _single_file_tar(path, arcname):
         info = tar.gettarinfo(path, arcname)
         info.uid = info.gid = 999  # the redis user of the official images; root reads it anyway
         info.uname = info.gname = ""
-        info.mode = 0o644
+        info.mode = 0o600  # job records hold participants' prompts; the server (root or the image's redis user) reads it
         with open(path, "rb") as stream:
             tar.addfile(info, stream)
     return buffer.getvalue()

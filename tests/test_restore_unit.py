@@ -106,7 +106,11 @@ def test_a_safe_archive_extracts_byte_for_byte_with_inside_links(tmp_path):
     assert (restored / "user001" / "a.png").read_bytes() == b"\x89PNG" + bytes(range(256)) * 10
     assert os.readlink(restored / "user002" / "same.png") == "../user001/a.png"
     assert (restored / "user002" / "hard.png").read_bytes() == (restored / "user001" / "a.png").read_bytes()
-    assert [entry["path"] for entry in written] == ["outputs/user001/a.png", "outputs/user002/same.png", "outputs/user002/hard.png"]
+    assert [entry["path"] for entry in written] == [
+        "outputs/user001/a.png",
+        "outputs/user002/same.png",
+        "outputs/user002/hard.png",
+    ]
     assert not [name for name in os.listdir(restored / "user001") if "partial" in name]
 
 
@@ -172,7 +176,10 @@ def test_a_backup_rewritten_with_a_dotdot_member_and_a_matching_manifest_is_refu
     manifest = json.loads((folder / "MANIFEST.json").read_text())
     from ansible.module_utils.workshop_backup import sha256_file
 
-    manifest["files"]["outputs.tar"] = {"size": os.path.getsize(folder / "outputs.tar"), "sha256": sha256_file(folder / "outputs.tar")}
+    manifest["files"]["outputs.tar"] = {
+        "size": os.path.getsize(folder / "outputs.tar"),
+        "sha256": sha256_file(folder / "outputs.tar"),
+    }
     os.chmod(folder / "MANIFEST.json", 0o600)
     (folder / "MANIFEST.json").write_text(json.dumps(manifest))
 
