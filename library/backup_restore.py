@@ -298,7 +298,10 @@ def _load_and_compare(client, image, label, rdb_path, recorded, timeout, volume=
 
 
 def _outcome(entry):
-    return {k: v for k, v in entry.items() if k not in ("at", "seconds")}
+    """What a restore test found, less when and how fast, and the keys whose time to live ran out meanwhile."""
+    outcome = {k: v for k, v in entry.items() if k not in ("at", "seconds")}
+    outcome["keys"] = {k: v for k, v in (outcome.get("keys") or {}).items() if k != "volatile"}
+    return outcome
 
 
 def test_restore(params, check_mode):
@@ -315,10 +318,13 @@ def test_restore(params, check_mode):
     scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch_root)
     keys, queues, image_facts = {}, {}, dict(name=label, id=image, redis_version=None)
     try:
-        failures, compared = restore_files(folder, scratch)
-        recorded = read_manifest(folder).get("redis") or {}
+        try:
+            failures, compared = restore_files(folder, scratch)
+        except WorkshopError as exc:  # an unreadable manifest: a failed test, recorded as such
+            failures, compared = [{"file": MANIFEST, "member": None, "reason": exc.msg}], 0
         rdb = os.path.join(scratch, RDB_FILE)
-        if os.path.isfile(rdb):
+        if os.path.isfile(rdb):  # restored, so the manifest was read
+            recorded = read_manifest(folder).get("redis") or {}
             try:
                 found, keys, queues, image_facts = _load_and_compare(client, image, label, rdb, recorded, params["load_timeout"])
                 failures += found
@@ -597,7 +603,7 @@ def main():
         module.warn(warning)
     if result.get("failures"):
         problems = "; ".join(describe_failures(result["failures"])[:10])
-        module.fail_json(msg=f"Restore test of {result['backup']} ({result['source']}) FAILED: {problems}", **result)
+        module.fail_json(msg=f"Restore test of {result['backup']} ({result.get('source', 'local')}) FAILED: {problems}", **result)
     module.exit_json(**result)
 
 

@@ -20,7 +20,15 @@ import shutil
 import tarfile
 import time
 
-from ansible.module_utils.workshop_backup import CHUNK, MANIFEST, archives_of, list_tree, read_manifest, sha256_file
+from ansible.module_utils.workshop_backup import (
+    CHUNK,
+    MANIFEST,
+    archives_of,
+    list_tree,
+    read_manifest,
+    sealed_backups,
+    sha256_file,
+)
 from ansible.module_utils.workshop_errors import WorkshopError
 
 try:
@@ -228,8 +236,6 @@ def compare_tree(root, members, label):
 
 def newest_backup(backup_dir, name=None):
     """The backup folder to restore: `name`, else the newest sealed one in `backup_dir`."""
-    from ansible.module_utils.workshop_backup import sealed_backups
-
     sealed = sealed_backups(backup_dir)
     chosen = name or (sealed[-1] if sealed else None)
     if chosen is None or chosen not in sealed:
