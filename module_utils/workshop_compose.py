@@ -41,11 +41,12 @@ def normalize_project_name(name):
     return re.sub(r"[^a-z0-9_-]", "", name.lower())
 
 
-def resolve_project_name(project_dir, project_name=None):
-    """The project name compose uses: explicit, else COMPOSE_PROJECT_NAME of the .env, else the directory's name."""
+def resolve_project_name(project_dir, project_name=None, env_file=None):
+    """The project name compose uses: explicit, else COMPOSE_PROJECT_NAME of the .env (env_file, else the
+    project directory's), else the directory's name."""
     if project_name:
         return normalize_project_name(project_name)
-    env_file = os.path.join(project_dir, ".env")
+    env_file = env_file or os.path.join(project_dir, ".env")
     if os.path.exists(env_file):
         from_env = read_dotenv(env_file).get("COMPOSE_PROJECT_NAME")
         if from_env:
@@ -83,7 +84,7 @@ class ComposeProject:
     def from_params(cls, params):
         """Connect to the engine named by docker_host (default: DOCKER_HOST, else the local socket)."""
         engine = params.get("docker_host") or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        name = resolve_project_name(params["project_dir"], params.get("project_name"))
+        name = resolve_project_name(params["project_dir"], params.get("project_name"), params.get("env_file"))
         try:
             client = docker.DockerClient(base_url=engine, timeout=params.get("docker_timeout", 60))
             client.ping()

@@ -37,12 +37,20 @@ start() {
     fi
     command -v dockerd >/dev/null || { echo "dockerd is missing: run 'make setup' (installs docker.io)" >&2; exit 1; }
     mkdir -p "$state_dir/data" "$run_dir/exec"
-    # setsid and closed descriptors: the daemon must outlive this script and not hold make's pipes.
-    setsid dockerd \
-        --host "$socket" --pidfile "$pidfile" \
-        --data-root "$state_dir/data" --exec-root "$run_dir/exec" \
-        --storage-driver=vfs --iptables=false --bridge=none \
-        </dev/null >"$log" 2>&1 &
+    # setsid and closed descriptors: the daemon must outlive this script and hold none of its
+    # caller's files: not make's pipes, and not a lock its caller took (`flock LOCK make test`), which
+    # the daemon would otherwise keep held for as long as it runs.
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done
+        exec setsid dockerd \
+            --host "$socket" --pidfile "$pidfile" \
+            --data-root "$state_dir/data" --exec-root "$run_dir/exec" \
+            --storage-driver=vfs --iptables=false --bridge=none \
+            </dev/null >"$log" 2>&1
+    ) &
     for _ in $(seq 1 60); do
         if answers "$socket"; then echo "export DOCKER_HOST=$socket"; return; fi
         sleep 0.5

@@ -60,6 +60,10 @@ def test_project_name_from_env_then_directory(tmp_path):
     (project / ".env").write_text("COMPOSE_PROJECT_NAME=workshop7\n")
     assert resolve_project_name(str(project)) == "workshop7"
     assert resolve_project_name(str(project), "Explicit") == "explicit"
+    # The workshop's env_file, where it is not the project directory's .env, is the one read.
+    elsewhere = tmp_path / "secrets.env"
+    elsewhere.write_text("COMPOSE_PROJECT_NAME=Workshop8\n")
+    assert resolve_project_name(str(project), None, str(elsewhere)) == "workshop8"
 
 
 def test_tree_usage_counts_every_file_once_per_participant(tmp_path):
