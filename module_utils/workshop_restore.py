@@ -354,14 +354,17 @@ class ThrowawayRedis:
             if self.container.status in ("exited", "dead"):
                 raise self._load_failure(rdb_path)
             if self.container.status == "running":
-                code, out = self.container.exec_run(["redis-cli", "PING"])
+                try:
+                    code, out = self.container.exec_run(["redis-cli", "PING"])
+                except docker.errors.APIError:  # it stopped between the reload and the exec: the next reload says why
+                    code, out = 1, b""
                 if code == 0 and out.strip() == b"PONG":
                     self.server_version = self._version_from_logs()
                     return
             if time.monotonic() > deadline:
                 raise WorkshopError(
                     f"The throwaway Redis ({self.label}) did not finish loading {RDB_FILE} within {self.timeout} s: "
-                    "raise restore_redis_timeout for a large snapshot",
+                    "raise restore_load_timeout for a large snapshot",
                     image=self.label,
                 )
             time.sleep(0.2)
@@ -401,7 +404,12 @@ class ThrowawayRedis:
         )
 
     def cli(self, *args):
-        code, out = self.container.exec_run(["redis-cli", *args])
+        try:
+            code, out = self.container.exec_run(["redis-cli", *args])
+        except docker.errors.APIError as exc:
+            raise WorkshopError(
+                f"redis-cli {args[0]} failed in the throwaway Redis ({self.label}): {exc}", image=self.label
+            ) from None
         text = out.decode("utf-8", "replace").strip()
         if code != 0 or text.startswith("ERR") or text.startswith("(error)"):
             raise WorkshopError(f"redis-cli {' '.join(args)} failed in the throwaway Redis: {text}", image=self.label)
