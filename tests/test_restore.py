@@ -19,6 +19,8 @@ from test_rdb import build_rdb
 from conftest import BACKUP_ROOT, PROJECT_DIR, run_playbook
 
 RESTORE_LABEL = "comfy-wrapup.role=restore"
+# The staging workshop's Redis container (other compose projects may run a redis service too).
+STAGING_REDIS = ["com.docker.compose.project=comfyui", "com.docker.compose.service=redis"]
 QUEUES = ("queue:pending", "queue:running", "queue:completed", "queue:failed")
 
 
@@ -91,7 +93,7 @@ def test_the_restore_test_passes_on_a_fresh_backup_and_records_what_it_measured(
     # The snapshot loaded into the workshop's own Redis image holds what the backup recorded and the workshop has.
     assert result["keys"]["loaded"] == facts["keys"] == sum(1 for key in rdb.scan_iter(count=1000) if rdb.ttl(key) == -1)
     assert result["queues"] == {queue: rdb.zcard(queue) for queue in QUEUES} == {q: facts["queues"][q] for q in QUEUES}
-    [redis] = engine.containers.list(filters={"label": "com.docker.compose.service=redis"})
+    [redis] = engine.containers.list(filters={"label": STAGING_REDIS})
     assert f"({redis.attrs['Config']['Image']})" in run.text
     assert "PASSED" in run.text
     assert left_behind(engine, workshop_id) == ([], [])
@@ -259,7 +261,7 @@ def test_restore_into_a_new_project_restores_the_bytes_and_the_redis_keys(worksh
     assert (dest / ".env").read_bytes() == (PROJECT_DIR / ".env").read_bytes()
     assert oct((dest / ".env").stat().st_mode & 0o777) == "0o600"
     assert (dest / "docker-compose.yml").read_bytes() == (PROJECT_DIR / "docker-compose.yml").read_bytes()
-    [redis] = engine.containers.list(filters={"label": "com.docker.compose.service=redis"})
+    [redis] = engine.containers.list(filters={"label": STAGING_REDIS})
     # The workshop's Redis (AOF on) started on the restored volume has every key the workshop has.
     restored = _volume_keys(engine, redis.attrs["Image"], volume)
     assert restored == json.loads(rdb.eval(DUMP_KEYS, 0))
