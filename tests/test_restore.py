@@ -265,7 +265,7 @@ def test_restore_into_a_new_project_restores_the_bytes_and_the_redis_keys(worksh
     # The workshop's Redis (AOF on) started on the restored volume has every key the workshop has.
     restored = _volume_keys(engine, redis.attrs["Image"], volume)
     assert restored == json.loads(rdb.eval(DUMP_KEYS, 0))
-    assert sum(1 for kind, _value in restored.values() if kind == "zset") >= 2  # the queues came back
+    assert restored["queue:completed"][0] == "zset" and restored["queue:completed"][1]  # the finished jobs came back
 
     again = restore(workshop_id, dest, name, restore_confirm=workshop_id)
     assert again.changed() == 0, again.output
