@@ -214,7 +214,7 @@ from ansible.module_utils.workshop_compose import ComposeProject, normalize_proj
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import fsync_dir
+from ansible.module_utils.workshop_files import atomic_file, move_into_place
 from ansible.module_utils.workshop_rdb import verify_rdb
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_restore import (
@@ -519,18 +519,15 @@ def recover(params, check_mode):
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 if os.path.lexists(final) and (os.path.islink(final) or not os.path.isdir(final)):
                     os.unlink(final)
-                os.replace(os.path.join(partial, member["path"]), final)
-                fsync_dir(os.path.dirname(final))
+                move_into_place(os.path.join(partial, member["path"]), final)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     for relpath, final in config_write:
-        tmp = f"{final}.restore-partial"
-        shutil.copyfile(os.path.join(folder, relpath), tmp)
-        os.chmod(tmp, 0o600)
-        if sha256_file(tmp) != manifest["files"][relpath]["sha256"]:
-            os.unlink(tmp)
-            raise WorkshopError(f"{relpath} changed while copied to {final}: run again", path=final)
-        os.replace(tmp, final)
+        with atomic_file(final) as target:
+            shutil.copyfile(os.path.join(folder, relpath), target.tmp)
+            os.chmod(target.tmp, 0o600)
+            if sha256_file(target.tmp) != manifest["files"][relpath]["sha256"]:
+                raise WorkshopError(f"{relpath} changed while copied to {final}: run again", path=final)
         compared += 1
     if not same_volume:
         _create_volume(client, volume, project_name, params["redis_volume"])

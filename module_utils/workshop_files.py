@@ -195,6 +195,12 @@ def atomic_file(path):
             os.unlink(target.tmp)
 
 
+def move_into_place(source, path):
+    """Move a file already written and verified elsewhere on the same filesystem to `path`, durably."""
+    os.replace(source, path)
+    fsync_dir(os.path.dirname(path))
+
+
 def write_atomically(path, data, mode=0o640):
     """Write `data` (bytes) to `path` through its temporary name, then rename (atomic_file)."""
     try:

@@ -30,6 +30,7 @@ from ansible.module_utils.workshop_backup import (
     sha256_file,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import atomic_file
 
 try:
     import docker.errors
@@ -40,7 +41,6 @@ except ImportError:
 
 QUEUE_KEYS = ("queue:pending", "queue:running", "queue:completed", "queue:failed")
 RDB_FILE = "redis/dump.rdb"
-_PARTIAL = ".restore-partial-"
 _REFUSED_TYPES = {
     tarfile.CHRTYPE: "a character device",
     tarfile.BLKTYPE: "a block device",
@@ -186,22 +186,17 @@ def safe_extract(archive, dest):
 
 
 def _write_member(tar, info, path):
-    tmp = os.path.join(os.path.dirname(path), f"{_PARTIAL}{os.path.basename(path)}")
     digest = hashlib.sha256()
     size = 0
     source = tar.extractfile(info)
-    try:
-        with open(tmp, "wb") as out:
+    with atomic_file(path) as target:
+        with open(target.tmp, "wb") as out:
             for block in iter(lambda: source.read(CHUNK), b""):
                 digest.update(block)
                 size += len(block)
                 out.write(block)
-        os.chmod(tmp, info.mode & 0o777 or 0o600)
-        os.utime(tmp, (info.mtime, info.mtime))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.chmod(target.tmp, info.mode & 0o777 or 0o600)
+        os.utime(target.tmp, (info.mtime, info.mtime))
     return {"size": size, "sha256": digest.hexdigest()}
 
 

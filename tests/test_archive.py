@@ -84,6 +84,26 @@ def test_post_workshop_archives_to_s3_and_ssh_and_a_second_run_changes_nothing(p
     assert again.changed() == 0, again.output
     assert "0 sent this run" in again.text
 
+    # The emergency recovery test, from each off-host copy; the local backup is set aside meanwhile,
+    # so what is restored can only have come from the target.
+    aside = folder.with_name(f".aside-{folder.name}")
+    folder.rename(aside)
+    try:
+        for target in ("s3test", "nas"):
+            restored = run_playbook(
+                "playbooks/restore_test.yml",
+                "-e",
+                f"@{vars_file}",
+                extra_vars={"workshop_id": played_workshop_id, "restore_source": target},
+                env=S3_ENV,
+            )
+            assert f"Restore test of {folder.name} (from {target}) PASSED" in restored.text, restored.output[-3000:]
+            outcome = record_of(played_workshop_id)["restore_test"]
+            assert (outcome["ok"], outcome["source"], outcome["backup"]) == (True, target, folder.name)
+            assert outcome["files_compared"] >= len(local) - 1  # every file the MANIFEST lists
+    finally:
+        aside.rename(folder)
+
 
 def test_killed_upload_resumes_altered_object_is_caught_and_down_volumes_needs_the_offsite_copy(
     workshop_id,
