@@ -27,6 +27,7 @@ attributes:
     description: Lists what would be built, uploaded and linked; writes and uploads nothing.
   diff_mode:
     support: none
+    description: Returns no diff.
 options:
   outputs_dir:
     description: The participants' outputs, one folder each (data/outputs).
@@ -73,7 +74,7 @@ options:
     description: The S3-compatible target, an entry in the archive_targets format (type s3).
     type: dict
     suboptions:
-      name: {description: The target's name, in messages., type: str, required: true}
+      name: {description: "The target's name, in messages.", type: str, required: true}
       type: {description: Only s3 is used here., type: str, choices: [s3, ssh], required: true}
       endpoint_url: {description: Endpoint URL; empty for AWS., type: str}
       region: {description: Region., type: str, default: us-east-1}

@@ -21,6 +21,7 @@ attributes:
     description: Lists the messages that would be written and sent; writes and sends nothing.
   diff_mode:
     support: none
+    description: Returns no diff.
 options:
   messages:
     description: Rendered messages, each with C(user), C(to) (may be empty), C(name), C(subject), C(body) and C(date) (ISO time).

@@ -57,7 +57,7 @@ def parse_credentials(text):
         line = line.rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith("#") or ":" not in line:
             continue
-        user, _, password = line.partition(":")
+        user, _dummy, password = line.partition(":")
         if user.strip():
             found[user.strip()] = password
     return found

@@ -28,8 +28,8 @@ echo 'requires_ansible: ">=2.16.0"' >"$collection/meta/runtime.yml"
 cp tests/sanity/ignore.txt "$collection/tests/sanity/ignore-$(ansible --version | sed -n 's/^ansible \[core \([0-9]*\.[0-9]*\).*/\1/p').txt" 2>/dev/null || true
 # Imports and fragment names as a collection spells them.
 sed -i -E \
-    -e 's/from ansible\.module_utils\.(workshop_[a-z_]+) import/from ansible_collections.comfy.wrapup.plugins.module_utils.\1 import/' \
-    -e 's/^  - (workshop_[a-z_.]+)$/  - comfy.wrapup.\1/' \
+    -e 's/from ansible\.module_utils\.(workshop_[a-z0-9_]+) import/from ansible_collections.comfy.wrapup.plugins.module_utils.\1 import/' \
+    -e 's/^  - (workshop_[a-z0-9_.]+)$/  - comfy.wrapup.\1/' \
     "$collection"/plugins/modules/*.py "$collection"/plugins/module_utils/*.py
 # ansible-test fetches pip's bootstrap script from a host out of reach here: give it ours.
 pip_version=$(sed -n "s/^ *pip='\([0-9.]*\)',.*/\1/p" "$(python3 -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py")
