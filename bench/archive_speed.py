@@ -18,10 +18,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import REPO, make_outputs, timed
+
 sys.path[:0] = [str(REPO / "tests")]
 import ansible.module_utils
 
@@ -29,12 +29,6 @@ ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 from ansible.module_utils.workshop_backup import backup_name, seal
 from ansible.module_utils.workshop_record import record_backup
 from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server, rclone
-
-
-def timed(command, **kwargs):
-    start = time.perf_counter()
-    subprocess.run(command, check=True, **kwargs)
-    return time.perf_counter() - start
 
 
 def main():
@@ -45,17 +39,7 @@ def main():
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     partial = work / "backups" / "bench" / ".partial-backup-bench"
-    subprocess.run(
-        [
-            "python3",
-            str(REPO / "roles/staging_workshop/files/extra_outputs.py"),
-            str(work / "outputs"),
-            "--megabytes",
-            str(int(args.gigabytes * 1024)),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_outputs(work / "outputs", int(args.gigabytes * 1024))
     partial.mkdir(parents=True)
     subprocess.run(["tar", "-cf", str(partial / "outputs.tar"), "-C", str(work), "outputs"], check=True)
     shutil.rmtree(work / "outputs")
@@ -109,8 +93,8 @@ def main():
             ("platform: rclone copy --checksum", rclone_copy, {"env": rclone_env, **quiet}),
             ("archive_copy (ansible)", archive_copy, {"env": ansible_env, "cwd": REPO, **quiet}),
         ):
-            first = timed(command, **kwargs)
-            second = timed(command, **kwargs)
+            first, _cold = timed(command, cold=False, **kwargs)
+            second, _cold = timed(command, cold=False, **kwargs)
             rows.append((label, first, second))
     finally:
         server.stop()

@@ -16,27 +16,9 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def drop_caches():
-    """Cold cache for every contender, where root may; otherwise all run warm, and the table says so."""
-    subprocess.run(["sync"], check=True)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def timed(command, **kwargs):
-    cold = drop_caches()
-    start = time.perf_counter()
-    subprocess.run(command, check=True, **kwargs)
-    return time.perf_counter() - start, cold
+from benchlib import REPO, make_outputs, timed
 
 
 def main():
@@ -47,17 +29,7 @@ def main():
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     outputs = work / "data" / "outputs"
-    subprocess.run(
-        [
-            "python3",
-            str(REPO / "roles/staging_workshop/files/extra_outputs.py"),
-            str(outputs),
-            "--megabytes",
-            str(int(args.gigabytes * 1024)),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_outputs(outputs, int(args.gigabytes * 1024))
     size = sum(p.stat().st_size for p in outputs.rglob("*") if p.is_file())
     files = sum(1 for p in outputs.rglob("*") if p.is_file())
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}

@@ -21,28 +21,11 @@ import resource
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import REPO, make_outputs, timed
+
 USERS = 20
-
-
-def drop_caches():
-    """Cold cache for every contender, where root may; otherwise all run warm, and the table says so."""
-    subprocess.run(["sync"], check=True)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def timed(command, **kwargs):
-    cold = drop_caches()
-    start = time.perf_counter()
-    subprocess.run(command, check=True, **kwargs)
-    return time.perf_counter() - start, cold
 
 
 def main():
@@ -53,19 +36,7 @@ def main():
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     outputs = work / "data" / "outputs"
-    subprocess.run(
-        [
-            "python3",
-            str(REPO / "roles/staging_workshop/files/extra_outputs.py"),
-            str(outputs),
-            "--megabytes",
-            str(int(args.gigabytes * 1024)),
-            "--users",
-            str(USERS),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_outputs(outputs, int(args.gigabytes * 1024), USERS)
     credentials = work / "USER_CREDENTIALS.txt"
     credentials.write_text("".join(f"user{n:03d}:{secrets.token_urlsafe(12)}\n" for n in range(1, USERS + 1)))
     credentials.chmod(0o600)

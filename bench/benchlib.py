@@ -1,0 +1,33 @@
+"""What the benchmarks share: made-up workshop outputs, a cold page cache, a timed command."""
+
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_outputs(folder, megabytes, users=None):
+    """PNG/MP4-like incompressible outputs in participants' folders, as the staging workshop makes them."""
+    command = ["python3", str(REPO / "roles/staging_workshop/files/extra_outputs.py"), str(folder), "--megabytes", str(megabytes)]
+    if users:
+        command += ["--users", str(users)]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def drop_caches():
+    """Cold cache for every contender, where root may; otherwise all run warm, and the table says so."""
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def timed(command, cold=True, **kwargs):
+    """Seconds `command` took, and whether it started from a cold page cache."""
+    was_cold = drop_caches() if cold else False
+    start = time.perf_counter()
+    subprocess.run(command, check=True, **kwargs)
+    return time.perf_counter() - start, was_cold
