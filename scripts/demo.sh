@@ -14,9 +14,13 @@ ansible-playbook playbooks/staging.yml -e staging_workshop_action=play -e stagin
 echo "== Wrapping it up: ansible-playbook post_workshop.yml =="
 ansible-playbook post_workshop.yml -e workshop_id="$workshop_id" -e drain_progress_seconds=3
 
-inventory=$(ansible-inventory --host localhost)
-project=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["workshop_project_dir"])' <<<"$inventory")
-backups=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["workshop_backup_root"])' <<<"$inventory")/$workshop_id
+# The settings as the playbooks saw them: templated (inventory/local derives them from the slot).
+setting() {
+    ANSIBLE_CALLBACK_RESULT_FORMAT=json ansible localhost -m ansible.builtin.debug -a "msg={{ $1 }}" 2>/dev/null |
+        python3 -c 'import json,sys; print(json.loads(sys.stdin.read().partition(" => ")[2])["msg"])'
+}
+project=$(setting workshop_project_dir)
+backups=$(setting workshop_backup_root)/$workshop_id
 cat <<SUMMARY
 
 == Demo finished ==
