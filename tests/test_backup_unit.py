@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 
 import pytest
@@ -216,23 +215,27 @@ def test_a_file_that_never_stops_changing_fails_naming_it(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
     path = source / "growing.log"
-    path.write_bytes(b"x" * (2 << 20))
-    stop = threading.Event()
-
-    def writer():
-        with open(path, "ab") as out:
-            while not stop.is_set():
-                out.write(b"y" * 4096)
-                out.flush()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    path.write_bytes(b"x" * (8 << 20))
+    # A process of its own, as a service writing its log is: it appends while every read happens,
+    # whatever the scheduling of this process's threads (a thread could starve behind the GIL).
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nwith open(sys.argv[1], 'ab') as out:\n    while True:\n        out.write(b'y' * 4096); out.flush()",
+            str(path),
+        ]
+    )
     try:
+        size = path.stat().st_size
+        deadline = time.monotonic() + 10
+        while path.stat().st_size == size and time.monotonic() < deadline:
+            time.sleep(0.01)
         with pytest.raises(WorkshopError, match=r"growing.log changed every time it was read \(3 tries\)"):
             write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source)})
     finally:
-        stop.set()
-        thread.join()
+        writer.kill()
+        writer.wait()
     assert not (tmp_path / "outputs.tar").exists() and not (tmp_path / "outputs.tar.partial").exists()
 
 
