@@ -121,3 +121,9 @@ def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("s3"), bucket="workshop-test").start()
     yield server.target(name="test-s3", prefix="")
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """One S3 server for a test module: an archive_targets entry (bucket workshop-test, no prefix)."""
+    yield from s3_server(tmp_path_factory)

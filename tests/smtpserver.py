@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import time
 
+import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
@@ -82,3 +83,9 @@ def smtp_server(security="none", folder=None, login=None):
             time.sleep(0.05)
     yield port, mailbox, cert
     controller.stop()
+
+
+@pytest.fixture
+def smtp():
+    """A plain SMTP server for one test: (port, mailbox, certificate)."""
+    yield from smtp_server()

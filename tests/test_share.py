@@ -13,24 +13,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from s3server import s3_server
-from smtpserver import smtp_server
+from s3server import s3  # noqa: F401 - a fixture
+from smtpserver import smtp  # noqa: F401 - a fixture
 from test_share_playbook_unit import ArgvSampler
 
 from conftest import BACKUP_ROOT, PROJECT_DIR, empty_staging, run_playbook, staging
 
 USERS = [f"user{n:03d}" for n in range(1, 21)]
 LINK = re.compile(r"Link:\s+(\S+)")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    yield from s3_server(tmp_path_factory)
-
-
-@pytest.fixture
-def smtp():
-    yield from smtp_server()
 
 
 @pytest.fixture
@@ -63,7 +53,7 @@ def open_zip(archive, password, into):
     return subprocess.run(["7z", "x", "-y", f"-p{password}", f"-o{into}", str(archive)], capture_output=True, check=False)
 
 
-def test_each_attending_participant_gets_exactly_their_outputs(played_20, s3, smtp, tmp_path):
+def test_each_attending_participant_gets_exactly_their_outputs(played_20, s3, smtp, tmp_path):  # noqa: F811 - the fixture
     passwords = played_20
     port, mailbox, _ = smtp
     workshop_id = f"share-{uuid.uuid4().hex[:8]}"

@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from s3server import s3_server
-from smtpserver import smtp_server
+from s3server import s3  # noqa: F401 - a fixture
+from smtpserver import smtp  # noqa: F401 - a fixture
 
 from conftest import run_playbook
 
@@ -27,18 +27,8 @@ ROSTER = "user,name,email\nuser001,Ada,ada@example.org\nuser002,Bob,bob@example.
 LINK = re.compile(r"Link:\s+(\S+)")
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    yield from s3_server(tmp_path_factory)
-
-
 @pytest.fixture
-def smtp():
-    yield from smtp_server()
-
-
-@pytest.fixture
-def site(tmp_path, s3, smtp):
+def site(tmp_path, s3, smtp):  # noqa: F811 - the fixture
     """A workshop project, a roster and a vars file (the S3 secrets in a file, not on the command line)."""
     project = tmp_path / "project"
     for user, files in MADE.items():

@@ -15,8 +15,8 @@ import pytest
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_share import MAX_LINK_SECONDS, parse_credentials, parse_roster, share
 from ansible.module_utils.workshop_share_messages import send_messages
-from s3server import s3_server
-from smtpserver import smtp_server
+from s3server import s3  # noqa: F401 - a fixture
+from smtpserver import smtp, smtp_server  # noqa: F401 - smtp is a fixture
 
 from conftest import load_module  # also adds module_utils to ansible.module_utils' path
 
@@ -28,16 +28,6 @@ MADE = {
     "user003": {"img.webp": os.urandom(3000), "notes.txt": b"hello " * 1000},
     "user004": {"x.png": b""},
 }
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    yield from s3_server(tmp_path_factory)
-
-
-@pytest.fixture
-def smtp():
-    yield from smtp_server()
 
 
 @pytest.fixture
@@ -191,7 +181,7 @@ def fetch(url):
         return error.code, error.read()
 
 
-def test_s3_delivery_links_download_the_archive_and_expire(workshop, tmp_path, s3):
+def test_s3_delivery_links_download_the_archive_and_expire(workshop, tmp_path, s3):  # noqa: F811 - the fixture
     issued_at = time.time()
     result = share(params(workshop, tmp_path, target=s3, folder=None, link_lifetime=8), check_mode=False)
     assert result["delivery"] == "s3" and result["uploaded"] == result["linked"] == ["user001", "user002", "user003", "user004"]
@@ -227,7 +217,7 @@ def test_s3_delivery_links_download_the_archive_and_expire(workshop, tmp_path, s
     assert not again["changed"] and again["participants"][0]["link"] == new
 
 
-def test_a_wrong_s3_secret_names_the_target(workshop, tmp_path, s3):
+def test_a_wrong_s3_secret_names_the_target(workshop, tmp_path, s3):  # noqa: F811 - the fixture
     with pytest.raises(WorkshopError, match=r"Archive target 'test-s3'.*s3://workshop-test/share/ws/"):
         share(params(workshop, tmp_path, target={**s3, "secret_key": "nope"}, folder=None), check_mode=False)
 
@@ -269,7 +259,7 @@ def message_params(tmp_path, result, port, **extra):
     }
 
 
-def test_messages_are_written_sent_once_and_carry_no_password(workshop, tmp_path, smtp):
+def test_messages_are_written_sent_once_and_carry_no_password(workshop, tmp_path, smtp):  # noqa: F811 - the fixture
     port, mailbox, _ = smtp
     result = share(params(workshop, tmp_path), check_mode=False)
 
@@ -295,7 +285,7 @@ def test_messages_are_written_sent_once_and_carry_no_password(workshop, tmp_path
     assert send_messages(message_params(tmp_path, result, port, resend=True), check_mode=False)["sent"] == ["user001", "user003"]
 
 
-def test_the_password_goes_in_only_when_the_admin_chooses(workshop, tmp_path, smtp):
+def test_the_password_goes_in_only_when_the_admin_chooses(workshop, tmp_path, smtp):  # noqa: F811 - the fixture
     port, mailbox, _ = smtp
     result = share(params(workshop, tmp_path), check_mode=False)
     send_messages(
