@@ -117,10 +117,12 @@ def _quick_read(path, size):
 def check_backup(backup_dir, record):
     """The newest sealed backup exists, its MANIFEST parses, its files have the listed sizes and read."""
     if not os.path.isdir(backup_dir):
-        return line("backup", False, f"No backup folder at {backup_dir}: run the backup phase (playbooks/backup.yml)"), None
+        # The same text as an empty folder: writing readiness.json makes the folder, and a second run
+        # on unchanged data must say the same.
+        return line("backup", False, f"No backup in {backup_dir} (no backup-*/{MANIFEST}): run playbooks/backup.yml"), None
     names = sealed_backups(backup_dir)
     if not names:
-        return line("backup", False, f"No sealed backup (backup-*/{MANIFEST}) in {backup_dir}: run the backup phase"), None
+        return line("backup", False, f"No backup in {backup_dir} (no backup-*/{MANIFEST}): run playbooks/backup.yml"), None
     name = names[-1]
     folder = os.path.join(backup_dir, name)
     try:
@@ -346,7 +348,7 @@ def check_disk(outputs_dir, backup_root, record, record_path, margin):
     if isinstance(recorded, int):
         size, source = recorded, f"backup.outputs.bytes of {record_path}"
     elif os.path.isdir(outputs_dir):
-        size, source = tree_usage(outputs_dir)["bytes"], f"{outputs_dir} as it is now (no backup in the run record)"
+        size, source = tree_usage(outputs_dir)["bytes"], f"{outputs_dir} as it is now, no backup recorded"
     else:
         return line(
             "disk", False, f"The last workshop's outputs size is unknown: no backup in {record_path}, no folder {outputs_dir}"
@@ -363,15 +365,16 @@ def check_disk(outputs_dir, backup_root, record, record_path, margin):
             free[path] = available
         if available < need:
             short.append(" and ".join(path for path, _probe in paths))
-    shared = "one filesystem" if len(filesystems) == 1 else "their filesystems"
     figures = "; ".join(f"{human_bytes(free[path])} free for {path}" for path in (outputs_dir, backup_root))
     if len(filesystems) == 1:
         figures = f"{human_bytes(free[outputs_dir])} free"
     facts = {"outputs_bytes": size, "margin": margin, "needed_bytes": need, "free_bytes": free, "source": source}
-    needs = f"{human_bytes(need)} ({margin:g} x {human_bytes(size)}, the last workshop's outputs from {source})"
+    needs = f"{human_bytes(need)} free needed ({margin:g} x {human_bytes(size)}, the last workshop's outputs: {source})"
     if short:
-        return line("disk", False, f"Less than {needs} free on the filesystem of {', '.join(short)}", figures), facts
-    return line("disk", True, f"Outputs {outputs_dir} and backups {backup_root} ({shared}) have {needs} free", figures), facts
+        return line("disk", False, f"{needs}, less on the filesystem of {', '.join(short)}", figures), facts
+    where = " and ".join(" and ".join(path for path, _probe in paths) for paths in filesystems.values())
+    shared = "one filesystem" if len(filesystems) == 1 else "each filesystem"
+    return line("disk", True, f"{needs}, there on {shared} of {where}", figures), facts
 
 
 # --- 5. images ---------------------------------------------------------------------------------------

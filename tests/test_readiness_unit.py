@@ -3,6 +3,7 @@ on loopback, real backup folders in the backup's own format, a real redis-server
 
 import json
 import os
+import shutil
 import socket
 import ssl
 import stat
@@ -231,20 +232,27 @@ def test_the_next_workshop_defaults_to_a_week_ahead_and_refuses_a_non_date():
 # --- the backups -------------------------------------------------------------------------------------
 
 
-def make_backup(tmp_path, name="backup-20261129T170000Z"):
-    """A sealed backup of the backup phase's own format (outputs.tar, its member list, a config file)."""
+def make_backup(tmp_path, name="backup-20261129T170000Z", backup_dir=None, snapshot=None):
+    """A sealed backup of the backup phase's own format (outputs.tar, its member list, a config file),
+    in `backup_dir` (default <tmp_path>/backups); with `snapshot` (dump.rdb, its persistent keys) its Redis too."""
+    backup_dir = backup_dir or tmp_path / "backups"
     source = tmp_path / "data" / "outputs"
     for user, count in (("user001", 3), ("user002", 2)):
         (source / user).mkdir(parents=True, exist_ok=True)
         for n in range(count):
             (source / user / f"img{n}.png").write_bytes(os.urandom(100_000 + n))
-    partial = tmp_path / "backups" / f".partial-{name}"
+    partial = backup_dir / f".partial-{name}"
     (partial / "config").mkdir(parents=True)
     members, _vanished = write_archive(str(partial / "outputs.tar"), {"outputs": str(source)})
     write_members(str(partial / "outputs.tar"), members)
     (partial / "config" / ".env").write_text("DOMAIN=ws.example.org\n")
-    final = tmp_path / "backups" / name
-    seal(str(partial), str(final), {"name": name})
+    facts = {"name": name}
+    if snapshot:
+        (partial / "redis").mkdir()
+        shutil.copyfile(snapshot[0], partial / "redis" / "dump.rdb")
+        facts["redis"] = {"file": "redis/dump.rdb", "keys": snapshot[1]}
+    final = backup_dir / name
+    seal(str(partial), str(final), facts)
     return final
 
 
@@ -266,13 +274,13 @@ def test_a_readable_backup_is_ready(tmp_path):
 def test_a_missing_backup_folder_is_named(tmp_path):
     entry, newest = check_backup(str(tmp_path / "backups" / "berlin"), {})
     assert entry["ok"] is False and newest is None
-    assert entry["reason"].startswith(f"No backup folder at {tmp_path / 'backups' / 'berlin'}:")
+    assert (
+        entry["reason"] == f"No backup in {tmp_path / 'backups' / 'berlin'} (no backup-*/MANIFEST.json): run playbooks/backup.yml"
+    )
 
     (tmp_path / "backups" / "berlin" / "backup-20261129T170000Z").mkdir(parents=True)  # no MANIFEST: never a backup
-    entry, newest = check_backup(str(tmp_path / "backups" / "berlin"), {})
-    assert entry["ok"] is False and entry["reason"].startswith(
-        f"No sealed backup (backup-*/MANIFEST.json) in {tmp_path / 'backups' / 'berlin'}"
-    )
+    again, newest = check_backup(str(tmp_path / "backups" / "berlin"), {})
+    assert again == entry and newest is None  # the same words: a second run on unchanged data rewrites nothing
 
 
 def test_a_manifest_that_does_not_parse_is_named(tmp_path):
@@ -373,11 +381,14 @@ def test_disk_needs_the_margin_times_the_last_outputs(tmp_path):
     short, facts = check_disk(str(outputs), str(tmp_path / "backups"), record, "/r.json", 2)
     fits, fits_facts = check_disk(str(outputs), str(tmp_path / "backups"), {}, "/r.json", 2)
 
-    assert short["ok"] is False and short["reason"].startswith("Less than ")
-    assert short["reason"].endswith(f"free on the filesystem of {outputs} and {tmp_path / 'backups'}")
+    assert short["ok"] is False and short["reason"].startswith(f"{facts['needed_bytes'] / 2**30:.1f} GiB free needed (2 x ")
+    assert short["reason"].endswith(f", less on the filesystem of {outputs} and {tmp_path / 'backups'}")
     assert facts["needed_bytes"] == 2 * (free // 2 + (1 << 30))
     assert fits["ok"] is True and fits_facts["outputs_bytes"] == 5000 and fits_facts["needed_bytes"] == 10000
-    assert f"{outputs} as it is now" in fits["evidence"]
+    assert fits["evidence"] == (
+        f"9.8 KiB free needed (2 x 4.9 KiB, the last workshop's outputs: {outputs} as it is now, no backup recorded), "
+        f"there on one filesystem of {outputs} and {tmp_path / 'backups'}"
+    )
 
 
 def test_compose_images_follow_compose_file_includes_and_variables(tmp_path):
