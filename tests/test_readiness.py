@@ -21,7 +21,8 @@ def workshop_id(staging_workshop):
 
 
 def test_readiness_runs_a_missing_restore_test_then_keeps_its_lines_and_a_second_run_changes_nothing(workshop_id, rdb, tmp_path):
-    empty_staging(rdb)
+    if rdb.zcard("queue:pending") or rdb.zcard("queue:running"):  # left by an earlier test of this worker
+        empty_staging(rdb)
     folder = BACKUP_ROOT / workshop_id
     folder.mkdir(mode=0o700)
     with running_redis(tmp_path) as client:  # the snapshot: a few keys, saved by a real redis-server
