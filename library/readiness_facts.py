@@ -10,7 +10,7 @@ short_description: Check that a ComfyUI workshop host is ready for the next work
 description:
   - Reads, without changing anything, the checklist's "Next Workshop Preparation" and "Emergency
     Recovery Test" checks, each as one line with a verdict and its evidence or reason
-    (RV(lines)); M(readiness_report) writes them to files and the run record.
+    (RV(lines)); C(readiness_report) writes them to files and the run record.
   - C(backup) - the newest sealed backup in O(backup_dir) exists, its C(MANIFEST.json) parses, and
     every file it lists has the listed size and reads (both ends, and a tar's first header); a
     verification the run record says failed is a failure.

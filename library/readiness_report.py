@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: readiness_report
 short_description: Write the next-workshop readiness to files and the run record
 description:
-  - Writes what M(readiness_facts) found to C(readiness.json) and a short C(readiness.md) in
+  - Writes what C(readiness_facts) found to C(readiness.json) and a short C(readiness.md) in
     O(dest), each through a temporary name and a rename, and to the C(readiness) section of the
     run record O(record) (V({at, ok, next_workshop, lines})).
   - Nothing is rewritten when the outcome is the one already kept - the verdicts and their texts;
@@ -35,7 +35,7 @@ options:
     type: path
     required: true
   readiness:
-    description: What M(readiness_facts) returned (at least C(at), C(ok), C(next_workshop), C(lines)).
+    description: What C(readiness_facts) returned (at least C(at), C(ok), C(next_workshop), C(lines)).
     type: dict
     required: true
   workshop_id:
