@@ -8,16 +8,19 @@ DOCUMENTATION = r"""
 module: workshop_checklist
 short_description: Tick the checklist's Verification Checklist from the run record, and keep it with the report
 description:
-  - Reads the workshop's run record and the newest backup's C(MANIFEST.json) and gives the checklist's
+  - >-
+    Reads the workshop's run record and the newest backup's C(MANIFEST.json) and gives the checklist's
     ten lines (outputs backed up, logs exported and compressed, database snapshot, configuration,
     report, restore test, participants notified, feedback, cleanup, next use), each ✓ with the
     evidence that proves it (files, bytes, when, how many) or ✗ with the reason and what to do,
     and the status C(READY FOR STORAGE) when all ten hold, else C(NEEDS FOLLOW-UP) with the failing lines.
-  - With O(write), when the report folder O(report_dir) exists, writes C(checklist.json) there and puts
-    the checklist's table and status into the report already written (C(report.md), C(report.html):
+  - >-
+    With O(write), when the report folder O(report_dir) exists, writes C(checklist.json) there and puts
+    the checklist's table and status into the report already written (C(report.md) and C(report.html),
     only their checklist parts change). Without a report folder nothing is written (the report phase
     writes all three).
-  - Files are written through a temporary name and renamed, only when their content changes: an
+  - >-
+    Files are written through a temporary name and renamed, only when their content changes, so an
     unchanged record rewrites nothing.
 version_added: "0.1.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
@@ -127,8 +130,12 @@ def tick(params, check_mode):
             written += updated
             not_written += [f"{path}: missing, or written before reports had a checklist (run --tags report)" for path in skipped]
         else:
-            not_written.append(f"{report_dir} does not exist yet: the report phase (--tags report) writes the checklist with the report")
-    return dict(changed=bool(written), checklist=checklist, table=checklist_table(checklist), written=written, not_written=not_written)
+            not_written.append(
+                f"{report_dir} does not exist yet: the report phase (--tags report) writes the checklist with the report"
+            )
+    return dict(
+        changed=bool(written), checklist=checklist, table=checklist_table(checklist), written=written, not_written=not_written
+    )
 
 
 def main():

@@ -189,9 +189,7 @@ def main():
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
     files = [os.path.join(dest, name) for name in (*REPORT_FILES, CHECKLIST_FILE)]
-    module.exit_json(
-        changed=changed, files=files, markdown=texts["report.md"], generated_at=stamp, checklist=inputs["checklist"]
-    )
+    module.exit_json(changed=changed, files=files, markdown=texts["report.md"], generated_at=stamp, checklist=inputs["checklist"])
 
 
 if __name__ == "__main__":

@@ -130,7 +130,9 @@ def written(params, check_mode):
     changed = False
     for path, text in zip(files, texts):
         changed = write_if_changed(path, text.encode(), 0o640, check_mode) or changed
-    return dict(changed=changed, rollup=rollup, files=files, markdown=texts[0], entries=rollup["workshops"], left_out=params["left_out"])
+    return dict(
+        changed=changed, rollup=rollup, files=files, markdown=texts[0], entries=rollup["workshops"], left_out=params["left_out"]
+    )
 
 
 def main():
@@ -148,10 +150,8 @@ def main():
         supports_check_mode=True,
     )
     try:
-        if module.params["state"] == "collected":
-            result = collected(module.params)
-        else:
-            result = written(module.params, module.check_mode)
+        state = module.params["state"]
+        result = collected(module.params) if state == "collected" else written(module.params, module.check_mode)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
     module.exit_json(**result)

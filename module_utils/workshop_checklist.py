@@ -339,7 +339,10 @@ def line_next_use(record, facts):
     when = format_stamp(readiness["at"]) if readiness.get("at") else "at an unrecorded time"
     if not _yes(readiness.get("ok")):
         failing = [str(entry.get("item") or entry.get("name") or "?") for entry in lines if not _yes(entry.get("ok"))]
-        return _not(f"the readiness check {when} found problems ({_names(failing) or 'not recorded'}): fix them and run playbooks/readiness.yml")
+        return _not(
+            f"the readiness check {when} found problems ({_names(failing) or 'not recorded'}): "
+            "fix them and run playbooks/readiness.yml"
+        )
     return _ok(f"readiness checked {when}: all {len(lines)} lines hold")
 
 

@@ -2,13 +2,13 @@
 charts of workshop_report_charts; inline CSS and SVG, no script, nothing fetched, every text from the
 inputs escaped (error messages and log lines are untrusted)."""
 
+from ansible.module_utils.workshop_checklist import build_checklist, status_text
 from ansible.module_utils.workshop_report_charts import (
     _e,
     duration_histogram_chart,
     jobs_per_participant_chart,
     queue_depth_chart,
 )
-from ansible.module_utils.workshop_checklist import build_checklist, status_text
 from ansible.module_utils.workshop_report_markdown import marked
 from ansible.module_utils.workshop_report_text import Code, Missing, Prompt, Status, _get, build_report, one_line
 
@@ -74,9 +74,7 @@ def html_fragments(checklist):
     return {"checklist": checklist_html(checklist), "status": _e(status_text(checklist))}
 
 
-def render_html(
-    metrics, logs, gpu, gpu_reason, network, network_reason, record, context, durations=None, checklist=None
-):
+def render_html(metrics, logs, gpu, gpu_reason, network, network_reason, record, context, durations=None, checklist=None):
     """The report as one self-contained HTML page: the same content as the Markdown plus three inline SVG
     charts (queue depth, jobs per participant, and a histogram of `durations`, per-job seconds, when given),
     and the verification checklist's table (`checklist`, default from the record alone)."""

@@ -48,9 +48,8 @@ def checklist_markdown(checklist):
     """The verification checklist as a Markdown table (between its markers: the part the checklist phase rewrites)."""
     rows = ["", "| | Item | Evidence, or why not and what to do |", "|:-:|---|---|"]
     for line in checklist["lines"]:
-        rows.append(
-            f"| {'✓' if line['ok'] else '✗'} | {md_escape(line['item'])} | {md_escape(one_line(line.get('evidence') or line.get('reason'), 1000))} |"
-        )
+        text = one_line(line.get("evidence") or line.get("reason"), 1000)
+        rows.append(f"| {'✓' if line['ok'] else '✗'} | {md_escape(line['item'])} | {md_escape(text)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -59,9 +58,7 @@ def markdown_fragments(checklist):
     return {"checklist": checklist_markdown(checklist), "status": md_escape(status_text(checklist))}
 
 
-def render_markdown(
-    metrics, logs, gpu, gpu_reason, network, network_reason, record, context, durations=None, checklist=None
-):
+def render_markdown(metrics, logs, gpu, gpu_reason, network, network_reason, record, context, durations=None, checklist=None):
     """The report as Markdown, the checklist's template filled in. `durations` (per-job seconds) is
     drawn only in the HTML; it is accepted here so both renderings take the same inputs. `checklist`
     (workshop_checklist.build_checklist) gives the Verification Checklist and the status; default: from

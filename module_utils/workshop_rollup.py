@@ -162,7 +162,9 @@ def _summary(rollup):
 
 
 def _left_out_lines(left_out):
-    return [f"{entry['workshop_id']}{' on ' + entry['host'] if entry.get('host') else ''}: {entry['reason']}" for entry in left_out]
+    return [
+        f"{entry['workshop_id']}{' on ' + entry['host'] if entry.get('host') else ''}: {entry['reason']}" for entry in left_out
+    ]
 
 
 def render_markdown(rollup, left_out=(), generated_at=""):
@@ -224,7 +226,11 @@ def render_html(rollup, left_out=(), generated_at=""):
         out.append(f"<tr{css}>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
     out.append("</table>")
     rows = [(f"{row['date']} {row['workshop_id']}", row["jobs"] or 0) for row in rollup["workshops"]]
-    out.append(bar_chart("chart-jobs-per-workshop", "Jobs per workshop", rows, "workshops", "Jobs submitted", "no workshop", "in date order"))
+    out.append(
+        bar_chart(
+            "chart-jobs-per-workshop", "Jobs per workshop", rows, "workshops", "Jobs submitted", "no workshop", "in date order"
+        )
+    )
     out.append("<p>Success rate: completed of completed + failed. GPU hours: the sum of the completed jobs' run times.</p>")
     if left_out:
         out.append("<h2>Not in this roll-up</h2><ul>")

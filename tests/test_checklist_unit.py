@@ -26,7 +26,14 @@ MANIFEST = {
 }
 BACKUP_DATA = {
     "outputs": {"bytes": 27_000_832, "files": 103, "links": 0},
-    "redis": {"checksum": "ok", "keys": 95, "job_records": 60, "rdb_version": 12, "size": 77_206, "sha256": "4bb8a11e5d71" + "0" * 52},
+    "redis": {
+        "checksum": "ok",
+        "keys": 95,
+        "job_records": 60,
+        "rdb_version": 12,
+        "size": 77_206,
+        "sha256": "4bb8a11e5d71" + "0" * 52,
+    },
 }
 RESTORE_TEST = {
     "ok": True,
@@ -299,7 +306,9 @@ def test_without_a_report_folder_it_only_shows_the_checklist(tmp_path, capsys):
     args = {"run_record": str(tmp_path / "run-record.json"), "report_dir": str(tmp_path / "report")}
     result = run_checklist_module(capsys, args)
     assert result["changed"] is False and result["written"] == []
-    assert result["not_written"] == [f"{tmp_path / 'report'} does not exist yet: the report phase (--tags report) writes the checklist with the report"]
+    assert result["not_written"] == [
+        f"{tmp_path / 'report'} does not exist yet: the report phase (--tags report) writes the checklist with the report"
+    ]
     assert len(result["table"]) == 11 and all(line.startswith("✗ ") for line in result["table"][:10])
     assert list(tmp_path.iterdir()) == []
 

@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from ansible.module_utils.workshop_metrics import compute_metrics, jobs_from_redis
@@ -111,7 +110,9 @@ def archive(tmp_path_factory):
         (folder / "report").mkdir(parents=True)
         (folder / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if final:
-            save_record(str(folder / "run-record.json"), {"drain": {"final_time": final.replace(tzinfo=timezone.utc).isoformat()}})
+            save_record(
+                str(folder / "run-record.json"), {"drain": {"final_time": final.replace(tzinfo=timezone.utc).isoformat()}}
+            )
         expected[name] = dict(expected_row(jobs, registered), date=(final or start).strftime("%Y-%m-%d"))
     # A workshop whose report never got its metrics, and one whose metrics.json is broken.
     (root / "half-done" / "report").mkdir(parents=True)
@@ -139,7 +140,13 @@ def test_the_rollup_shows_the_three_workshops_of_the_year_with_their_figures(arc
     assert left_out["berlin-2025"] == {"workshop_id": "berlin-2025", "host": "vps1", "reason": "of 2025"}
     assert left_out["broken"]["reason"].startswith(f"{root}/broken/report/metrics.json is unreadable (")
     dest = tmp_path / "reports" / str(YEAR)
-    args = {"state": "written", "year": YEAR, "entries": collected["entries"], "left_out": collected["left_out"], "dest": str(dest)}
+    args = {
+        "state": "written",
+        "year": YEAR,
+        "entries": collected["entries"],
+        "left_out": collected["left_out"],
+        "dest": str(dest),
+    }
 
     preview = run_rollup_module(capsys, args, check=True)
     assert preview["changed"] is True and not dest.exists()
