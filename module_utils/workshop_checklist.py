@@ -286,7 +286,10 @@ def _messages(share):
 def line_notified(record, facts):
     share = _get(record, "share")
     if not isinstance(share, dict):
-        return _not("the outputs were not shared: run --tags share")
+        return _not(
+            "the outputs were not shared (no share in the run record; sharing needs share_target or share_base_url): "
+            "run --tags share"
+        )
     written, sent, unsent = _messages(share)
     if not written:
         return _not("no message was written (no participant had outputs to share, or the share did not finish): run --tags share")
@@ -303,7 +306,7 @@ def line_notified(record, facts):
 def line_feedback(record, facts):
     share = _get(record, "share")
     if not isinstance(share, dict):
-        return _not("no survey link was sent: the outputs were not shared yet (run --tags share with share_survey_url)")
+        return _not("no survey link was sent: the outputs were not shared yet (set share_survey_url, run --tags share)")
     url = share.get("survey_url") or share.get("share_survey_url")
     if not url:
         return _not("the messages carry no survey link: set share_survey_url and run --tags share -e share_resend=true")

@@ -178,7 +178,12 @@ def _no_report(record, folder):
             f"the restore test of backup {BACKUP} FAILED 2026-11-30 09:12 UTC (what failed was not recorded): "
             "make a new backup and run playbooks/restore_test.yml again",
         ),
-        (_drop("share"), "notified", "the outputs were not shared: run --tags share"),
+        (
+            _drop("share"),
+            "notified",
+            "the outputs were not shared (no share in the run record; sharing needs share_target or share_base_url): "
+            "run --tags share",
+        ),
         (
             _unsent,
             "notified",
