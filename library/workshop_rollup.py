@@ -14,7 +14,7 @@ description:
     completed, failed, success rate, peak queue depth, GPU hours as the sum of the completed jobs' run
     times when known, date). A workshop is dated by its drain's final time (run record, else the
     metrics' drain), else by its first job. Workshops of other years, and unreadable files, are
-    returned in RV(left_out) with the reason.
+    returned in RV(left_out) with the reason, as are workshops with a run record but no metrics.json.
   - V(written) writes the roll-up of O(entries) (the entries of every host) into O(dest) as
     C(rollup-<year>.md) and a self-contained C(rollup-<year>.html) with a chart of the jobs per workshop,
     through temporary names, only when their content changes.
@@ -88,7 +88,7 @@ entries:
   type: list
   elements: dict
 left_out:
-  description: Workshops not in the roll-up, each with C(workshop_id), C(host) and C(reason) (another year, unreadable).
+  description: Workshops not in the roll-up, each with C(workshop_id), C(host) and C(reason) (another year, unreadable, no metrics.json yet).
   returned: always
   type: list
   elements: dict

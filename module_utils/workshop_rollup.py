@@ -92,6 +92,12 @@ def collect_entries(backup_root, year, host=None):
             left_out.append({"workshop_id": workshop_id, "host": host, "reason": f"of {entry['date'][:4]}"})
         else:
             entries.append(entry)
+    # Workshops the phases recorded whose report never ran: named, so none is missed silently.
+    for path in sorted(glob.glob(os.path.join(glob.escape(backup_root), "*", RECORD))):
+        folder = os.path.dirname(path)
+        if not os.path.exists(os.path.join(folder, METRICS)):
+            reason = f"no {METRICS} (run the report phase for it: --tags report -e workshop_id=...)"
+            left_out.append({"workshop_id": os.path.basename(folder), "host": host, "reason": reason})
     return entries, left_out
 
 

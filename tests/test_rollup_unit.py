@@ -116,6 +116,7 @@ def archive(tmp_path_factory):
         expected[name] = dict(expected_row(jobs, registered), date=(final or start).strftime("%Y-%m-%d"))
     # A workshop whose report never got its metrics, and one whose metrics.json is broken.
     (root / "half-done" / "report").mkdir(parents=True)
+    save_record(str(root / "half-done" / "run-record.json"), {"drain": {"final_time": "2026-08-01T12:00:00+00:00"}})
     (root / "broken" / "report").mkdir(parents=True)
     (root / "broken" / "report" / "metrics.json").write_text("{not json")
     return root, expected
@@ -136,7 +137,8 @@ def test_the_rollup_shows_the_three_workshops_of_the_year_with_their_figures(arc
     collected = run_rollup_module(capsys, {"state": "collected", "backup_root": str(root), "year": YEAR, "host": "vps1"})
     assert collected["changed"] is False
     left_out = {entry["workshop_id"]: entry for entry in collected["left_out"]}
-    assert sorted(left_out) == ["berlin-2025", "broken"]
+    assert sorted(left_out) == ["berlin-2025", "broken", "half-done"]
+    assert left_out["half-done"]["reason"].startswith("no report/metrics.json (run the report phase for it")
     assert left_out["berlin-2025"] == {"workshop_id": "berlin-2025", "host": "vps1", "reason": "of 2025"}
     assert left_out["broken"]["reason"].startswith(f"{root}/broken/report/metrics.json is unreadable (")
     dest = tmp_path / "reports" / str(YEAR)
@@ -210,6 +212,6 @@ def test_the_playbook_in_check_mode_collects_on_the_host_and_writes_nothing(arch
     assert preview.returncode == 0, preview.stdout + preview.stderr
     said = " ".join(preview.stdout.split())
     assert "3 workshops of 2026: berlin-spring, lisbon, online-nov" in said
-    assert "Left out: berlin-2025, broken" in said
+    assert "Left out: berlin-2025, broken, half-done" in said
     assert f"Would write: {dest}/rollup-{YEAR}.md, {dest}/rollup-{YEAR}.html" in said
     assert not dest.exists()
