@@ -13,10 +13,13 @@ description:
     the network probe. A figure without a measurement reads C(not measured - <reason>); what only a
     person can know is left as a marked prompt.
   - Ranked figures are shown in the order the metrics give them (most first).
-  - Writes C(report.md) and C(report.html) (inline SVG charts of the queue depth over time, jobs per
+  - Writes C(report.md), C(report.html) (inline SVG charts of the queue depth over time, jobs per
     participant and job durations; nothing fetched, readable offline) through temporary names.
   - The report is stamped with the time it is written. A report unchanged but for that time is left
     alone, so a second run on the same data changes nothing.
+  - Its Verification Checklist (the checklist's ten lines, ✓ with the evidence or ✗ with the reason,
+    from the run record and the newest backup's C(MANIFEST.json)) comes before the footer, whose
+    C(Status) follows from it; the same checklist is written to C(checklist.json) beside the report.
 version_added: "0.1.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
 attributes:
@@ -90,7 +93,7 @@ EXAMPLES = r"""
 
 - name: Both files are there
   ansible.builtin.assert:
-    that: report.files | length == 2
+    that: report.files | length == 3
 """
 
 RETURN = r"""
@@ -99,11 +102,18 @@ files:
   returned: always
   type: list
   elements: str
-  sample: [/var/backups/comfy-wrapup/berlin/report/report.md, /var/backups/comfy-wrapup/berlin/report/report.html]
+  sample:
+    - /var/backups/comfy-wrapup/berlin/report/report.md
+    - /var/backups/comfy-wrapup/berlin/report/report.html
+    - /var/backups/comfy-wrapup/berlin/report/checklist.json
 markdown:
   description: The report as Markdown, as written (in check mode, as it would be written).
   returned: always
   type: str
+checklist:
+  description: The verification checklist as written to checklist.json (C(status), C(ok), C(lines), C(failing)).
+  returned: always
+  type: dict
 generated_at:
   description: The generation time the report shows (kept from the files when nothing else changed).
   returned: always
@@ -115,7 +125,9 @@ import os
 from datetime import datetime, timezone
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.workshop_checklist import CHECKLIST_FILE, build_checklist, checklist_json, gather_facts
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import write_if_changed
 from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_report import REPORT_FILES, write_report
 
@@ -130,6 +142,11 @@ def record_of(params):
 def inputs_of(params):
     """render_markdown's inputs from the module's parameters."""
     metrics = params["metrics"]
+    record = record_of(params)
+    dest = params["dest"]
+    # The report's own line: the files being written (metrics.json when the metrics phase wrote it).
+    written = [*REPORT_FILES, *(["metrics.json"] if os.path.isfile(os.path.join(dest, "metrics.json")) else [])]
+    checklist = build_checklist(record, gather_facts(record, dest, report_files=written))
     gpu = params["gpu"] if params["gpu"] and params["gpu"].get("measured") else None
     gpu_reason = params["gpu"].get("reason") if params["gpu"] and not gpu else params["gpu_reason"]
     return dict(
@@ -139,9 +156,10 @@ def inputs_of(params):
         gpu_reason=gpu_reason,
         network=params["network"],
         network_reason=params["network_reason"],
-        record=record_of(params),
+        record=record,
         context=params["context"],
         durations=metrics.get("duration_seconds"),
+        checklist=checklist,
     )
 
 
@@ -164,11 +182,14 @@ def main():
     dest = module.params["dest"]
     try:
         now = datetime.now(timezone.utc)
-        changed, texts, stamp = write_report(dest, inputs_of(module.params), now, module.check_mode)
+        inputs = inputs_of(module.params)
+        changed, texts, stamp = write_report(dest, inputs, now, module.check_mode)
+        checklist_path = os.path.join(dest, CHECKLIST_FILE)
+        changed = write_if_changed(checklist_path, checklist_json(inputs["checklist"]), 0o640, module.check_mode) or changed
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
-    files = [os.path.join(dest, name) for name in REPORT_FILES]
-    module.exit_json(changed=changed, files=files, markdown=texts["report.md"], generated_at=stamp)
+    files = [os.path.join(dest, name) for name in (*REPORT_FILES, CHECKLIST_FILE)]
+    module.exit_json(changed=changed, files=files, markdown=texts["report.md"], generated_at=stamp, checklist=inputs["checklist"])
 
 
 if __name__ == "__main__":

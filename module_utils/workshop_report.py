@@ -14,8 +14,8 @@ import re
 
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import write_if_changed
-from ansible.module_utils.workshop_report_html import render_html
-from ansible.module_utils.workshop_report_markdown import render_markdown
+from ansible.module_utils.workshop_report_html import html_fragments, render_html
+from ansible.module_utils.workshop_report_markdown import markdown_fragments, render_markdown
 from ansible.module_utils.workshop_report_text import format_stamp
 
 # --- the files ------------------------------------------------------------------------------------------
@@ -69,3 +69,34 @@ def write_report(dest, inputs, now, check_mode=False):
     texts = {name: template.replace(STAMP, stamp) for name, template in templates.items()}
     changed = [write_if_changed(paths[name], texts[name].encode(), 0o640, check_mode) for name in REPORT_FILES]
     return any(changed), texts, stamp
+
+
+def _splice(text, name, inner):
+    """`text` with what stands between the `name` markers replaced by `inner`; None when the markers are not there."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    start = text.find(begin)
+    stop = text.find(end, start + len(begin)) if start >= 0 else -1
+    if start < 0 or stop < 0:
+        return None
+    return text[: start + len(begin)] + inner + text[stop:]
+
+
+def update_checklist(dest, checklist, check_mode=False):
+    """Put `checklist` (its table and the status) into the report already written in `dest`.
+
+    Only the marked parts change, so the report stays what the report phase would write with this
+    checklist (a report run afterwards changes nothing). Returns (changed, [files updated or that
+    would be], [files not updated: missing, or written before the report had a checklist]).
+    """
+    updated, skipped = [], []
+    for name, fragments in (("report.md", markdown_fragments(checklist)), ("report.html", html_fragments(checklist))):
+        path = os.path.join(dest, name)
+        text = _read_text(path)
+        new = text
+        for marker, inner in fragments.items():
+            new = _splice(new, marker, inner) if new is not None else None
+        if new is None:
+            skipped.append(path)
+        elif write_if_changed(path, new.encode(), 0o640, check_mode):
+            updated.append(path)
+    return bool(updated), updated, skipped

@@ -163,32 +163,36 @@ def queue_depth_chart(queue_depth, reason="no queue depth series"):
 
 def jobs_per_participant_chart(per_participant, reason="no jobs per participant"):
     """The <figure> of jobs per participant: one horizontal bar each, most jobs first (dropouts show 0)."""
-    name = "Jobs per participant"
     rows = [(user, as_number(n) or 0) for user, n in ranked_pairs(per_participant)]
-    if not rows:
-        return _not_measured_figure("chart-jobs-per-participant", name, reason)
     rows.sort(key=lambda row: (-row[1], str(row[0])))
+    return bar_chart("chart-jobs-per-participant", "Jobs per participant", rows, "participants", "Jobs submitted", reason)
+
+
+def bar_chart(figure_id, name, rows, noun, axis, reason, order="most first"):
+    """A <figure> of one horizontal bar per (label, number) row, in the rows' order (`order` says which)."""
+    if not rows:
+        return _not_measured_figure(figure_id, name, reason)
     shown, hidden = rows[:MAX_BARS], len(rows) - MAX_BARS
     row_height, left, top = 18, 130, 28
     height = top + row_height * len(shown) + 36
     ticks = count_ticks(max(n for _dummy, n in shown))
     x = linear_scale(0, ticks[-1], left, _W - _RIGHT - 24)
-    out = [_svg_open(f"{name}: {len(rows)} participants, up to {format_number(shown[0][1])} jobs each", _W, height)]
+    most = max(n for _dummy, n in shown)
+    out = [_svg_open(f"{name}: {len(rows)} {noun}, up to {format_number(most)} {axis.lower()} each", _W, height)]
     bottom = top + row_height * len(shown)
     for tick in ticks:
         out.append(f'<line class="grid" x1="{_c(x(tick))}" x2="{_c(x(tick))}" y1="{top}" y2="{bottom}"/>')
         out.append(f'<text x="{_c(x(tick))}" y="{top - 8}" text-anchor="middle">{_e(format_number(tick))}</text>')
-    for i, (user, n) in enumerate(shown):
+    for i, (label, n) in enumerate(shown):
         y = top + i * row_height
-        label = one_line(user, 18)
-        out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{_e(label)}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{_e(one_line(label, 18))}</text>')
         out.append(f'<rect class="bar" x="{left}" y="{y + 3}" width="{_c(x(n) - left)}" height="{row_height - 6}"/>')
         out.append(f'<text x="{_c(x(n) + 4)}" y="{y + 13}">{_e(format_number(n))}</text>')
     out.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{bottom}"/>')
-    out.append(f'<text x="{_c((left + _W - _RIGHT) / 2)}" y="{height - 10}" text-anchor="middle">Jobs submitted</text>')
+    out.append(f'<text x="{_c((left + _W - _RIGHT) / 2)}" y="{height - 10}" text-anchor="middle">{_e(axis)}</text>')
     out.append("</svg>")
-    caption = f"{_e(name)}, most first" + (f"; {hidden} more not shown" if hidden > 0 else "") + "."
-    return _figure("chart-jobs-per-participant", caption, "".join(out))
+    caption = f"{_e(name)}, {_e(order)}" + (f"; {hidden} more not shown" if hidden > 0 else "") + "."
+    return _figure(figure_id, caption, "".join(out))
 
 
 def duration_histogram_chart(durations, reason="per-job durations were not provided"):

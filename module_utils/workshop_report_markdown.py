@@ -1,6 +1,7 @@
 """The report as Markdown: the document model of workshop_report_text, with untrusted text in code spans."""
 
-from ansible.module_utils.workshop_report_text import Code, Missing, Prompt, build_report, one_line
+from ansible.module_utils.workshop_checklist import build_checklist, status_text
+from ansible.module_utils.workshop_report_text import Code, Missing, Prompt, Status, build_report, one_line
 
 _MD_SPECIAL = "\\`*_[]<>#|"
 
@@ -31,16 +32,42 @@ def _md_runs(runs):
             parts.append(f"_(to fill in: {md_escape(run)})_")
         elif isinstance(run, Missing):
             parts.append(f"not measured: {md_escape(run)}")
+        elif isinstance(run, Status):
+            parts.append(marked("status", md_escape(run)))
         else:
             parts.append(md_escape(run))
     return "".join(parts)
 
 
-def render_markdown(metrics, logs, gpu, gpu_reason, network, network_reason, record, context, durations=None):
+def marked(name, inner):
+    """`inner` between the markers the checklist phase finds it by (HTML comments: invisible in both renderings)."""
+    return f"<!-- {name}:begin -->{inner}<!-- {name}:end -->"
+
+
+def checklist_markdown(checklist):
+    """The verification checklist as a Markdown table (between its markers: the part the checklist phase rewrites)."""
+    rows = ["", "| | Item | Evidence, or why not and what to do |", "|:-:|---|---|"]
+    for line in checklist["lines"]:
+        text = one_line(line.get("evidence") or line.get("reason"), 1000)
+        rows.append(f"| {'✓' if line['ok'] else '✗'} | {md_escape(line['item'])} | {md_escape(text)} |")
+    return "\n".join(rows) + "\n"
+
+
+def markdown_fragments(checklist):
+    """{marker: text between it} of the report's checklist parts."""
+    return {"checklist": checklist_markdown(checklist), "status": md_escape(status_text(checklist))}
+
+
+def render_markdown(metrics, logs, gpu, gpu_reason, network, network_reason, record, context, durations=None, checklist=None):
     """The report as Markdown, the checklist's template filled in. `durations` (per-job seconds) is
-    drawn only in the HTML; it is accepted here so both renderings take the same inputs."""
+    drawn only in the HTML; it is accepted here so both renderings take the same inputs. `checklist`
+    (workshop_checklist.build_checklist) gives the Verification Checklist and the status; default: from
+    the record alone."""
     del durations
-    title, header, sections, footer = build_report(metrics, logs, gpu, gpu_reason, network, network_reason, record, context)
+    checklist = checklist or build_checklist(record, {})
+    title, header, sections, footer = build_report(
+        metrics, logs, gpu, gpu_reason, network, network_reason, record, context, status=status_text(checklist)
+    )
     out = [f"# {title}", ""]
     if header:
         out += [_md_runs(header), ""]
@@ -50,6 +77,7 @@ def render_markdown(metrics, logs, gpu, gpu_reason, network, network_reason, rec
             bullet = f"{i}." if numbered else "-"
             out.append(f"{bullet} {label}: {_md_runs(runs)}" if label else f"{bullet} {_md_runs(runs)}")
         out.append("")
+    out += ["## Verification Checklist", marked("checklist", checklist_markdown(checklist)), ""]
     out += ["---", ""]
     for label, runs in footer:
         out += [f"**{label}:** {_md_runs(runs)}", ""]

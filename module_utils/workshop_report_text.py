@@ -34,6 +34,11 @@ class Missing(str):
     """Why a figure was not measured."""
 
 
+class Status(str):
+    """The footer's status, as the verification checklist gives it: the renderings mark it, so the
+    checklist phase can replace it (and the checklist's table) in a report already written."""
+
+
 # --- number and time formatting --------------------------------------------------------------------
 
 
@@ -628,8 +633,10 @@ def _notes(record, context):
     return ("Notes", lines, False)
 
 
-def build_report(metrics, logs, gpu, gpu_reason, network, network_reason, record, context):
-    """(title, header runs, sections, footer lines): the document both renderings write."""
+def build_report(metrics, logs, gpu, gpu_reason, network, network_reason, record, context, status=None):
+    """(title, header runs, sections, footer lines): the document both renderings write. `status` is
+    the verification checklist's status text (workshop_checklist.status_text); the renderings
+    put the checklist's table before the footer."""
     no_metrics = "no job metrics were collected"
     context = context or {}
     header = []
@@ -659,19 +666,13 @@ def build_report(metrics, logs, gpu, gpu_reason, network, network_reason, record
         _files(record),
         _notes(record, context),
     ]
-    state = verify_state(record)
-    follow_up = {
-        "verified": [],
-        "unverified": [" (the backup was not verified: NEEDS FOLLOW-UP at least for that)"],
-        "failed": [" (the backup FAILED verification: NEEDS FOLLOW-UP, see Files Generated)"],
-    }[state]
     footer = [
         (
             "Report completed",
             [f"{format_stamp(context['generated_at'])} (generated)"] if context.get("generated_at") else [Prompt("date")],
         ),
         ("Completed by", [Prompt("admin name")]),
-        ("Status", [Prompt("READY FOR STORAGE / NEEDS FOLLOW-UP"), *follow_up]),
+        ("Status", [Status(status)] if status else [Prompt("READY FOR STORAGE / NEEDS FOLLOW-UP")]),
     ]
     return report_title(metrics, record, context), header, sections, footer
 

@@ -28,7 +28,7 @@ Workshop $workshop_id wrapped up; its results are in $backups/
   run-record.json  what every phase recorded (final time, total of jobs, backup, verification)
   announcement.txt the cut-off message read out to participants
   backup-*/        the verified backup: outputs.tar, user-files.tar, redis/dump.rdb, logs/, config/, MANIFEST.json
-  report/          report.md, report.html (open offline in a browser), metrics.json
+  report/          report.md, report.html (open offline in a browser), metrics.json, checklist.json (the verification checklist)
 Staging workshop:  $project (compose project comfyui, still running)
   queue manager    http://127.0.0.1:3000/api/queue/status
   admin dashboard  http://127.0.0.1:8080/  (user admin, ADMIN_PASSWORD in $project/.env)

@@ -71,6 +71,10 @@ def test_the_whole_checklist_in_check_mode_over_ssh_changes_nothing_then_runs(pl
 
     assert preview.recap["vps"]["failed"] == 0 and preview.recap["vps"]["unreachable"] == 0
     assert preview.recap["vps"]["changed"] > 0  # it says what it would do...
+    # ...ends with the verification checklist of the record as it is (nothing backed up yet)...
+    tail = " ".join(preview.output[preview.output.rindex("TASK [") :].split())
+    assert tail.startswith("TASK [report : Show the verification checklist]")
+    assert "✗ All participant outputs backed up: no backup is recorded in the run record: run --tags backup" in tail
     after = workshop_state(rdb, played_workshop_id)
     for part in ("files", "redis", "containers"):  # ...and does none of it
         assert after[part] == before[part], part
@@ -81,3 +85,5 @@ def test_the_whole_checklist_in_check_mode_over_ssh_changes_nothing_then_runs(pl
     record = json.loads((BACKUP_ROOT / played_workshop_id / "run-record.json").read_text())
     assert record["backup"]["verify"]["ok"] is True
     assert (BACKUP_ROOT / played_workshop_id / "report" / "report.md").exists()
+    checklist = json.loads((BACKUP_ROOT / played_workshop_id / "report" / "checklist.json").read_text())
+    assert checklist["lines"][0]["ok"] is True

@@ -1,13 +1,30 @@
 """The whole checklist in one run, as an admin runs it: post_workshop.yml, then again."""
 
+import json
+
 from conftest import BACKUP_ROOT, run_playbook
+
+
+def checklist_at_the_end(run):
+    """The output from the last task on: the verification checklist, printed last."""
+    tail = run.output[run.output.rindex("TASK [") :]
+    assert tail.startswith("TASK [report : Show the verification checklist]"), tail[:300]
+    return " ".join(tail.split()).replace("''", "'")
 
 
 def test_a_second_full_run_changes_nothing(played_workshop_id):
     first = run_playbook("post_workshop.yml", extra_vars={"workshop_id": played_workshop_id})
     assert first.changed() > 0
+    # The verification checklist ends the run: ✓ for what this run did, ✗ with a reason for the rest.
+    shown = checklist_at_the_end(first)
+    assert "✓ All participant outputs backed up: " in shown and "✓ Report generated: " in shown
+    assert "✗ Backups verified (test restore one): no restore test yet: run playbooks/restore_test.yml" in shown
+    checklist = json.loads((BACKUP_ROOT / played_workshop_id / "report" / "checklist.json").read_text())
+    assert [line["ok"] for line in checklist["lines"][:5]] == [True] * 5
+    assert f"Status: {checklist['status']}: {'; '.join(checklist['failing'])}" in shown
 
     second = run_playbook("post_workshop.yml", "--diff", extra_vars={"workshop_id": played_workshop_id})
 
     assert second.changed() == 0, second.output[-6000:]
+    checklist_at_the_end(second)
     assert (BACKUP_ROOT / played_workshop_id).stat().st_mode & 0o777 == 0o700

@@ -34,6 +34,7 @@ SECTIONS = [
     "Recommendations for Next Time",
     "Files Generated",
     "Notes",
+    "Verification Checklist",
 ]
 FIGURES = ["chart-queue-depth", "chart-jobs-per-participant", "chart-duration-histogram"]
 VOID = {"meta", "br", "hr", "img", "input", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
@@ -558,7 +559,12 @@ def test_a_failed_verify_says_failed_when_and_down_to_the_member(inputs):
     )
     markdown = render_markdown(**inputs)
     assert ", verified" not in markdown
-    assert "the backup FAILED verification: NEEDS FOLLOW-UP" in markdown
+    # The status follows from the verification checklist: the outputs line is ✗, down to the member.
+    assert "**Status:** <!-- status:begin -->NEEDS FOLLOW-UP: All participant outputs backed up;" in markdown
+    assert (
+        "| ✗ | All participant outputs backed up | backup backup-20260115T170212Z FAILED verification (outputs.tar member"
+        " user003/img.png: sha256 differs from the manifest): make a new backup (--tags backup) |"
+    ) in markdown
     assert "FAILED verification at 2026-01-15 17:10 UTC: <code>outputs.tar member user003/img.png</code>" in render_html(**inputs)
 
 

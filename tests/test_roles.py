@@ -99,7 +99,7 @@ def test_workshop_settings_from_an_inventory_group_reach_every_phase(site, tmp_p
 
     assert "Queue: 0 pending, 0 running, 2 completed, 1 failed" in run.text  # Redis on the group's port, its .env
     assert f"Report: {report}/report.md and report.html" in run.text
-    assert sorted(p.name for p in report.iterdir()) == ["metrics.json", "report.html", "report.md"]
+    assert sorted(p.name for p in report.iterdir()) == ["checklist.json", "metrics.json", "report.html", "report.md"]
     metrics = json.loads((report / "metrics.json").read_text())
     assert (metrics["jobs"]["submitted"], metrics["jobs"]["completed"], metrics["jobs"]["failed"]) == (3, 2, 1)
     assert f"Database snapshot: `{site.backups}/ws/{BACKUP}/redis/dump.rdb`" in (report / "report.md").read_text()

@@ -116,6 +116,7 @@ def test_share_playbook_check_apply_idempotent_refresh(site):
     assert record["absent"] == ["user003", "user005", "user006"]
     assert record["participants"]["user001"]["sent_at"] and record["participants"]["user004"]["sent_at"] is None
     assert record["participants"]["user002"]["file_list"] == ["outputs/v.mp4"]
+    assert record["survey_url"] == "https://survey.example.org/ws-share"  # the checklist's "Feedback collected"
     exposed = {
         "output": run.output,
         "argv": "\n".join(sampler.seen),
