@@ -150,7 +150,7 @@ def run(module):
         }
         before = read_record(params["record"]).get("cleanup")
         # A run that removed nothing and rolled nothing new leaves the record of the last one that did.
-        same = before and not section["removed"] and all(before.get(k) == section[k] for k in ("done", "logs_rolled", "outputs_removed"))
+        same = before and not section["removed"] and all(before.get(k) == section[k] for k in ("done", "logs_rolled"))
         if not same:
             result["changed"] = True
             if not module.check_mode:

@@ -34,6 +34,7 @@ from ansible.module_utils.workshop_lock import is_busy
 from ansible.module_utils.workshop_retention import (
     LOGS_DIR,
     LOOSE_LOG_PATTERN,
+    YEARLY_PATTERN,
     archive_digests,
     backup_epoch,
     outputs_in_offsite_backup,
@@ -202,6 +203,20 @@ def write_yearly(archive, add):
     return expected
 
 
+def yearly_archives_with(backup_root, workshop_id):
+    """{archive: [members of the workshop]} of the host's yearly log archives that hold any (each read in full)."""
+    folder = os.path.join(backup_root, LOGS_DIR)
+    found = {}
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if YEARLY_PATTERN.match(name):
+                path = os.path.join(folder, name)
+                members = sorted(m for m in archive_digests(path) if m.startswith(workshop_id + "/"))
+                if members:
+                    found[path] = members
+    return found
+
+
 def cleanup(params, check_mode, now=None):
     """The cleanup phase; returns the module's result (removed, logs_rolled, outputs ...).
 
@@ -213,21 +228,32 @@ def cleanup(params, check_mode, now=None):
     # Logs: roll, verify, and only then remove the loose originals.
     sources = log_sources(facts, params["workshop_id"], params["project_dir"])
     plans = roll_plan(params["backup_root"], sources)
-    rolled = []
+    rolled = {}
     for year in sorted(plans):
         entry = plans[year]
         if entry["add"] and not check_mode:
             digests = write_yearly(entry["archive"], entry["add"])
             verified = all(digests.get(s["member"]) == s["sha256"] for s in entry["add"] + entry["present"])
         else:
-            verified = not entry["add"]
-        members = sorted(s["member"] for s in entry["add"] + entry["present"])
-        rolled.append({"archive": entry["archive"], "members": members, "added": [s["member"] for s in entry["add"]], "verified": verified})
+            # A dry run has not written (nor read back) anything: null until a real run verified it.
+            verified = None if entry["add"] else True
+        members = sorted(m for m in entry["existing"] if m.startswith(params["workshop_id"] + "/"))
+        members = sorted(set(members) | {s["member"] for s in entry["add"]})
+        rolled[entry["archive"]] = {
+            "archive": entry["archive"],
+            "members": members,
+            "added": [s["member"] for s in entry["add"]],
+            "verified": verified,
+        }
         for source in entry["add"] + entry["present"]:
             if source["original"] and (verified or check_mode):
                 removed.append(
                     {"path": source["path"], "bytes": os.path.getsize(source["path"]), "why": f"rolled into {entry['archive']}"}
                 )
+    # The workshop's members in every other yearly archive of the host (rolled by earlier runs), read back in full.
+    for archive, members in yearly_archives_with(params["backup_root"], params["workshop_id"]).items():
+        rolled.setdefault(archive, {"archive": archive, "members": members, "added": [], "verified": True})
+    rolled = [rolled[archive] for archive in sorted(rolled)]
     # Outputs, off by default: after the share period, each file held by a backup verified off-host.
     outputs = None
     outputs_kept = []
@@ -254,6 +280,6 @@ def cleanup(params, check_mode, now=None):
         "logs_rolled": rolled,
         "outputs_removed": outputs if outputs and outputs["files"] else None,
         "outputs_kept": outputs_kept,
-        "done": not outputs_kept and all(r["verified"] for r in rolled),
+        "done": not outputs_kept and all(r["verified"] is True for r in rolled),
     }
 
