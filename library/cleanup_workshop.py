@@ -85,7 +85,9 @@ removed:
   returned: always
   type: list
   elements: dict
-  sample: [{path: /var/backups/comfy-wrapup/berlin/.partial-backup-20261129T170211Z/, bytes: 4096, why: a phase's unfinished temporary folder}]
+  sample:
+    - {path: /var/backups/comfy-wrapup/berlin/.partial-backup-20261129T170211Z/, bytes: 4096,
+       why: a phase's unfinished temporary folder}
 logs_rolled:
   description: Per yearly archive, its members for this workshop, the members added now, and whether it read back verified.
   returned: always

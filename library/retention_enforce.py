@@ -228,7 +228,9 @@ protected:
   returned: always
   type: list
   elements: dict
-  sample: [{where: host, path: /var/backups/comfy-wrapup/berlin/backup-20251101T170211Z/, why: the newest verified backup of the workshop}]
+  sample:
+    - {where: host, path: /var/backups/comfy-wrapup/berlin/backup-20251101T170211Z/,
+       why: the newest verified backup of the workshop}
 schedule:
   description: The schedule applied, in days (reports and configuration - forever).
   returned: always

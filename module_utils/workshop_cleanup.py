@@ -66,7 +66,7 @@ def temporaries(workshop_folder, project_dir):
                 found.append({"path": path + "/", "bytes": _size_of(path), "why": "a phase's unfinished temporary folder"})
         for root, dirs, files in os.walk(workshop_folder):
             # Sealed backups are never edited; partial folders go whole (above).
-            dirs[:] = sorted(d for d in dirs if not d.startswith(("backup-",) + PARTIAL_FOLDERS))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(("backup-", *PARTIAL_FOLDERS)))
             for name in sorted(files):
                 if name.endswith(".partial"):
                     path = os.path.join(root, name)
@@ -270,7 +270,10 @@ def cleanup(params, check_mode, now=None):
             kept, not_kept = outputs_in_offsite_backup(params["outputs_dir"], facts)
             outputs_kept += [{"path": path, "why": why} for path, why in not_kept]
             outputs = {"files": len(kept), "bytes": sum(f[2] for f in kept)}
-            removed += [{"path": path, "bytes": size, "why": "output shared and in a backup verified off-host"} for path, _r, size, _m in kept]
+            removed += [
+                {"path": path, "bytes": size, "why": "output shared and in a backup verified off-host"}
+                for path, _r, size, _m in kept
+            ]
     if not check_mode:
         for entry in removed:
             remove(entry["path"])
@@ -282,4 +285,3 @@ def cleanup(params, check_mode, now=None):
         "outputs_kept": outputs_kept,
         "done": not outputs_kept and all(r["verified"] is True for r in rolled),
     }
-

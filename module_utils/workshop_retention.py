@@ -201,7 +201,9 @@ def archive_digests(path):
                 if info.isfile():
                     digests[info.name] = sha256_stream(tar.extractfile(info))
     except (OSError, tarfile.TarError, EOFError) as exc:
-        raise WorkshopError(f"Cannot read the log archive {path} ({exc}): move it aside and run cleanup again", path=path) from None
+        raise WorkshopError(
+            f"Cannot read the log archive {path} ({exc}): move it aside and run cleanup again", path=path
+        ) from None
     return digests
 
 
@@ -262,7 +264,9 @@ def _plan_workshop(facts, schedule, now, plan):
             continue
         age = age_days(now, created)
         if backup == facts["failed"]:
-            plan.protect("host", path, f"its verification failed: kept for inspection, never counted as the newest verified backup")
+            plan.protect(
+                "host", path, "its verification failed: kept for inspection, never counted as the newest verified backup"
+            )
             continue
         if backup == facts["newest_verified"]:
             plan.protect("host", path, "the newest verified backup of the workshop")
@@ -270,7 +274,9 @@ def _plan_workshop(facts, schedule, now, plan):
         if age <= limit:
             continue
         if facts["newest_verified"] is None:
-            plan.protect("host", path, "no verified backup of the workshop is known (run record backup.verify): nothing of it is deleted")
+            plan.protect(
+                "host", path, "no verified backup of the workshop is known (run record backup.verify): nothing of it is deleted"
+            )
             continue
         if backup not in facts["offsite"]:
             plan.protect("host", path, "not verified off-host on any target (run record archive.targets.*): the host copy stays")
@@ -279,7 +285,11 @@ def _plan_workshop(facts, schedule, now, plan):
         files = [f for f in _files_of(os.path.join(folder, backup)) if not f[1].startswith(CONFIG_DIR + "/")]
         items = [item("host", p, age, rule, size) for p, _rel, size in files]
         if os.path.isdir(os.path.join(folder, backup, CONFIG_DIR)):
-            plan.protect("host", os.path.join(folder, backup, CONFIG_DIR) + "/", f"configuration snapshot: kept forever, moved to {CONFIG_KEEP}/{backup}/")
+            plan.protect(
+                "host",
+                os.path.join(folder, backup, CONFIG_DIR) + "/",
+                f"configuration snapshot: kept forever, moved to {CONFIG_KEEP}/{backup}/",
+            )
         plan.unit("host", "backup", os.path.join(folder, backup), items)
     # Share archives in the workshop folder (share/archives/*.zip): the share period's end decides.
     archives = os.path.join(folder, "share", "archives")
@@ -438,7 +448,11 @@ def target_workshops(store):
                 break
             token = page["NextContinuationToken"]
         return sorted(name for name in names if name and name != "share")
-    completed = store.run('cd "$1" 2>/dev/null || exit 0; for d in *; do [ -d "$d" ] && echo "$d"; done; true', store.root, what=f"listing {store.root}")
+    completed = store.run(
+        'cd "$1" 2>/dev/null || exit 0; for d in *; do [ -d "$d" ] && echo "$d"; done; true',
+        store.root,
+        what=f"listing {store.root}",
+    )
     return sorted(line for line in completed.stdout.decode().splitlines() if line and line != "*")
 
 
@@ -494,7 +508,7 @@ def _plan_s3_share(store, facts_by_id, schedule, now, plan):
 def apply_plan(plan):
     """Delete exactly what the plan lists, unit by unit; returns the items deleted."""
     done = []
-    for where, kind, handle, items in plan.units:
+    for _where, kind, handle, items in plan.units:
         if kind == "backup":
             _delete_host_backup(handle)
         elif kind == "file":
@@ -543,9 +557,7 @@ def delete_on_target(store, keys, folder=None):
     if keys:
         store.run('for f in "$@"; do rm -f "$f" || exit 1; done', *keys, what=f"deleting {len(keys)} files")
     if folder:
-        store.run(
-            '[ -d "$1" ] || exit 0; find "$1" -depth -type d -empty -exec rmdir {} \\;', folder, what=f"removing {folder}"
-        )
+        store.run('[ -d "$1" ] || exit 0; find "$1" -depth -type d -empty -exec rmdir {} \\;', folder, what=f"removing {folder}")
 
 
 # --- the phase -----------------------------------------------------------------------------------

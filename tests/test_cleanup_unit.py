@@ -32,7 +32,7 @@ def members_of(archive):
 
 
 def test_temporary_files_go_a_folder_still_written_stays_sealed_backups_untouched(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    root, folder, project, _outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
     sealed = files_under(folder / names[0])
     dead = folder / ".partial-backup-20270601T110000Z"
     live = folder / ".partial-backup-20270601T115900Z"
@@ -70,7 +70,7 @@ def test_temporary_files_go_a_folder_still_written_stays_sealed_backups_untouche
 
 
 def test_logs_roll_into_one_archive_per_year_verified_before_the_originals_go(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    root, folder, project, _outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
     merged = (folder / names[0] / "logs" / "workshop-logs.txt.gz").read_bytes()
     plain = project / "workshop-logs-20260128-180000.txt"
     plain.write_bytes(b"2026-01-28 queue-manager - INFO - Job 1 submitted by user user001\n" * 50)
@@ -117,7 +117,7 @@ def test_logs_roll_into_one_archive_per_year_verified_before_the_originals_go(tm
 
 
 def test_a_member_name_holding_other_content_is_refused_and_nothing_goes(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    root, folder, project, _outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     (root / "logs").mkdir(mode=0o700)
     export = project / "workshop-logs-20260128-180000.txt.gz"
     export.write_bytes(gzip.compress(b"the real log\n"))
@@ -146,7 +146,7 @@ def shared(record, ends):
 
 
 def test_outputs_need_the_confirmation_the_end_of_the_share_and_a_verified_off_host_copy(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)})
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)})
     (outputs / "user003").mkdir()
     (outputs / "user003" / "late.png").write_bytes(b"never backed up")
     base = cleanup_args(root, folder, project, record, outputs_dir=str(outputs), remove_outputs=True)
@@ -165,7 +165,9 @@ def test_outputs_need_the_confirmation_the_end_of_the_share_and_a_verified_off_h
     backed = sorted(f for f in files if "user003" not in f)
     assert sorted(r["path"] for r in preview["removed"]) == backed
     assert preview["outputs_removed"] == {"files": 3, "bytes": sum(os.path.getsize(f) for f in backed)}
-    assert preview["outputs_kept"] == [{"path": str(outputs / "user003" / "late.png"), "why": "not in a backup verified off-host"}]
+    assert preview["outputs_kept"] == [
+        {"path": str(outputs / "user003" / "late.png"), "why": "not in a backup verified off-host"}
+    ]
     done = run_main("cleanup_workshop", dict(base, confirm=W), capsys)
     assert done["removed"] == preview["removed"]
     assert sorted(str(p) for p in outputs.rglob("*.png")) == [str(outputs / "user003" / "late.png")]

@@ -3,6 +3,7 @@
 Every backup is sealed by the backup phase's own code; ages are exact because the module takes `now`.
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -236,7 +237,7 @@ def test_reports_run_records_and_configuration_snapshots_are_never_deleted(tmp_p
 
 
 def test_outputs_go_30_days_after_the_workshops_end_only_when_held_identically_off_host(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)})
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)})
     # Dated today by their files, but the workshop ended 489 days ago: age counts from the end.
     for path in outputs.rglob("*.png"):
         os.utime(path, (NOW, NOW))
@@ -257,7 +258,7 @@ def test_outputs_go_30_days_after_the_workshops_end_only_when_held_identically_o
 
 
 def test_outputs_are_not_aged_before_30_days_from_the_end_however_old_their_files(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(
+    root, folder, project, outputs, _names, record = workshop(
         tmp_path, [20], verified=0, offsite={"nas": (0, True)}, end=days_ago(29)
     )
     for path in outputs.rglob("*.png"):
@@ -267,7 +268,7 @@ def test_outputs_are_not_aged_before_30_days_from_the_end_however_old_their_file
 
 
 def test_loose_snapshots_and_logs_by_their_file_time_logs_only_once_in_the_yearly_archive(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     snapshots = {91: project / "redis-snapshot-20260128-180000.rdb", 89: project / "redis-snapshot-20260301-120000.rdb"}
     logs = {8: project / "workshop-logs-20260128-180000.txt.gz", 9: project / "workshop-logs-20260128-190000.txt"}
     for age, path in {**snapshots, **logs}.items():
@@ -279,7 +280,14 @@ def test_loose_snapshots_and_logs_by_their_file_time_logs_only_once_in_the_yearl
     # Only the first log is in a yearly archive (byte for byte).
     write_yearly(
         str(root / "logs" / "workshop-logs-2026.tar.gz"),
-        [{"member": f"{W}/{logs[8].name}", "path": str(logs[8]), "gzip": False, "sha256": __import__("hashlib").sha256(logs[8].read_bytes()).hexdigest()}],
+        [
+            {
+                "member": f"{W}/{logs[8].name}",
+                "path": str(logs[8]),
+                "gzip": False,
+                "sha256": hashlib.sha256(logs[8].read_bytes()).hexdigest(),
+            }
+        ],
     )
     result = run_main("retention_enforce", args_for(root, folder, project, outputs, record), capsys)
     got = {i["path"]: (i["rule"], i["age_days"]) for i in result["deleted"]}
@@ -292,7 +300,7 @@ def test_loose_snapshots_and_logs_by_their_file_time_logs_only_once_in_the_yearl
 
 
 def test_share_archives_go_once_the_share_period_ended(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     share_folder = tmp_path / "www" / W
     archives = [folder / "share" / "archives" / f"{W}-user001-outputs.zip", share_folder / "tok123" / f"{W}-user001-outputs.zip"]
     for path in archives:
@@ -323,7 +331,7 @@ def remote_backup(base, when, files=(("MANIFEST.json", b"{}"), ("outputs.tar", b
 
 
 def test_ssh_target_old_copies_go_the_newest_and_configuration_stay(tmp_path, sshd, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     nas = tmp_path / "nas"
     # Files on the storage host dated today: the date that counts is the backup's (its name).
     old, older, newest = (remote_backup(nas, days_ago(age)) for age in (400, 700, 300))
@@ -342,15 +350,24 @@ def test_ssh_target_old_copies_go_the_newest_and_configuration_stay(tmp_path, ss
     applied = run_main("retention_enforce", args, capsys)
     assert [i for i in applied["deleted"] if i["where"] == "nas"] == remote
     assert sorted(p.relative_to(nas / W).as_posix() for p in nas.rglob("*") if p.is_file()) == sorted(
-        [f"{old}/config/.env", f"{older}/config/.env", f"{newest}/MANIFEST.json", f"{newest}/outputs.tar", f"{newest}/config/.env"]
+        [
+            f"{old}/config/.env",
+            f"{older}/config/.env",
+            f"{newest}/MANIFEST.json",
+            f"{newest}/outputs.tar",
+            f"{newest}/config/.env",
+        ]
     )
-    assert "newest backup of the workshop on this target" in protected(applied, f"ssh://root@127.0.0.1:{SSH_PORT}{nas}/{W}/{newest}")[0]
+    assert (
+        "newest backup of the workshop on this target"
+        in protected(applied, f"ssh://root@127.0.0.1:{SSH_PORT}{nas}/{W}/{newest}")[0]
+    )
     again = run_main("retention_enforce", args, capsys)
     assert again["changed"] is False and again["deleted"] == []
 
 
 def test_s3_target_old_objects_go_dated_by_the_backup_in_their_key(tmp_path, s3server, capsys):  # noqa: F811
-    root, folder, project, outputs, names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     client = s3server.client()
     keys = {}
     for age in (400, 100):
