@@ -18,6 +18,7 @@ import tarfile
 from ansible.module_utils.workshop_backup import MANIFEST, sealed_backups
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
+from ansible.module_utils.workshop_lock import lock_path, read_owner
 from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_time import epoch_of
 
@@ -231,6 +232,13 @@ def plan_host(params, now, plan):
         folders.append(current)
     facts_of = {}
     for folder in folders:
+        owner = read_owner(lock_path(folder)) if folder != current else None
+        if owner is not None:
+            # Another run holds that workshop (a backup, archive or shutdown in progress): not now.
+            plan.protect(
+                "host", folder + "/", f"another run holds the workshop's lock ({owner.get('run_id', 'unreadable lock')})"
+            )
+            continue
         facts = workshop_facts(folder)
         facts_of[folder] = facts
         _plan_workshop(facts, schedule, now, plan)

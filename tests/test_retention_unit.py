@@ -212,6 +212,20 @@ def test_a_failed_backup_is_kept_named_and_never_counted_as_the_newest_verified(
     assert (folder / names[0] / "MANIFEST.json").exists() and (folder / names[1] / "MANIFEST.json").exists()
 
 
+def test_another_workshop_whose_lock_another_run_holds_is_left_alone(tmp_path, capsys):
+    root, folder, project, outputs, names, _record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)})
+    (folder / ".lock").write_text(json.dumps({"run_id": "ctl-4242-backup", "host": "ctl", "pid": 4242}))
+    other = root / "paris"
+    other.mkdir()
+    args = args_for(root, other, project, outputs, other / "run-record.json", state="planned")
+    result = run_main("retention_enforce", args, capsys)
+    assert result["deleted"] == []
+    assert protected(result, folder) == ["another run holds the workshop's lock (ctl-4242-backup)"]
+    # Without the lock, the same plan deletes the old backup.
+    (folder / ".lock").unlink()
+    assert {i["path"].split("/")[-2] for i in run_main("retention_enforce", args, capsys)["deleted"]} >= {names[0]}
+
+
 def test_a_backup_not_verified_off_host_stays_on_the_host(tmp_path, capsys):
     root, folder, project, outputs, names, record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, False)})
     result = run_main("retention_enforce", args_for(root, folder, project, outputs, record), capsys)
