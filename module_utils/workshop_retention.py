@@ -299,6 +299,15 @@ def _plan_workshop(facts, schedule, now, plan):
                 f"configuration snapshot: kept forever, moved to {CONFIG_KEEP}/{backup}/",
             )
         plan.unit("host", "backup", os.path.join(folder, backup), items)
+    # A deletion a crash interrupted (renamed aside, not yet removed): finished, its configuration kept.
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(DELETING_PREFIX) and os.path.isdir(path) and not os.path.islink(path):
+            created = backup_epoch(name[len(DELETING_PREFIX) :])
+            age = age_days(now, created) if created is not None else None
+            rule = "full backups: finishing an interrupted deletion"
+            files = [f for f in _files_of(path) if not f[1].startswith(CONFIG_DIR + "/")]
+            plan.unit("host", "backup", path, [item("host", p, age, rule, size) for p, _rel, size in files])
     # Share archives in the workshop folder (share/archives/*.zip): the share period's end decides.
     archives = os.path.join(folder, "share", "archives")
     if os.path.isdir(archives):
@@ -534,20 +543,35 @@ def apply_plan(plan):
 
 
 def _delete_host_backup(folder):
-    """Take the backup out of the sealed set at once (rename), keep its config/, then delete the rest."""
+    """Take the backup out of the sealed set at once (rename), keep its config/, then delete the rest.
+
+    A folder already renamed (a deletion interrupted by a crash) is finished the same way.
+    """
     parent, name = os.path.split(folder.rstrip("/"))
-    aside = os.path.join(parent, DELETING_PREFIX + name)
+    if name.startswith(DELETING_PREFIX):
+        aside, name = folder.rstrip("/"), name[len(DELETING_PREFIX) :]
+    else:
+        aside = os.path.join(parent, DELETING_PREFIX + name)
     try:
-        os.rename(folder, aside)
-        fsync_dir(parent)
+        if aside != folder.rstrip("/"):
+            os.rename(folder, aside)
+            fsync_dir(parent)
+        keep = os.path.join(parent, CONFIG_KEEP, name)
         config = os.path.join(aside, CONFIG_DIR)
-        if os.path.isdir(config):
-            keep = os.path.join(parent, CONFIG_KEEP, name)
-            os.makedirs(os.path.join(parent, CONFIG_KEEP), mode=WORKSHOP_FOLDER_MODE, exist_ok=True)
-            os.makedirs(keep, mode=WORKSHOP_FOLDER_MODE, exist_ok=True)
-            os.rename(config, os.path.join(keep, CONFIG_DIR))
-            shutil.copy2(os.path.join(aside, MANIFEST), os.path.join(keep, MANIFEST))
+        if os.path.isdir(config) or os.path.isfile(os.path.join(aside, MANIFEST)):
+            for path in (os.path.join(parent, CONFIG_KEEP), keep):
+                if not os.path.isdir(path):
+                    os.makedirs(path, mode=WORKSHOP_FOLDER_MODE)
+            if os.path.isdir(config) and not os.path.exists(os.path.join(keep, CONFIG_DIR)):
+                os.rename(config, os.path.join(keep, CONFIG_DIR))
+            if os.path.isfile(os.path.join(aside, MANIFEST)) and not os.path.exists(os.path.join(keep, MANIFEST)):
+                shutil.copy2(os.path.join(aside, MANIFEST), os.path.join(keep, MANIFEST))
             fsync_dir(keep)
+        if os.path.isdir(config):
+            raise WorkshopError(
+                f"{keep}/{CONFIG_DIR} exists already and differs from the configuration in {aside}: both kept; look at them",
+                path=aside,
+            )
         shutil.rmtree(aside)
         fsync_dir(parent)
     except OSError as exc:

@@ -180,6 +180,23 @@ def test_an_old_backup_verified_off_host_goes_check_lists_exactly_that_and_a_sec
     assert run_main("retention_enforce", args, capsys, check=True)["changed"] is False
 
 
+def test_a_deletion_a_crash_interrupted_is_finished_and_its_configuration_kept(tmp_path, capsys):
+    root, folder, project, outputs, names, record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)})
+    config = (folder / names[0] / "config" / ".env").read_bytes()
+    # The crash came right after the rename aside: the backup is no longer sealed, nothing was moved yet.
+    aside = folder / f".retention-deleting-{names[0]}"
+    (folder / names[0]).rename(aside)
+    args = args_for(root, folder, project, outputs, record)
+    preview = run_main("retention_enforce", args, capsys, check=True)
+    assert sorted(i["path"] for i in preview["deleted"]) == sorted(
+        str(p) for p in aside.rglob("*") if p.is_file() and "/config/" not in str(p)
+    )
+    assert {i["rule"] for i in preview["deleted"]} == {"full backups: finishing an interrupted deletion"}
+    done = run_main("retention_enforce", args, capsys)
+    assert done["deleted"] == preview["deleted"] and not aside.exists()
+    assert (folder / "config-snapshots" / names[0] / "config" / ".env").read_bytes() == config
+
+
 def test_ages_count_from_now_not_from_the_newest_backup(tmp_path, capsys):
     # Two old backups and no newer one: restic's --keep-within would keep both (they are "recent" relative to each
     # other); counted from now, the older is past 365 days and goes.
