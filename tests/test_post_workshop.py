@@ -1,6 +1,7 @@
 """The whole checklist in one run, as an admin runs it: post_workshop.yml, then again."""
 
 import json
+from test_retention import RETENTION_VARS, check_retention_and_cleanup
 
 from conftest import BACKUP_ROOT, run_playbook
 
@@ -13,7 +14,8 @@ def checklist_at_the_end(run):
 
 
 def test_a_second_full_run_changes_nothing(played_workshop_id):
-    first = run_playbook("post_workshop.yml", extra_vars={"workshop_id": played_workshop_id})
+    extra = {"workshop_id": played_workshop_id, **RETENTION_VARS}
+    first = run_playbook("post_workshop.yml", extra_vars=extra)
     assert first.changed() > 0
     # The verification checklist ends the run: ✓ for what this run did, ✗ with a reason for the rest.
     shown = checklist_at_the_end(first)
@@ -22,8 +24,9 @@ def test_a_second_full_run_changes_nothing(played_workshop_id):
     checklist = json.loads((BACKUP_ROOT / played_workshop_id / "report" / "checklist.json").read_text())
     assert [line["ok"] for line in checklist["lines"][:5]] == [True] * 5
     assert f"Status: {checklist['status']}: {'; '.join(checklist['failing'])}" in shown
+    check_retention_and_cleanup(played_workshop_id, first.output)
 
-    second = run_playbook("post_workshop.yml", "--diff", extra_vars={"workshop_id": played_workshop_id})
+    second = run_playbook("post_workshop.yml", "--diff", extra_vars=extra)
 
     assert second.changed() == 0, second.output[-6000:]
     checklist_at_the_end(second)

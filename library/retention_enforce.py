@@ -1,0 +1,358 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: the data retention schedule, planned (read-only) or applied."""
+
+DOCUMENTATION = r"""
+---
+module: retention_enforce
+short_description: Plan or apply the workshop data retention schedule on the host and the off-host targets
+description:
+  - Computes once what the schedule removes (active logs, output files, database snapshots, full backups)
+    on the workshop host (every workshop folder under O(backup_root), the project's loose exports, this
+    workshop's outputs and share archives) and on each of O(targets) (SSH or S3), with each item's place,
+    path or key, age in days and rule. Reports, run records and configuration snapshots are never deleted.
+  - Ages count from O(now) (default the clock), and for workshop data from the workshop's end (the drain's
+    C(final_time) in its run record), never from the newest item. Backups are dated by their name (the
+    seal's UTC time), on the host and on the targets alike.
+  - Never deletes the newest verified backup of a workshop, a backup whose verification failed, a host
+    backup not verified off-host, the newest copy of a workshop on a target, outputs not held identically
+    by a backup verified off-host; each is listed in RV(protected) with the reason.
+  - V(planned) only reads. V(applied) deletes exactly the planned list and records it in the run record
+    section C(retention) (C({at, schedule, deleted, moved, protected})).
+version_added: "0.3.0"
+author: comfy-wrapup contributors (@comfy-wrapup)
+requirements:
+  - boto3 (Python library, for s3 targets)
+  - ssh (OpenSSH client, for ssh targets; sh, find and wc on the storage host)
+attributes:
+  check_mode:
+    support: full
+    description: Computes the plan and reports it as what would be deleted; changes nothing.
+  diff_mode:
+    support: full
+    description: Every path or key that would be deleted, as the before and after lists.
+options:
+  state:
+    description: V(planned) computes and returns the plan only; V(applied) deletes what it lists and records it.
+    type: str
+    choices: [planned, applied]
+    default: planned
+  schedule:
+    description:
+      - Days each class is kept (C(logs), C(outputs), C(snapshots), C(backups)); missing classes take the
+        checklist's table (7, 30, 90, 365). Reports and configuration snapshots are kept forever whatever is set.
+    type: dict
+    default: {}
+  now:
+    description: The moment ages count from (ISO-8601 or epoch seconds); empty - the clock.
+    type: str
+    default: ""
+  backup_root:
+    description: The host's backup root holding one folder per workshop (and C(logs/), the yearly log archives).
+    type: path
+    required: true
+  backup_dir:
+    description: This workshop's folder under O(backup_root).
+    type: path
+    required: true
+  record:
+    description: This workshop's run record; V(applied) writes its C(retention) section.
+    type: path
+  project_dir:
+    description: The platform's project directory (loose C(workshop-logs-*) and C(redis-snapshot-*.rdb) exports).
+    type: path
+  outputs_dir:
+    description: This workshop's participant outputs.
+    type: path
+  share_folder:
+    description: The folder share archives were delivered to (share_folder of the share role), when not S3.
+    type: path
+  targets:
+    description: The off-host targets (C(archive_targets) entries).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The target's name (the run record's key).
+        type: str
+        required: true
+      type:
+        description: V(s3) or V(ssh).
+        type: str
+        choices: [s3, ssh]
+        required: true
+      endpoint_url:
+        description: S3 endpoint URL (empty - AWS).
+        type: str
+      region:
+        description: S3 region.
+        type: str
+        default: us-east-1
+      bucket:
+        description: S3 bucket.
+        type: str
+      prefix:
+        description: Key prefix in the bucket.
+        type: str
+        default: ""
+      storage_class:
+        description: S3 storage class of the objects (a cold tier, e.g. C(GLACIER_IR), C(STANDARD_IA)).
+        type: str
+      access_key:
+        description: S3 access key (from a vault); unset - C(AWS_ACCESS_KEY_ID) of the host's environment.
+        type: str
+      secret_key:
+        description: S3 secret key (from a vault); unset - C(AWS_SECRET_ACCESS_KEY) of the host's environment.
+        type: str
+      validate_certs:
+        description: Check the endpoint's TLS certificate.
+        type: bool
+        default: true
+      host:
+        description: SSH storage host.
+        type: str
+      port:
+        description: SSH port.
+        type: int
+        default: 22
+      user:
+        description: SSH user.
+        type: str
+      path:
+        description: Folder on the storage host (absolute).
+        type: path
+      key_file:
+        description: Private key on the workshop host for the storage host.
+        type: path
+  share_target:
+    description: The share role's S3 target, when it is not one of O(targets) (its share archives only).
+    type: dict
+    suboptions:
+      name:
+        description: The target's name (the run record's key).
+        type: str
+        required: true
+      type:
+        description: V(s3) or V(ssh).
+        type: str
+        choices: [s3, ssh]
+        required: true
+      endpoint_url:
+        description: S3 endpoint URL (empty - AWS).
+        type: str
+      region:
+        description: S3 region.
+        type: str
+        default: us-east-1
+      bucket:
+        description: S3 bucket.
+        type: str
+      prefix:
+        description: Key prefix in the bucket.
+        type: str
+        default: ""
+      storage_class:
+        description: S3 storage class of the objects (a cold tier, e.g. C(GLACIER_IR), C(STANDARD_IA)).
+        type: str
+      access_key:
+        description: S3 access key (from a vault); unset - C(AWS_ACCESS_KEY_ID) of the host's environment.
+        type: str
+      secret_key:
+        description: S3 secret key (from a vault); unset - C(AWS_SECRET_ACCESS_KEY) of the host's environment.
+        type: str
+      validate_certs:
+        description: Check the endpoint's TLS certificate.
+        type: bool
+        default: true
+      host:
+        description: SSH storage host.
+        type: str
+      port:
+        description: SSH port.
+        type: int
+        default: 22
+      user:
+        description: SSH user.
+        type: str
+      path:
+        description: Folder on the storage host (absolute).
+        type: path
+      key_file:
+        description: Private key on the workshop host for the storage host.
+        type: path
+  known_hosts:
+    description: For ssh targets, the known_hosts file (a new host key is accepted and stored, a changed one refused).
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: What the schedule would delete, with ages and rules
+  retention_enforce:
+    state: planned
+    backup_root: /var/backups/comfy-wrapup
+    backup_dir: /var/backups/comfy-wrapup/berlin
+    outputs_dir: /home/dev/projects/comfyui/data/outputs
+    schedule: {logs: 7, outputs: 30, snapshots: 90, backups: 365}
+  register: plan
+- name: Nothing protected is in the plan
+  ansible.builtin.assert:
+    that: plan.deleted | map(attribute='path') | select('search', '/report/') | list | length == 0
+- name: Apply it, recorded in the run record
+  retention_enforce:
+    state: applied
+    backup_root: /var/backups/comfy-wrapup
+    backup_dir: /var/backups/comfy-wrapup/berlin
+    record: /var/backups/comfy-wrapup/berlin/run-record.json
+    targets:
+      - {name: nas, type: ssh, host: nas.example.org, user: backup, path: /srv/workshops, key_file: /root/.ssh/nas}
+  register: applied
+"""
+
+RETURN = r"""
+deleted:
+  description: What is (V(applied)) or would be (V(planned), check mode) deleted, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{where: host, path: /var/backups/comfy-wrapup/berlin/backup-20251101T170211Z/outputs.tar, age_days: 392.1,
+            rule: "full backups: 365 days", bytes: 1048576}]
+moved:
+  description: Objects moved to a colder storage class (none today; see the role's README).
+  returned: always
+  type: list
+  elements: dict
+protected:
+  description: What the schedule would have removed but a protection keeps, and why.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {where: host, path: /var/backups/comfy-wrapup/berlin/backup-20251101T170211Z/,
+       why: the newest verified backup of the workshop}
+schedule:
+  description: The schedule applied, in days (reports and configuration - forever).
+  returned: always
+  type: dict
+bytes:
+  description: Bytes of everything in RV(deleted).
+  returned: always
+  type: int
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.workshop_archive import make_target
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_record import read_record, save_record
+from ansible.module_utils.workshop_retention import (
+    apply_plan,
+    check_schedule,
+    make_plan,
+    retention_section,
+    section_changed,
+)
+from ansible.module_utils.workshop_s3 import BOTO3_IMPORT_ERROR, HAS_BOTO3, target_argument_spec
+from ansible.module_utils.workshop_time import epoch_of, utc_iso
+
+
+def parse_now(value):
+    if not value:
+        return time.time()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    moment = epoch_of(value)
+    if moment is None:
+        raise WorkshopError(f"now={value!r} is neither ISO-8601 nor epoch seconds")
+    return moment
+
+
+def run(module):
+    params = module.params
+    schedule = check_schedule(params["schedule"])
+    now = parse_now(params["now"])
+    stores = []
+    share_store = None
+    try:
+        stores = [make_target(target, known_hosts=params["known_hosts"]) for target in params["targets"]]
+        if params["share_target"]:
+            share_store = make_target(params["share_target"])
+        plan = make_plan(
+            dict(
+                schedule=schedule,
+                backup_root=params["backup_root"],
+                backup_dir=params["backup_dir"],
+                project_dir=params["project_dir"],
+                outputs_dir=params["outputs_dir"],
+                share_folder=params["share_folder"],
+            ),
+            now,
+            stores,
+            share_store,
+        )
+        applying = params["state"] == "applied" and not module.check_mode
+        deleted = apply_plan(plan) if applying else list(plan.delete)
+    finally:
+        for store in stores + ([share_store] if share_store else []):
+            store.close()
+    result = dict(
+        deleted=deleted,
+        moved=list(plan.move),
+        protected=plan.protected,
+        schedule=retention_section(schedule, plan, deleted, "")["schedule"],
+        bytes=sum(entry["bytes"] for entry in deleted),
+    )
+    changed = bool(deleted) or bool(plan.move)
+    if params["state"] == "applied" and params["record"]:
+        section = retention_section(schedule, plan, deleted, utc_iso(now))
+        if section_changed(read_record(params["record"]).get("retention"), section):
+            changed = True
+            if not module.check_mode:
+                save_record(params["record"], dict(read_record(params["record"]), retention=section))
+    if params["state"] == "planned":
+        changed = False
+    if module._diff:
+        result["diff"] = dict(
+            before="".join(f"{e['where']}: {e['path']}\n" for e in deleted),
+            after="",
+            before_header="retention: deleted",
+            after_header="retention: kept",
+        )
+    result["changed"] = changed
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", choices=["planned", "applied"], default="planned"),
+            schedule=dict(type="dict", default={}),
+            now=dict(type="str", default=""),
+            backup_root=dict(type="path", required=True),
+            backup_dir=dict(type="path", required=True),
+            record=dict(type="path"),
+            project_dir=dict(type="path"),
+            outputs_dir=dict(type="path"),
+            share_folder=dict(type="path"),
+            targets=dict(type="list", elements="dict", default=[], options=target_argument_spec()["options"]),
+            share_target=target_argument_spec(required=False),
+            known_hosts=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    wants_s3 = any(t["type"] == "s3" for t in module.params["targets"]) or bool(module.params["share_target"])
+    if wants_s3 and not HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    try:
+        result = run(module)
+    except WorkshopError as exc:
+        module.fail_json(msg=exc.msg, **dict({"backup_dir": module.params["backup_dir"]}, **exc.context))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

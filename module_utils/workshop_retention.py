@@ -1,0 +1,631 @@
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The data retention schedule: what may go, where, and what never goes (roles/retention/README.md).
+
+A plan is computed once (read-only) and then applied exactly: every item it deletes is listed with
+its place (`host` or a target's name), path or key, age in days and the rule. Ages count from `now`
+(an argument, so tests are exact), and for workshop data from the workshop's end (the drain's
+`final_time` in its run record), never from the newest item (restic #5193). A backup is kept or
+deleted as a whole; its configuration snapshot (`config/`) is kept forever, moved out of it first.
+"""
+
+import json
+import os
+import re
+import shutil
+import tarfile
+
+from ansible.module_utils.workshop_backup import MANIFEST, sealed_backups
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
+from ansible.module_utils.workshop_lock import lock_path, read_owner
+from ansible.module_utils.workshop_record import read_record
+from ansible.module_utils.workshop_time import epoch_of
+
+DAY = 86400.0
+# The checklist's Data Retention Schedule, in days. Reports and configuration snapshots: forever.
+DEFAULT_SCHEDULE = {"logs": 7, "outputs": 30, "snapshots": 90, "backups": 365}
+RECORD_NAME = "run-record.json"
+REPORT_DIR = "report"
+CONFIG_DIR = "config"
+# Configuration snapshots of deleted backups, kept forever: <workshop folder>/config-snapshots/<backup>/.
+CONFIG_KEEP = "config-snapshots"
+# The yearly log archives of the host: <backup root>/logs/workshop-logs-YYYY.tar.gz.
+LOGS_DIR = "logs"
+YEARLY_PATTERN = re.compile(r"^workshop-logs-(\d{4})\.tar\.gz$")
+LOOSE_LOG_PATTERN = re.compile(r"^workshop-logs-.*\.txt(\.gz)?$")
+LOOSE_SNAPSHOT_PATTERN = re.compile(r"^redis-snapshot-.*\.rdb$")
+BACKUP_TIME = re.compile(r"^backup-(\d{8}T\d{6}Z)")
+DELETING_PREFIX = ".retention-deleting-"
+
+
+def check_schedule(schedule):
+    """The schedule with every class in days (int >= 0); raises naming a wrong entry."""
+    merged = dict(DEFAULT_SCHEDULE)
+    for name, days in (schedule or {}).items():
+        if name in ("reports", "config", "configuration"):
+            continue  # kept forever, whatever is set
+        if name not in DEFAULT_SCHEDULE:
+            raise WorkshopError(
+                f"retention_schedule has an unknown class '{name}': use {', '.join(sorted(DEFAULT_SCHEDULE))} "
+                f"(reports and configuration snapshots are kept forever)"
+            )
+        try:
+            value = int(days)
+        except (TypeError, ValueError):
+            value = -1
+        if value < 0 or str(days).strip() != str(value):
+            raise WorkshopError(f"retention_schedule.{name} is {days!r}: give a whole number of days (0 or more)")
+        merged[name] = value
+    return merged
+
+
+def backup_epoch(name):
+    """Creation time (epoch) of a backup, from its name `backup-YYYYmmddTHHMMSSZ` (the seal's clock)."""
+    match = BACKUP_TIME.match(name or "")
+    if not match:
+        return None
+    text = match.group(1)
+    return epoch_of(f"{text[0:4]}-{text[4:6]}-{text[6:8]}T{text[9:11]}:{text[11:13]}:{text[13:15]}Z")
+
+
+def age_days(now, since):
+    return round((now - since) / DAY, 2)
+
+
+class Plan:
+    """What a run deletes (and moves), and what it keeps because a protection applies."""
+
+    def __init__(self):
+        self.delete = []
+        self.move = []
+        self.protected = []
+        self.units = []  # [(where, kind, handle, [items])]: how each group of items is deleted
+
+    def unit(self, where, kind, handle, items):
+        self.units.append((where, kind, handle, items))
+        self.delete.extend(items)
+
+    def protect(self, where, path, why):
+        self.protected.append({"where": where, "path": path, "why": why})
+
+    def as_dict(self):
+        return {"deleted": self.delete, "moved": self.move, "protected": self.protected}
+
+
+def item(where, path, age, rule, size):
+    return {"where": where, "path": path, "age_days": age, "rule": rule, "bytes": size}
+
+
+# --- what the run record says --------------------------------------------------------------------
+
+
+def workshop_facts(folder):
+    """What retention needs of one workshop folder: its record, end, backups and their verification."""
+    record = read_record(os.path.join(folder, RECORD_NAME))
+    verify = (record.get("backup") or {}).get("verify") or {}
+    sealed = sealed_backups(folder)
+    newest_verified = verify.get("backup") if verify.get("ok") is True and verify.get("backup") in sealed else None
+    failed = verify.get("backup") if verify.get("ok") is False else None
+    offsite = {}
+    for target, entry in ((record.get("archive") or {}).get("targets") or {}).items():
+        if isinstance(entry, dict) and entry.get("verified") is True and entry.get("backup"):
+            offsite.setdefault(entry["backup"], []).append(target)
+    share = record.get("share") or {}
+    return {
+        "folder": folder,
+        "record": record,
+        "end": epoch_of((record.get("drain") or {}).get("final_time")),
+        "sealed": sealed,
+        "newest_verified": newest_verified,
+        "failed": failed,
+        "offsite": offsite,
+        "share_ends": epoch_of(share.get("period_ends")),
+    }
+
+
+def workshop_folders(backup_root):
+    """Workshop folders under the backup root: those with a run record or a backup (not logs/)."""
+    if not os.path.isdir(backup_root):
+        return []
+    found = []
+    for name in sorted(os.listdir(backup_root)):
+        folder = os.path.join(backup_root, name)
+        if name == LOGS_DIR or name.startswith(".") or not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        if os.path.isfile(os.path.join(folder, RECORD_NAME)) or sealed_backups(folder):
+            found.append(folder)
+    return found
+
+
+def offsite_members(facts):
+    """{outputs member path: (size, sha256)} of the workshop's backups verified off-host and still on the host."""
+    found = {}
+    for backup in facts["offsite"]:
+        path = os.path.join(facts["folder"], backup, "outputs.tar.members.json")
+        try:
+            with open(path, encoding="utf-8") as listing:
+                members = json.load(listing)
+        except (OSError, ValueError):
+            continue
+        for member in members:
+            if "sha256" in member:
+                found[member["path"]] = (member["size"], member["sha256"])
+    return found
+
+
+def outputs_in_offsite_backup(outputs_dir, facts):
+    """([(path, relpath, size, mtime)] of outputs held identically by a verified off-host backup), [(path, why)])."""
+    known = offsite_members(facts)
+    kept, not_kept = [], []
+    if not os.path.isdir(outputs_dir):
+        return kept, not_kept
+    for root, dirs, files in os.walk(outputs_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                not_kept.append((path, "a link or special file: never removed by retention"))
+                continue
+            relpath = os.path.relpath(path, outputs_dir)
+            size = os.path.getsize(path)
+            entry = known.get(f"outputs/{relpath}")
+            if entry is None:
+                not_kept.append((path, "not in a backup verified off-host"))
+            elif entry[0] != size or entry[1] != sha256_file(path):
+                not_kept.append((path, "changed since the backup verified off-host"))
+            else:
+                kept.append((path, relpath, size, os.path.getmtime(path)))
+    return kept, not_kept
+
+
+def yearly_members(backup_root):
+    """{sha256 of a member: archive} over every yearly log archive of the host."""
+    folder = os.path.join(backup_root, LOGS_DIR)
+    found = {}
+    if not os.path.isdir(folder):
+        return found
+    for name in sorted(os.listdir(folder)):
+        if YEARLY_PATTERN.match(name):
+            path = os.path.join(folder, name)
+            for digest in archive_digests(path).values():
+                found[digest] = path
+    return found
+
+
+def archive_digests(path):
+    """{member name: sha256} of a tar.gz, every member read in full."""
+    digests = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for info in tar:
+                if info.isfile():
+                    digests[info.name] = sha256_stream(tar.extractfile(info))
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise WorkshopError(
+            f"Cannot read the log archive {path} ({exc}): move it aside and run cleanup again", path=path
+        ) from None
+    return digests
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+def _files_of(folder):
+    """[(path, relpath, size)] of every file under `folder`, sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            found.append((path, os.path.relpath(path, folder), os.lstat(path).st_size))
+    return found
+
+
+def plan_host(params, now, plan):
+    """The host's part: every workshop folder under the backup root, the project's loose exports, outputs."""
+    schedule = params["schedule"]
+    backup_root = params["backup_root"]
+    folders = workshop_folders(backup_root)
+    current = params.get("backup_dir")
+    if current and os.path.isdir(current) and current not in folders:
+        folders.append(current)
+    facts_of = {}
+    for folder in folders:
+        owner = read_owner(lock_path(folder)) if folder != current else None
+        if owner is not None:
+            # Another run holds that workshop (a backup, archive or shutdown in progress): not now.
+            plan.protect(
+                "host", folder + "/", f"another run holds the workshop's lock ({owner.get('run_id', 'unreadable lock')})"
+            )
+            continue
+        facts = workshop_facts(folder)
+        facts_of[folder] = facts
+        _plan_workshop(facts, schedule, now, plan)
+    _plan_loose(params, schedule, now, plan)
+    current_facts = facts_of.get(current) if current else None
+    if current_facts and params.get("outputs_dir"):
+        _plan_outputs(params["outputs_dir"], current_facts, schedule, now, plan)
+    if current_facts and params.get("share_folder"):
+        _plan_share_folder(params["share_folder"], current_facts, schedule, now, plan)
+    return facts_of
+
+
+def _plan_workshop(facts, schedule, now, plan):
+    folder = facts["folder"]
+    # Kept forever, whatever the schedule says: named so a reader sees they were considered.
+    for name in (REPORT_DIR, RECORD_NAME, CONFIG_KEEP):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            why = {
+                REPORT_DIR: "reports are kept forever",
+                RECORD_NAME: "run records are kept forever",
+                CONFIG_KEEP: "configuration snapshots are kept forever",
+            }[name]
+            plan.protect("host", path + ("/" if os.path.isdir(path) else ""), why)
+    limit = schedule["backups"]
+    for backup in facts["sealed"]:
+        created = backup_epoch(backup)
+        path = os.path.join(folder, backup) + "/"
+        if created is None:
+            plan.protect("host", path, "its name holds no creation time: never aged")
+            continue
+        age = age_days(now, created)
+        if backup == facts["failed"]:
+            plan.protect(
+                "host", path, "its verification failed: kept for inspection, never counted as the newest verified backup"
+            )
+            continue
+        if backup == facts["newest_verified"]:
+            plan.protect("host", path, "the newest verified backup of the workshop")
+            continue
+        if age <= limit:
+            continue
+        if facts["newest_verified"] is None:
+            plan.protect(
+                "host", path, "no verified backup of the workshop is known (run record backup.verify): nothing of it is deleted"
+            )
+            continue
+        if backup not in facts["offsite"]:
+            plan.protect("host", path, "not verified off-host on any target (run record archive.targets.*): the host copy stays")
+            continue
+        rule = f"full backups: {limit} days"
+        files = [f for f in _files_of(os.path.join(folder, backup)) if not f[1].startswith(CONFIG_DIR + "/")]
+        items = [item("host", p, age, rule, size) for p, _rel, size in files]
+        if os.path.isdir(os.path.join(folder, backup, CONFIG_DIR)):
+            plan.protect(
+                "host",
+                os.path.join(folder, backup, CONFIG_DIR) + "/",
+                f"configuration snapshot: kept forever, moved to {CONFIG_KEEP}/{backup}/",
+            )
+        plan.unit("host", "backup", os.path.join(folder, backup), items)
+    # A deletion a crash interrupted (renamed aside, not yet removed): finished, its configuration kept.
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(DELETING_PREFIX) and os.path.isdir(path) and not os.path.islink(path):
+            created = backup_epoch(name[len(DELETING_PREFIX) :])
+            age = age_days(now, created) if created is not None else None
+            rule = "full backups: finishing an interrupted deletion"
+            files = [f for f in _files_of(path) if not f[1].startswith(CONFIG_DIR + "/")]
+            plan.unit("host", "backup", path, [item("host", p, age, rule, size) for p, _rel, size in files])
+    # Share archives in the workshop folder (share/archives/*.zip): the share period's end decides.
+    archives = os.path.join(folder, "share", "archives")
+    if os.path.isdir(archives):
+        _plan_share_files(archives, facts, schedule, now, plan)
+    # Loose database snapshots in the workshop folder (outside any backup).
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(".rdb") and os.path.isfile(path) and not os.path.islink(path):
+            _plan_aged_file(path, "snapshots", schedule, now, plan)
+
+
+def _plan_aged_file(path, rule_name, schedule, now, plan, needs=None):
+    stat = os.lstat(path)
+    age = age_days(now, stat.st_mtime)
+    if age <= schedule[rule_name]:
+        return
+    if needs is not None:
+        why = needs(path)
+        if why:
+            plan.protect("host", path, why)
+            return
+    label = {"snapshots": "database snapshots", "logs": "active logs"}[rule_name]
+    plan.unit("host", "file", path, [item("host", path, age, f"{label}: {schedule[rule_name]} days", stat.st_size)])
+
+
+def _plan_loose(params, schedule, now, plan):
+    """The checklist's manual exports in the project directory: workshop-logs-*.txt[.gz], redis-snapshot-*.rdb."""
+    project = params.get("project_dir")
+    if not project or not os.path.isdir(project):
+        return
+    rolled = None
+    for name in sorted(os.listdir(project)):
+        path = os.path.join(project, name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        if LOOSE_SNAPSHOT_PATTERN.match(name):
+            _plan_aged_file(path, "snapshots", schedule, now, plan)
+        elif LOOSE_LOG_PATTERN.match(name):
+            if rolled is None:
+                rolled = yearly_members(params["backup_root"])
+
+            def needs(candidate, rolled=rolled):
+                if sha256_file(candidate) in rolled:
+                    return None
+                return "not in a yearly log archive yet (run the cleanup phase): the only copy"
+
+            _plan_aged_file(path, "logs", schedule, now, plan, needs=needs)
+
+
+def _plan_outputs(outputs_dir, facts, schedule, now, plan):
+    limit = schedule["outputs"]
+    if facts["end"] is None:
+        if os.path.isdir(outputs_dir):
+            plan.protect("host", outputs_dir + "/", "the workshop's end is not recorded (drain final_time): outputs are not aged")
+        return
+    age = age_days(now, facts["end"])
+    if age <= limit:
+        return
+    kept, not_kept = outputs_in_offsite_backup(outputs_dir, facts)
+    for path, why in not_kept:
+        plan.protect("host", path, why)
+    rule = f"output files: {limit} days from the workshop's end"
+    for path, _relpath, size, _mtime in kept:
+        plan.unit("host", "file", path, [item("host", path, age, rule, size)])
+
+
+def _share_ended(facts, schedule, now, plan, where_path):
+    """(age in days, rule) when share archives may go, None (protected, said why) when not."""
+    if facts["share_ends"] is None:
+        plan.protect("host", where_path, "the share period's end is not recorded (run record share.period_ends)")
+        return None
+    if now < facts["share_ends"]:
+        return None
+    if facts["newest_verified"] is None:
+        plan.protect("host", where_path, "the workshop's outputs are in no verified backup: the share archives stay")
+        return None
+    since = facts["end"] if facts["end"] is not None else facts["share_ends"]
+    return age_days(now, since), f"output files: until the share period ended ({schedule['outputs']} days)"
+
+
+def _plan_share_files(folder, facts, schedule, now, plan):
+    files = [f for f in _files_of(folder) if f[1].endswith(".zip")]
+    if not files:
+        return
+    ended = _share_ended(facts, schedule, now, plan, folder + "/")
+    if ended is None:
+        return
+    for path, _rel, size in files:
+        plan.unit("host", "file", path, [item("host", path, ended[0], ended[1], size)])
+
+
+def _plan_share_folder(share_folder, facts, schedule, now, plan):
+    if os.path.isdir(share_folder):
+        _plan_share_files(share_folder, facts, schedule, now, plan)
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+
+def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
+    """An off-host target: backups older than the schedule go, except the newest of each workshop there.
+
+    With backups False (the share target only), only its share archives are planned.
+    """
+    name = store.target["name"]
+    limit = schedule["backups"]
+    for workshop in target_workshops(store) if backups else []:
+        backups = store.backups(workshop)
+        if not backups:
+            continue
+        newest = backups[-1]
+        for backup in backups:
+            where = store.where(workshop, backup)
+            created = backup_epoch(backup)
+            if backup == newest:
+                plan.protect(name, where, "the newest backup of the workshop on this target: never the only copy gone")
+                continue
+            facts = facts_by_id.get(workshop)
+            if facts and backup == facts["newest_verified"]:
+                plan.protect(name, where, "the newest verified backup of the workshop")
+                continue
+            if created is None or age_days(now, created) <= limit:
+                continue
+            age = age_days(now, created)
+            files = target_files(store, workshop, backup)
+            config = [key for key, _size in files if _is_config(store, workshop, backup, key)]
+            if config:
+                plan.protect(name, store.key(workshop, backup, CONFIG_DIR) + "/", "configuration snapshot: kept forever")
+            rule = f"full backups: {limit} days"
+            items = [item(name, key, age, rule, size) for key, size in files if key not in config]
+            # MANIFEST.json first: a copy without it is no longer complete, whatever happens next.
+            items.sort(key=lambda entry: (not entry["path"].endswith("/" + MANIFEST), entry["path"]))
+            folder = store.key(workshop, backup, "").rstrip("/") if store.kind == "ssh" else None
+            plan.unit(name, "target", (store, [entry["path"] for entry in items], folder), items)
+    if store.kind == "s3":
+        _plan_s3_share(store, facts_by_id, schedule, now, plan)
+
+
+def _is_config(store, workshop, backup, key):
+    return key.startswith(store.key(workshop, backup, CONFIG_DIR) + "/")
+
+
+def target_workshops(store):
+    if store.kind == "s3":
+        base = (store.prefix.strip("/") + "/") if store.prefix.strip("/") else ""
+        names = []
+        token = None
+        while True:
+            kwargs = {"Prefix": base, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = store._call("listing", base, "list_objects_v2", **kwargs)
+            names += [common["Prefix"][len(base) :].strip("/") for common in page.get("CommonPrefixes") or []]
+            if not page.get("IsTruncated"):
+                break
+            token = page["NextContinuationToken"]
+        return sorted(name for name in names if name and name != "share")
+    completed = store.run(
+        'cd "$1" 2>/dev/null || exit 0; for d in *; do [ -d "$d" ] && echo "$d"; done; true',
+        store.root,
+        what=f"listing {store.root}",
+    )
+    return sorted(line for line in completed.stdout.decode().splitlines() if line and line != "*")
+
+
+def target_files(store, workshop, backup):
+    """[(key or path, size)] of every file of a backup copy on a target."""
+    if store.kind == "s3":
+        return _s3_list(store, store.key(workshop, backup, "") + "/")
+    folder = store.key(workshop, backup, "").rstrip("/")
+    script = (
+        'cd "$1" || exit 0; find . -type f | sort | while IFS= read -r f; do '
+        'printf "%s %s\\n" "$(wc -c < "$f" | tr -d " ")" "${f#./}"; done'
+    )
+    completed = store.run(script, folder, what=f"listing {folder}")
+    found = []
+    for line in completed.stdout.decode(errors="replace").splitlines():
+        size, _dummy, relpath = line.partition(" ")
+        found.append((f"{folder}/{relpath}", int(size)))
+    return found
+
+
+def _s3_list(store, prefix):
+    found = []
+    token = None
+    while True:
+        kwargs = {"Prefix": prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = store._call("listing", prefix, "list_objects_v2", **kwargs)
+        found += [(obj["Key"], obj["Size"]) for obj in page.get("Contents") or []]
+        if not page.get("IsTruncated"):
+            break
+        token = page["NextContinuationToken"]
+    return sorted(found)
+
+
+def _plan_s3_share(store, facts_by_id, schedule, now, plan):
+    """Share archives on S3 (<prefix>/share/<workshop>/...) of workshops whose share period ended."""
+    base = "/".join(part for part in (store.prefix.strip("/"), "share") if part)
+    for workshop, facts in sorted(facts_by_id.items()):
+        objects = _s3_list(store, f"{base}/{workshop}/")
+        if not objects:
+            continue
+        ended = _share_ended(facts, schedule, now, plan, f"{store.target['name']}:{base}/{workshop}/")
+        if ended is None:
+            continue
+        items = [item(store.target["name"], key, ended[0], ended[1], size) for key, size in objects]
+        plan.unit(store.target["name"], "target", (store, [key for key, _size in objects], None), items)
+
+
+# --- applying a plan -----------------------------------------------------------------------------
+
+
+def apply_plan(plan):
+    """Delete exactly what the plan lists, unit by unit; returns the items deleted."""
+    done = []
+    for _where, kind, handle, items in plan.units:
+        if kind == "backup":
+            _delete_host_backup(handle)
+        elif kind == "file":
+            try:
+                os.unlink(handle)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise WorkshopError(f"Cannot delete {handle} on the host: {exc.strerror}", path=handle) from None
+        else:
+            store, keys, folder = handle
+            delete_on_target(store, keys, folder)
+        done.extend(items)
+    return done
+
+
+def _delete_host_backup(folder):
+    """Take the backup out of the sealed set at once (rename), keep its config/, then delete the rest.
+
+    A folder already renamed (a deletion interrupted by a crash) is finished the same way.
+    """
+    parent, name = os.path.split(folder.rstrip("/"))
+    if name.startswith(DELETING_PREFIX):
+        aside, name = folder.rstrip("/"), name[len(DELETING_PREFIX) :]
+    else:
+        aside = os.path.join(parent, DELETING_PREFIX + name)
+    try:
+        if aside != folder.rstrip("/"):
+            os.rename(folder, aside)
+            fsync_dir(parent)
+        keep = os.path.join(parent, CONFIG_KEEP, name)
+        config = os.path.join(aside, CONFIG_DIR)
+        if os.path.isdir(config) or os.path.isfile(os.path.join(aside, MANIFEST)):
+            for path in (os.path.join(parent, CONFIG_KEEP), keep):
+                if not os.path.isdir(path):
+                    os.makedirs(path, mode=WORKSHOP_FOLDER_MODE)
+            if os.path.isdir(config) and not os.path.exists(os.path.join(keep, CONFIG_DIR)):
+                os.rename(config, os.path.join(keep, CONFIG_DIR))
+            if os.path.isfile(os.path.join(aside, MANIFEST)) and not os.path.exists(os.path.join(keep, MANIFEST)):
+                shutil.copy2(os.path.join(aside, MANIFEST), os.path.join(keep, MANIFEST))
+            fsync_dir(keep)
+        if os.path.isdir(config):
+            raise WorkshopError(
+                f"{keep}/{CONFIG_DIR} exists already and differs from the configuration in {aside}: both kept; look at them",
+                path=aside,
+            )
+        shutil.rmtree(aside)
+        fsync_dir(parent)
+    except OSError as exc:
+        raise WorkshopError(
+            f"Deleting the backup {folder} failed ({exc.strerror}); what is left is in {aside}: look at it", path=folder
+        ) from None
+
+
+def delete_on_target(store, keys, folder=None):
+    """Delete objects (S3) or files (SSH, then the copy's empty folders, never above `folder`)."""
+    if store.kind == "s3":
+        for key in keys:
+            store._call("deleting", key, "delete_object", Key=key)
+        return
+    if keys:
+        store.run('for f in "$@"; do rm -f "$f" || exit 1; done', *keys, what=f"deleting {len(keys)} files")
+    if folder:
+        store.run('[ -d "$1" ] || exit 0; find "$1" -depth -type d -empty -exec rmdir {} \\;', folder, what=f"removing {folder}")
+
+
+# --- the phase -----------------------------------------------------------------------------------
+
+
+def make_plan(params, now, stores=(), share_store=None):
+    """The whole plan: the host (every workshop folder, loose exports, outputs), then each target.
+
+    params: backup_root, backup_dir (this workshop's folder), project_dir, outputs_dir, share_folder,
+    schedule (checked).
+    """
+    plan = Plan()
+    facts_of = plan_host(params, now, plan)
+    facts_by_id = {os.path.basename(folder.rstrip("/")): facts for folder, facts in facts_of.items()}
+    for store in stores:
+        plan_target(store, facts_by_id, params["schedule"], now, plan)
+    if share_store is not None and share_store.target["name"] not in [store.target["name"] for store in stores]:
+        plan_target(share_store, facts_by_id, params["schedule"], now, plan, backups=False)
+    return plan
+
+
+def retention_section(schedule, plan, deleted, moment):
+    return {
+        "at": moment,
+        "schedule": dict(schedule, reports="forever", configuration="forever"),
+        "deleted": deleted,
+        "moved": list(plan.move),
+        "protected": plan.protected,
+    }
+
+
+def section_changed(before, after):
+    """Whether to write the section: always when something was deleted, moved or removed; otherwise only when
+    there is none yet or the schedule changed (a run that did nothing leaves the record of the last one that did)."""
+    if not before:
+        return True
+    if after.get("deleted") or after.get("moved") or after.get("removed"):
+        return True
+    return before.get("schedule") != after.get("schedule")

@@ -1,0 +1,48 @@
+"""Retention through its playbook, without Docker: a workshop folder in a temp folder."""
+
+import json
+import os
+
+from test_retention_unit import NOW, W, days_ago, workshop
+
+from conftest import run_playbook
+
+
+def flat(text):
+    """The output with the callback's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def settings(tmp_path, root, project, **extra):
+    values = {
+        "workshop_id": W,
+        "workshop_project_dir": str(project),
+        "workshop_backup_root": str(root),
+        "retention_now": "2027-06-01T12:00:00Z",
+        **extra,
+    }
+    path = tmp_path / "vars.json"
+    path.write_text(json.dumps(values))
+    return f"@{path}"
+
+
+def test_retention_is_off_unless_enabled_then_check_lists_what_the_run_deletes(tmp_path):
+    root, _folder, project, _outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    snapshot = project / "redis-snapshot-20260128-180000.rdb"
+    snapshot.write_bytes(b"REDIS0012")
+    os.utime(snapshot, (days_ago(100), days_ago(100)))
+    assert abs(NOW - days_ago(0)) < 1
+
+    off = run_playbook("playbooks/retention.yml", "-e", settings(tmp_path, root, project), "-e", "retention_enabled=false")
+    assert "retention not configured: set retention_enabled=true" in off.output and off.changed() == 0
+    assert snapshot.exists() and "retention" not in json.loads(record.read_text())
+
+    on = settings(tmp_path, root, project, retention_enabled="true")
+    preview = run_playbook("playbooks/retention.yml", "-e", on, "--diff", check=True)
+    line = f"host: {snapshot} (100.0 days old; database snapshots: 90 days)"
+    assert line in flat(preview.output) and preview.changed() == 1 and snapshot.exists()
+    assert f"-host: {snapshot}" in preview.output  # --diff
+    applied = run_playbook("playbooks/retention.yml", "-e", on)
+    assert line in flat(applied.output) and not snapshot.exists()
+    assert [e["path"] for e in json.loads(record.read_text())["retention"]["deleted"]] == [str(snapshot)]
+    # (A second run changing nothing is proven on the module: tests/test_retention_unit.py.)

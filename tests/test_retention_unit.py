@@ -1,0 +1,429 @@
+"""The retention schedule against real files (dated with os.utime), a real sshd and a real S3 server; no Docker.
+
+Every backup is sealed by the backup phase's own code; ages are exact because the module takes `now`.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from ansible.module_utils.workshop_archive import record_archive
+from ansible.module_utils.workshop_backup import backup_name, seal, write_archive, write_members
+from ansible.module_utils.workshop_cleanup import write_yearly
+from ansible.module_utils.workshop_record import read_record, record_backup, save_record
+from ansible.module_utils.workshop_retention import DEFAULT_SCHEDULE, check_schedule
+from ansible.module_utils.workshop_time import epoch_of, utc_iso
+from s3server import s3server  # noqa: F401 - a fixture
+
+from conftest import SSH_PORT, load_module
+
+DAY = 86400
+NOW = epoch_of("2027-06-01T12:00:00Z")
+END = epoch_of("2026-01-28T18:00:00Z")  # the workshop's end (drain final_time)
+W = "berlin"
+
+
+def days_ago(days):
+    return NOW - days * DAY
+
+
+def make_outputs(project):
+    outputs = project / "data" / "outputs"
+    for user, count in (("user001", 2), ("user002", 1)):
+        (outputs / user).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            (outputs / user / f"img{index}.png").write_bytes(f"{user}-{index}".encode() * 100)
+    return outputs
+
+
+def seal_backup(folder, when, outputs, config=b"REDIS_PASSWORD=secret\n"):
+    """A sealed backup named for `when`, holding outputs.tar (+ members), a log and config/.env."""
+    name = backup_name(when)
+    partial = folder / f".partial-{name}"
+    (partial / "logs").mkdir(parents=True)
+    (partial / "config").mkdir()
+    members, _dummy = write_archive(str(partial / "outputs.tar"), {"outputs": str(outputs)})
+    write_members(str(partial / "outputs.tar"), members)
+    (partial / "logs" / "workshop-logs.txt.gz").write_bytes(b"\x1f\x8b" + name.encode())
+    (partial / "config" / ".env").write_bytes(config)
+    seal(str(partial), str(folder / name), {"workshop_id": folder.name})
+    return name
+
+
+def workshop(tmp_path, backups, verified, offsite, failed=None, end=END):
+    """A workshop folder with sealed backups at the given days ago, and its run record.
+
+    verified: the backup the record says verified ok (index), failed: the one whose verify failed,
+    offsite: {target name: (backup index, verified)}.
+    """
+    root = tmp_path / "backups"
+    folder = root / W
+    folder.mkdir(parents=True)
+    project = tmp_path / "project"
+    outputs = make_outputs(project)
+    names = [seal_backup(folder, days_ago(age), outputs) for age in backups]
+    record = folder / "run-record.json"
+    if verified is not None:
+        record_backup(str(record), names[verified], str(folder / names[verified]), 5, {})
+    if failed is not None:
+        data = read_record(str(record))
+        data["backup"] = {
+            "name": names[failed],
+            "verify": {"ok": False, "at": utc_iso(NOW), "backup": names[failed], "failures": [{"file": "outputs.tar"}]},
+        }
+        save_record(str(record), data)
+    for target, (index, ok) in offsite.items():
+        record_archive(str(record), target, {"where": "x", "backup": names[index], "files": 5, "bytes": 1, "verified": ok})
+    data = read_record(str(record))
+    data["drain"] = {"final_time": utc_iso(end)}
+    save_record(str(record), data)
+    (folder / "report").mkdir()
+    (folder / "report" / "report.md").write_text("# Workshop report\n")
+    for path in (folder / "report" / "report.md", record):
+        os.utime(path, (days_ago(2000), days_ago(2000)))
+    return root, folder, project, outputs, names, record
+
+
+def run_main(name, args, capsys, check=False, diff=False):
+    from ansible.module_utils.testing import patch_module_args
+
+    module = load_module(name)
+    args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        module.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def args_for(root, folder, project, outputs, record, **extra):
+    args = dict(
+        state="applied",
+        now=str(NOW),
+        backup_root=str(root),
+        backup_dir=str(folder),
+        record=str(record),
+        project_dir=str(project),
+    )
+    args.update(extra)
+    return args
+
+
+def paths(items):
+    return sorted((item["where"], item["path"]) for item in items)
+
+
+def files_under(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def protected(result, path):
+    return [item["why"] for item in result["protected"] if item["path"].rstrip("/") == str(path).rstrip("/")]
+
+
+# --- the schedule ---------------------------------------------------------------------------------
+
+
+def test_schedule_defaults_to_the_checklists_table_and_refuses_nonsense():
+    assert DEFAULT_SCHEDULE == {"logs": 7, "outputs": 30, "snapshots": 90, "backups": 365}
+    assert check_schedule({"reports": 1, "configuration": 0, "logs": "3"})["logs"] == 3
+    for wrong in ({"backup": 3}, {"logs": -1}, {"logs": "a week"}, {"logs": 2.5}):
+        with pytest.raises(Exception, match="retention_schedule"):
+            check_schedule(wrong)
+
+
+def test_an_old_backup_verified_off_host_goes_check_lists_exactly_that_and_a_second_run_does_nothing(tmp_path, capsys):
+    # 577 days (verified on nas) and 489 days (only an unverified copy) old, and the newest (12 days).
+    root, folder, project, outputs, names, record = workshop(
+        tmp_path, [577, 489, 12], verified=2, offsite={"nas": (0, True), "r2": (1, False)}
+    )
+    old_config = (folder / names[0] / "config" / ".env").read_bytes()
+    old_manifest = (folder / names[0] / "MANIFEST.json").read_bytes()
+    kept_before = {name: files_under(folder / name) for name in names[1:]}
+    args = args_for(root, folder, project, outputs, record, outputs_dir=str(outputs))
+
+    preview = run_main("retention_enforce", args, capsys, check=True, diff=True)
+    expected = sorted(
+        ("host", str(folder / names[0] / rel))
+        for rel in ("MANIFEST.json", "logs/workshop-logs.txt.gz", "outputs.tar", "outputs.tar.members.json")
+    )
+    assert preview["changed"] is True
+    backups = [item for item in preview["deleted"] if item["path"].startswith(str(folder))]
+    assert paths(backups) == expected
+    assert {item["rule"] for item in backups} == {"full backups: 365 days"}
+    assert {item["age_days"] for item in backups} == {577.0}
+    # The outputs too (the workshop ended 489 days ago; each file is in the backup verified on nas).
+    assert sorted(i["path"] for i in preview["deleted"] if i not in backups) == sorted(map(str, outputs.rglob("*.png")))
+    assert preview["diff"]["before"] == "".join(f"host: {i['path']}\n" for i in preview["deleted"])
+    assert (folder / names[0] / "outputs.tar").exists() and "retention" not in read_record(str(record))
+
+    applied = run_main("retention_enforce", args, capsys)
+    assert applied["changed"] is True
+    assert applied["deleted"] == preview["deleted"]  # the plan, applied exactly, in the same order
+    assert not (folder / names[0]).exists()
+    # Kept forever: the configuration snapshot (moved out whole) and the manifest that names it.
+    assert (folder / "config-snapshots" / names[0] / "config" / ".env").read_bytes() == old_config
+    assert (folder / "config-snapshots" / names[0] / "MANIFEST.json").read_bytes() == old_manifest
+    assert {name: files_under(folder / name) for name in names[1:]} == kept_before
+    section = read_record(str(record))["retention"]
+    assert section["deleted"] == applied["deleted"] and section["schedule"]["backups"] == 365
+    assert section["schedule"]["reports"] == "forever"
+    assert protected(applied, folder / names[1]) == [
+        "not verified off-host on any target (run record archive.targets.*): the host copy stays"
+    ]
+    assert protected(applied, folder / names[2]) == ["the newest verified backup of the workshop"]
+
+    record_bytes = record.read_bytes()
+    again = run_main("retention_enforce", args, capsys)
+    assert again["changed"] is False and again["deleted"] == []
+    assert record.read_bytes() == record_bytes
+    assert run_main("retention_enforce", args, capsys, check=True)["changed"] is False
+
+
+def test_a_deletion_a_crash_interrupted_is_finished_and_its_configuration_kept(tmp_path, capsys):
+    root, folder, project, outputs, names, record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)})
+    config = (folder / names[0] / "config" / ".env").read_bytes()
+    # The crash came right after the rename aside: the backup is no longer sealed, nothing was moved yet.
+    aside = folder / f".retention-deleting-{names[0]}"
+    (folder / names[0]).rename(aside)
+    args = args_for(root, folder, project, outputs, record)
+    preview = run_main("retention_enforce", args, capsys, check=True)
+    assert sorted(i["path"] for i in preview["deleted"]) == sorted(
+        str(p) for p in aside.rglob("*") if p.is_file() and "/config/" not in str(p)
+    )
+    assert {i["rule"] for i in preview["deleted"]} == {"full backups: finishing an interrupted deletion"}
+    done = run_main("retention_enforce", args, capsys)
+    assert done["deleted"] == preview["deleted"] and not aside.exists()
+    assert (folder / "config-snapshots" / names[0] / "config" / ".env").read_bytes() == config
+
+
+def test_ages_count_from_now_not_from_the_newest_backup(tmp_path, capsys):
+    # Two old backups and no newer one: restic's --keep-within would keep both (they are "recent" relative to each
+    # other); counted from now, the older is past 365 days and goes.
+    root, folder, project, outputs, names, record = workshop(tmp_path, [400, 399], verified=1, offsite={"nas": (0, True)})
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, state="planned"), capsys)
+    assert result["changed"] is False
+    assert {item["path"][len(str(folder)) + 1 :].split("/")[0] for item in result["deleted"]} == {names[0]}
+    assert {item["age_days"] for item in result["deleted"]} == {400.0}
+
+
+def test_the_newest_verified_backup_is_kept_however_old(tmp_path, capsys):
+    root, folder, project, outputs, names, record = workshop(tmp_path, [900, 800], verified=1, offsite={"nas": (1, True)})
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, schedule={"backups": 0}), capsys)
+    assert (folder / names[1] / "MANIFEST.json").exists()
+    assert protected(result, folder / names[1]) == ["the newest verified backup of the workshop"]
+    # The other is not verified off-host: kept too, and said so.
+    assert result["deleted"] == [] and (folder / names[0] / "MANIFEST.json").exists()
+
+
+def test_a_failed_backup_is_kept_named_and_never_counted_as_the_newest_verified(tmp_path, capsys):
+    # The newest backup failed its verify (restic #4251): it is kept and named, and the older backup, verified
+    # off-host and past its year, is not deleted either (no verified backup of the workshop is known).
+    root, folder, project, outputs, names, record = workshop(
+        tmp_path, [500, 10], verified=None, failed=1, offsite={"nas": (0, True)}
+    )
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record), capsys)
+    assert result["deleted"] == []
+    assert "verification failed" in protected(result, folder / names[1])[0]
+    assert "no verified backup of the workshop is known" in protected(result, folder / names[0])[0]
+    assert (folder / names[0] / "MANIFEST.json").exists() and (folder / names[1] / "MANIFEST.json").exists()
+
+
+def test_another_workshop_whose_lock_another_run_holds_is_left_alone(tmp_path, capsys):
+    root, folder, project, outputs, names, _record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)})
+    (folder / ".lock").write_text(json.dumps({"run_id": "ctl-4242-backup", "host": "ctl", "pid": 4242}))
+    other = root / "paris"
+    other.mkdir()
+    args = args_for(root, other, project, outputs, other / "run-record.json", state="planned")
+    result = run_main("retention_enforce", args, capsys)
+    assert result["deleted"] == []
+    assert protected(result, folder) == ["another run holds the workshop's lock (ctl-4242-backup)"]
+    # Without the lock, the same plan deletes the old backup.
+    (folder / ".lock").unlink()
+    assert {i["path"].split("/")[-2] for i in run_main("retention_enforce", args, capsys)["deleted"]} >= {names[0]}
+
+
+def test_a_backup_not_verified_off_host_stays_on_the_host(tmp_path, capsys):
+    root, folder, project, outputs, names, record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, False)})
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record), capsys)
+    assert result["deleted"] == [] and (folder / names[0] / "outputs.tar").exists()
+    assert "not verified off-host" in protected(result, folder / names[0])[0]
+
+
+def test_reports_run_records_and_configuration_snapshots_are_never_deleted(tmp_path, capsys):
+    root, folder, project, outputs, names, record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)})
+    zero = {"logs": 0, "outputs": 0, "snapshots": 0, "backups": 0, "reports": 0, "configuration": 0}
+    report = (folder / "report" / "report.md").read_bytes()
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, schedule=zero), capsys)
+    assert result["deleted"]  # the schedule did run: the old backup's files went
+    assert not any("/report/" in i["path"] or i["path"].endswith("run-record.json") for i in result["deleted"])
+    assert not any("/config/" in i["path"] for i in result["deleted"])
+    assert (folder / "report" / "report.md").read_bytes() == report
+    assert protected(result, folder / "report") == ["reports are kept forever"]
+    assert protected(result, record) == ["run records are kept forever"]
+    # A second run finds the kept configuration snapshot and keeps it.
+    again = run_main("retention_enforce", args_for(root, folder, project, outputs, record, schedule=zero), capsys)
+    assert protected(again, folder / "config-snapshots") == ["configuration snapshots are kept forever"]
+    assert (folder / "config-snapshots" / names[0] / "config" / ".env").exists()
+
+
+def test_outputs_go_30_days_after_the_workshops_end_only_when_held_identically_off_host(tmp_path, capsys):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)})
+    # Dated today by their files, but the workshop ended 489 days ago: age counts from the end.
+    for path in outputs.rglob("*.png"):
+        os.utime(path, (NOW, NOW))
+    (outputs / "user002" / "img0.png").write_bytes(b"changed after the backup")
+    (outputs / "user003").mkdir()
+    (outputs / "user003" / "late.png").write_bytes(b"never backed up")
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, outputs_dir=str(outputs)), capsys)
+    outputs_deleted = [i for i in result["deleted"] if i["path"].startswith(str(outputs))]
+    assert sorted(i["path"] for i in outputs_deleted) == [
+        str(outputs / "user001" / "img0.png"),
+        str(outputs / "user001" / "img1.png"),
+    ]
+    assert {i["rule"] for i in outputs_deleted} == {"output files: 30 days from the workshop's end"}
+    assert {i["age_days"] for i in outputs_deleted} == {round((NOW - END) / DAY, 2)}
+    assert protected(result, outputs / "user002" / "img0.png") == ["changed since the backup verified off-host"]
+    assert protected(result, outputs / "user003" / "late.png") == ["not in a backup verified off-host"]
+    assert (outputs / "user002" / "img0.png").exists() and not (outputs / "user001" / "img0.png").exists()
+
+
+def test_outputs_are_not_aged_before_30_days_from_the_end_however_old_their_files(tmp_path, capsys):
+    root, folder, project, outputs, _names, record = workshop(
+        tmp_path, [20], verified=0, offsite={"nas": (0, True)}, end=days_ago(29)
+    )
+    for path in outputs.rglob("*.png"):
+        os.utime(path, (days_ago(900), days_ago(900)))
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, outputs_dir=str(outputs)), capsys)
+    assert not [i for i in result["deleted"] if i["path"].startswith(str(outputs))]
+
+
+def test_loose_snapshots_and_logs_by_their_file_time_logs_only_once_in_the_yearly_archive(tmp_path, capsys):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    snapshots = {91: project / "redis-snapshot-20260128-180000.rdb", 89: project / "redis-snapshot-20260301-120000.rdb"}
+    logs = {8: project / "workshop-logs-20260128-180000.txt.gz", 9: project / "workshop-logs-20260128-190000.txt"}
+    for age, path in {**snapshots, **logs}.items():
+        path.write_bytes(path.name.encode() * 10)
+        os.utime(path, (days_ago(age), days_ago(age)))
+    young = project / "workshop-logs-20270530-120000.txt.gz"
+    young.write_bytes(b"young")
+    os.utime(young, (days_ago(6), days_ago(6)))
+    # Only the first log is in a yearly archive (byte for byte).
+    write_yearly(
+        str(root / "logs" / "workshop-logs-2026.tar.gz"),
+        [
+            {
+                "member": f"{W}/{logs[8].name}",
+                "path": str(logs[8]),
+                "gzip": False,
+                "sha256": hashlib.sha256(logs[8].read_bytes()).hexdigest(),
+            }
+        ],
+    )
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record), capsys)
+    got = {i["path"]: (i["rule"], i["age_days"]) for i in result["deleted"]}
+    assert got == {
+        str(snapshots[91]): ("database snapshots: 90 days", 91.0),
+        str(logs[8]): ("active logs: 7 days", 8.0),
+    }
+    assert protected(result, logs[9]) == ["not in a yearly log archive yet (run the cleanup phase): the only copy"]
+    assert snapshots[89].exists() and young.exists() and logs[9].exists() and not logs[8].exists()
+
+
+def test_share_archives_go_once_the_share_period_ended(tmp_path, capsys):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    share_folder = tmp_path / "www" / W
+    archives = [folder / "share" / "archives" / f"{W}-user001-outputs.zip", share_folder / "tok123" / f"{W}-user001-outputs.zip"]
+    for path in archives:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"PK zip")
+    data = read_record(str(record))
+    data["share"] = {"period_ends": utc_iso(days_ago(1))}
+    save_record(str(record), data)
+    args = args_for(root, folder, project, outputs, record, share_folder=str(share_folder), state="planned")
+    result = run_main("retention_enforce", args, capsys)
+    assert sorted(i["path"] for i in result["deleted"]) == sorted(map(str, archives))
+    # One more day of sharing: nothing of it goes.
+    data["share"] = {"period_ends": utc_iso(days_ago(-1))}
+    save_record(str(record), data)
+    assert run_main("retention_enforce", args, capsys)["deleted"] == []
+
+
+# --- off-host targets -----------------------------------------------------------------------------
+
+
+def remote_backup(base, when, files=(("MANIFEST.json", b"{}"), ("outputs.tar", b"T" * 100), ("config/.env", b"A=1\n"))):
+    name = backup_name(when)
+    for relpath, data in files:
+        path = base / W / name / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return name
+
+
+def test_ssh_target_old_copies_go_the_newest_and_configuration_stay(tmp_path, sshd, capsys):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    nas = tmp_path / "nas"
+    # Files on the storage host dated today: the date that counts is the backup's (its name).
+    old, older, newest = (remote_backup(nas, days_ago(age)) for age in (400, 700, 300))
+    target = dict(name="nas", type="ssh", host="127.0.0.1", port=SSH_PORT, user="root", path=str(nas), key_file=str(sshd))
+    args = args_for(root, folder, project, outputs, record, targets=[target], known_hosts=str(tmp_path / "known_hosts"))
+
+    preview = run_main("retention_enforce", args, capsys, check=True)
+    remote = [i for i in preview["deleted"] if i["where"] == "nas"]
+    expected = []
+    for name in (old, older):
+        expected += [f"{nas}/{W}/{name}/MANIFEST.json", f"{nas}/{W}/{name}/outputs.tar"]
+    assert sorted(i["path"] for i in remote) == sorted(expected)
+    assert [i["path"].endswith("MANIFEST.json") for i in remote] == [True, False, True, False]  # manifest first
+    assert all((nas / W / name / "outputs.tar").exists() for name in (old, older))
+
+    applied = run_main("retention_enforce", args, capsys)
+    assert [i for i in applied["deleted"] if i["where"] == "nas"] == remote
+    assert sorted(p.relative_to(nas / W).as_posix() for p in nas.rglob("*") if p.is_file()) == sorted(
+        [
+            f"{old}/config/.env",
+            f"{older}/config/.env",
+            f"{newest}/MANIFEST.json",
+            f"{newest}/outputs.tar",
+            f"{newest}/config/.env",
+        ]
+    )
+    assert (
+        "newest backup of the workshop on this target"
+        in protected(applied, f"ssh://root@127.0.0.1:{SSH_PORT}{nas}/{W}/{newest}")[0]
+    )
+    again = run_main("retention_enforce", args, capsys)
+    assert again["changed"] is False and again["deleted"] == []
+
+
+def test_s3_target_old_objects_go_dated_by_the_backup_in_their_key(tmp_path, s3server, capsys):  # noqa: F811
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    client = s3server.client()
+    keys = {}
+    for age in (400, 100):
+        name = backup_name(days_ago(age))
+        for relpath in ("outputs.tar", "config/.env", "MANIFEST.json"):
+            key = f"comfy/{W}/{name}/{relpath}"
+            client.put_object(Bucket="workshops", Key=key, Body=relpath.encode() * 3)
+            keys.setdefault(age, []).append(key)
+    # A share archive of this workshop, whose period ended.
+    share_key = f"comfy/share/{W}/tok/{W}-user001-outputs.zip"
+    client.put_object(Bucket="workshops", Key=share_key, Body=b"PK")
+    data = read_record(str(record))
+    data["share"] = {"period_ends": utc_iso(days_ago(3))}
+    save_record(str(record), data)
+    args = args_for(root, folder, project, outputs, record, targets=[s3server.target()])
+
+    preview = run_main("retention_enforce", args, capsys, check=True)
+    remote = [i for i in preview["deleted"] if i["where"] == "s3test"]
+    old = sorted(k for k in keys[400] if "/config/" not in k)
+    assert [i["path"] for i in remote] == [k for k in old if k.endswith("MANIFEST.json")] + [
+        k for k in old if not k.endswith("MANIFEST.json")
+    ] + [share_key]
+    assert {i["age_days"] for i in remote[:2]} == {400.0}
+    applied = run_main("retention_enforce", args, capsys)
+    assert [i for i in applied["deleted"] if i["where"] == "s3test"] == remote
+    left = sorted(o["Key"] for o in client.list_objects_v2(Bucket="workshops").get("Contents", []))
+    assert left == sorted(keys[100] + [k for k in keys[400] if "/config/" in k])
+    assert run_main("retention_enforce", args, capsys)["changed"] is False
