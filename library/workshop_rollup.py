@@ -88,7 +88,9 @@ entries:
   type: list
   elements: dict
 left_out:
-  description: Workshops not in the roll-up, each with C(workshop_id), C(host) and C(reason) (another year, unreadable, no metrics.json yet).
+  description:
+    - Workshops not in the roll-up, each with C(workshop_id), C(host) and C(reason) (another year,
+      unreadable, no metrics.json yet).
   returned: always
   type: list
   elements: dict
