@@ -1,6 +1,7 @@
 """The whole checklist in one run, as an admin runs it: post_workshop.yml, then again."""
 
 import json
+
 from test_retention import RETENTION_VARS, check_retention_and_cleanup
 
 from conftest import BACKUP_ROOT, run_playbook
