@@ -398,9 +398,8 @@ class S3Target:
                 os.fsync(out.fileno())
         return digest.hexdigest()
 
-    def backups(self, workshop_id):
-        """Names of the complete backups (MANIFEST.json present) of the workshop on the target, oldest first."""
-        base = remote_key(self.prefix, workshop_id, "") + "/"
+    def folders(self, base):
+        """Names of the "folders" (common prefixes) right under the key prefix `base` ("" or ending in "/")."""
         names = []
         token = None
         while True:
@@ -408,13 +407,14 @@ class S3Target:
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("listing", base, "list_objects_v2", **kwargs)
-            for common in page.get("CommonPrefixes") or []:
-                name = common["Prefix"][len(base) :].strip("/")
-                if name.startswith(PREFIX):
-                    names.append(name)
+            names += [common["Prefix"][len(base) :].strip("/") for common in page.get("CommonPrefixes") or []]
             if not page.get("IsTruncated"):
-                break
+                return names
             token = page["NextContinuationToken"]
+
+    def backups(self, workshop_id):
+        """Names of the complete backups (MANIFEST.json present) of the workshop on the target, oldest first."""
+        names = [name for name in self.folders(remote_key(self.prefix, workshop_id, "") + "/") if name.startswith(PREFIX)]
         return sorted(name for name in names if self.stat(remote_key(self.prefix, workshop_id, name, MANIFEST)))
 
 

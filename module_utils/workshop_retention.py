@@ -453,17 +453,7 @@ def _is_config(store, workshop, backup, key):
 def target_workshops(store):
     if store.kind == "s3":
         base = (store.prefix.strip("/") + "/") if store.prefix.strip("/") else ""
-        names = []
-        token = None
-        while True:
-            kwargs = {"Prefix": base, "Delimiter": "/"}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = store._call("listing", base, "list_objects_v2", **kwargs)
-            names += [common["Prefix"][len(base) :].strip("/") for common in page.get("CommonPrefixes") or []]
-            if not page.get("IsTruncated"):
-                break
-            token = page["NextContinuationToken"]
+        names = store.folders(base)
         return sorted(name for name in names if name and name != "share")
     completed = store.run(
         'cd "$1" 2>/dev/null || exit 0; for d in *; do [ -d "$d" ] && echo "$d"; done; true',
