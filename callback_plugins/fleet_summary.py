@@ -25,7 +25,10 @@ import tempfile
 import time
 
 from ansible import context
+from ansible.errors import AnsibleError
+from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.callback import CallbackBase
+from ansible.utils.vars import load_extra_vars
 
 # The play that reads each workshop's line (playbooks/fleet_summary.yml) carries this tag.
 SUMMARY_TAG = "fleet_summary"
@@ -48,6 +51,15 @@ def failure_message(result):
         if result.get(key):
             return _one_line(result[key])
     return "failed without a message"
+
+
+def _extra_var(name, default):
+    """A plain (untemplated) extra var of this run, else `default`."""
+    try:
+        value = load_extra_vars(DataLoader()).get(name, default)
+    except (AnsibleError, OSError):  # an unreadable -e file: the run itself reports it
+        return default
+    return value if isinstance(value, str) and "{{" not in value else default
 
 
 def _utc(epoch):
@@ -114,7 +126,7 @@ def summary_markdown(rows, at):
     lines = [
         f"# Fleet summary, {at}",
         "",
-        f"{len(rows)} workshops: {len(rows) - failed} went through the run, {failed} failed.",
+        f"{len(rows)} workshop{'' if len(rows) == 1 else 's'}: {len(rows) - failed} went through the run, {failed} failed.",
         "",
     ]
     return "\n".join(lines + [f"- {row_text(row)}" for row in rows]) + "\n"
@@ -153,13 +165,22 @@ class CallbackModule(CallbackBase):
         self.workshop_ids = {}
         self.dest = ""
 
+    def v2_playbook_on_start(self, playbook):
+        # Decided from the playbook, not when the summary play starts: when every host has failed,
+        # Ansible runs no further play, and the summary is what the admin needs most then.
+        skipped = SUMMARY_TAG in (context.CLIARGS.get("skip_tags") or ())
+        self.active = not skipped and any(SUMMARY_TAG in (play.tags or []) for play in playbook.get_plays())
+        # Where the summary goes when no host reaches the summary play to say: -e fleet_summary_dest, else
+        # the role's default (reports/ beside the playbook).
+        self.dest = _extra_var("fleet_summary_dest", os.path.join(playbook._basedir, "reports"))
+
     def v2_playbook_on_play_start(self, play):
         self.play = play.get_name().strip()
-        skipped = SUMMARY_TAG in (context.CLIARGS.get("skip_tags") or ())
-        if SUMMARY_TAG in (play.tags or []) and not skipped:
-            self.active = True
 
     def _failed(self, result, prefix=""):
+        workshop_id = result._host.vars.get("workshop_id")  # as the inventory's host line sets it
+        if isinstance(workshop_id, str) and "{" not in workshop_id:
+            self.workshop_ids.setdefault(result._host.get_name(), workshop_id)
         self.failures[result._host.get_name()] = {
             "play": self.play,
             "task": result._task.get_name().strip(),
@@ -177,7 +198,7 @@ class CallbackModule(CallbackBase):
         handed = (result._result.get("ansible_facts") or {}).get(FACT)
         if isinstance(handed, dict):
             self.entries[result._host.get_name()] = handed.get("entry") or {}
-            self.workshop_ids.update(handed.get("workshop_ids") or {})
+            self.workshop_ids.update({h: i for h, i in (handed.get("workshop_ids") or {}).items() if i})
             self.dest = handed.get("dest") or ""
 
     def v2_playbook_on_stats(self, stats):

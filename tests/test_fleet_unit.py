@@ -148,10 +148,22 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     inventory, playbook, closed_port = small_fleet
     reports = tmp_path / "reports"
 
+    # Check mode, and only a host that fails: Ansible runs no play after the one where the last host
+    # failed, and the summary still comes, with the failure.
     preview = run_playbook(
-        str(playbook), "-i", str(inventory), "--check", extra_vars={"fleet_summary_dest": str(reports)}, expect_ok=False
+        str(playbook),
+        "-i",
+        str(inventory),
+        "--check",
+        "--limit",
+        "ws-loop",
+        extra_vars={"fleet_summary_dest": str(reports)},
+        expect_ok=False,
     )
-    assert "FLEET SUMMARY" in preview.output and "not written (check mode)" in preview.output
+    assert "PLAY [Fleet summary]" not in preview.output
+    screen = preview.output[preview.output.index("FLEET SUMMARY") :]
+    assert "1 workshop: 0 went through the run, 1 failed." in screen and "not written (check mode)" in screen
+    assert '- lisbon (ws-loop): FAILED in play "A phase that fails on some hosts"' in screen
     assert not reports.exists()  # check mode prints and writes nothing
 
     run = run_playbook(str(playbook), "-i", str(inventory), extra_vars={"fleet_summary_dest": str(reports)}, expect_ok=False)
@@ -191,25 +203,36 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     assert all(line in screen for line in lines) and f"written to {written[1]}" in screen
 
 
-def test_no_summary_when_its_tag_is_skipped_or_the_playbook_has_no_summary_play(monkeypatch, capsys):
-    """The callback speaks only in a run whose summary play runs (in-process: its two decisions)."""
+@pytest.mark.parametrize(
+    ("skip_tags", "tags", "speaks"),
+    [((), ["always", "fleet_summary"], True), (("fleet_summary",), ["always", "fleet_summary"], False), ((), ["drain"], False)],
+)
+def test_no_summary_when_its_tag_is_skipped_or_the_playbook_has_no_summary_play(
+    monkeypatch, capsys, tmp_path, skip_tags, tags, speaks
+):
+    """The callback speaks only in a run whose playbook has the summary play and does not skip it
+    (in-process, on a real parsed playbook: the run itself is the test above)."""
     from ansible import context
     from ansible.executor.stats import AggregateStats
     from ansible.module_utils.common.collections import ImmutableDict
-    from ansible.playbook.play import Play
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.playbook import Playbook
+    from ansible.vars.manager import VariableManager
 
     sys.path.insert(0, str(REPO / "callback_plugins"))
     try:
         import fleet_summary
     finally:
         sys.path.remove(str(REPO / "callback_plugins"))
-    summary_play = Play.load({"name": "Fleet summary", "hosts": "workshop", "tags": ["always", "fleet_summary"], "tasks": []})
-    other_play = Play.load({"name": "Drain", "hosts": "workshop", "tasks": []})
+    monkeypatch.setattr(context, "CLIARGS", ImmutableDict(skip_tags=skip_tags, check=False, extra_vars=("fleet_summary_dest=",)))
+    (tmp_path / "site.yml").write_text(f"- name: Some play\n  hosts: workshop\n  tags: {json.dumps(tags)}\n  tasks: []\n")
+    loader = DataLoader()
+    playbook = Playbook.load(str(tmp_path / "site.yml"), variable_manager=VariableManager(loader=loader), loader=loader)
     stats = AggregateStats()
     stats.increment("ok", "ws-ok")
-    for skip_tags, play, speaks in [((), summary_play, True), (("fleet_summary",), summary_play, False), ((), other_play, False)]:
-        monkeypatch.setattr(context, "CLIARGS", ImmutableDict(skip_tags=skip_tags, check=False))
-        callback = fleet_summary.CallbackModule()
-        callback.v2_playbook_on_play_start(play)
-        callback.v2_playbook_on_stats(stats)
-        assert ("FLEET SUMMARY" in capsys.readouterr().out) is speaks, (skip_tags, play.get_name())
+    callback = fleet_summary.CallbackModule()
+    callback.v2_playbook_on_start(playbook)
+    callback.v2_playbook_on_stats(stats)
+    out = capsys.readouterr().out
+    assert ("FLEET SUMMARY" in out) is speaks
+    assert ("Fleet summary on screen only (fleet_summary_dest is empty)" in out) is speaks
