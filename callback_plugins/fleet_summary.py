@@ -168,7 +168,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_start(self, playbook):
         # Decided from the playbook, not when the summary play starts: when every host has failed,
         # Ansible runs no further play, and the summary is what the admin needs most then.
-        skipped = SUMMARY_TAG in (context.CLIARGS.get("skip_tags") or ())
+        skipped = {SUMMARY_TAG, "always"} & set(context.CLIARGS.get("skip_tags") or ())
         self.active = not skipped and any(SUMMARY_TAG in (play.tags or []) for play in playbook.get_plays())
         # Where the summary goes when no host reaches the summary play to say: -e fleet_summary_dest, else
         # the role's default (reports/ beside the playbook).
