@@ -164,6 +164,7 @@ class CallbackModule(CallbackBase):
         self.failures = {}
         self.workshop_ids = {}
         self.dest = ""
+        self.basedir = None
 
     def v2_playbook_on_start(self, playbook):
         # Decided from the playbook, not when the summary play starts: when every host has failed,
@@ -171,8 +172,9 @@ class CallbackModule(CallbackBase):
         skipped = {SUMMARY_TAG, "always"} & set(context.CLIARGS.get("skip_tags") or ())
         self.active = not skipped and any(SUMMARY_TAG in (play.tags or []) for play in playbook.get_plays())
         # Where the summary goes when no host reaches the summary play to say: -e fleet_summary_dest, else
-        # the role's default (reports/ beside the playbook).
-        self.dest = _extra_var("fleet_summary_dest", os.path.join(playbook._basedir, "reports"))
+        # the role's default (reports/ beside the playbook that was run).
+        self.basedir = playbook._basedir
+        self.dest = _extra_var("fleet_summary_dest", "reports")
 
     def v2_playbook_on_play_start(self, play):
         self.play = play.get_name().strip()
@@ -213,7 +215,10 @@ class CallbackModule(CallbackBase):
         check = bool(context.CLIARGS.get("check"))
         where = "on screen only (fleet_summary_dest is empty)"
         if self.dest:
-            stem = os.path.join(os.path.abspath(self.dest), "fleet-" + at.replace("-", "").replace(":", ""))
+            # A relative folder is relative to the playbook that was run (post_workshop.yml: this project),
+            # not to the imported playbooks/fleet_summary.yml.
+            folder = os.path.join(self.basedir or os.getcwd(), os.path.expanduser(self.dest))
+            stem = os.path.join(os.path.abspath(folder), "fleet-" + at.replace("-", "").replace(":", ""))
             if check:
                 where = f"not written (check mode): {stem}.md and .json"
             else:

@@ -10,6 +10,7 @@ import sys
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible.module_utils.workshop_fleet import fleet_entry
+from ansible.utils.vars import load_extra_vars
 
 from conftest import REPO, load_module, run_playbook
 
@@ -205,7 +206,12 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
 
 @pytest.mark.parametrize(
     ("skip_tags", "tags", "speaks"),
-    [((), ["always", "fleet_summary"], True), (("fleet_summary",), ["always", "fleet_summary"], False), ((), ["drain"], False)],
+    [
+        ((), ["always", "fleet_summary"], True),
+        (("fleet_summary",), ["always", "fleet_summary"], False),
+        (("always",), ["always", "fleet_summary"], False),
+        ((), ["drain"], False),
+    ],
 )
 def test_no_summary_when_its_tag_is_skipped_or_the_playbook_has_no_summary_play(
     monkeypatch, capsys, tmp_path, skip_tags, tags, speaks
@@ -225,6 +231,7 @@ def test_no_summary_when_its_tag_is_skipped_or_the_playbook_has_no_summary_play(
     finally:
         sys.path.remove(str(REPO / "callback_plugins"))
     monkeypatch.setattr(context, "CLIARGS", ImmutableDict(skip_tags=skip_tags, check=False, extra_vars=("fleet_summary_dest=",)))
+    monkeypatch.delattr(load_extra_vars, "extra_vars", raising=False)  # Ansible keeps the first run's
     (tmp_path / "site.yml").write_text(f"- name: Some play\n  hosts: workshop\n  tags: {json.dumps(tags)}\n  tasks: []\n")
     loader = DataLoader()
     playbook = Playbook.load(str(tmp_path / "site.yml"), variable_manager=VariableManager(loader=loader), loader=loader)
@@ -236,3 +243,31 @@ def test_no_summary_when_its_tag_is_skipped_or_the_playbook_has_no_summary_play(
     out = capsys.readouterr().out
     assert ("FLEET SUMMARY" in out) is speaks
     assert ("Fleet summary on screen only (fleet_summary_dest is empty)" in out) is speaks
+
+
+def test_the_default_folder_is_reports_beside_the_playbook_that_was_run(monkeypatch, capsys, tmp_path):
+    """Not beside playbooks/fleet_summary.yml, which post_workshop.yml imports (in-process, no -e)."""
+    from ansible import context
+    from ansible.executor.stats import AggregateStats
+    from ansible.module_utils.common.collections import ImmutableDict
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.playbook import Playbook
+    from ansible.vars.manager import VariableManager
+
+    sys.path.insert(0, str(REPO / "callback_plugins"))
+    try:
+        import fleet_summary
+    finally:
+        sys.path.remove(str(REPO / "callback_plugins"))
+    monkeypatch.setattr(context, "CLIARGS", ImmutableDict(skip_tags=(), check=False, extra_vars=()))
+    monkeypatch.delattr(load_extra_vars, "extra_vars", raising=False)  # Ansible keeps the first run's
+    (tmp_path / "site.yml").write_text("- name: Summary\n  hosts: workshop\n  tags: [fleet_summary]\n  tasks: []\n")
+    loader = DataLoader()
+    playbook = Playbook.load(str(tmp_path / "site.yml"), variable_manager=VariableManager(loader=loader), loader=loader)
+    stats = AggregateStats()
+    stats.increment("failures", "ws-down")
+    callback = fleet_summary.CallbackModule()
+    callback.v2_playbook_on_start(playbook)
+    callback.v2_playbook_on_stats(stats)
+    written = sorted(p.suffix for p in (tmp_path / "reports").iterdir())
+    assert written == [".json", ".md"] and f"written to {tmp_path / 'reports'}/fleet-" in capsys.readouterr().out
