@@ -1,0 +1,234 @@
+# Copyright: (c) 2026, comfy-wrapup contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Callback: the fleet summary at the end of a post_workshop.yml run, one line per workshop."""
+
+DOCUMENTATION = r"""
+name: fleet_summary
+type: aggregate
+short_description: One line per workshop at the end of the run, on screen and in a file
+description:
+  - Active only in a run that has the fleet summary play (playbooks/fleet_summary.yml, tag C(fleet_summary)).
+  - Every workshop host of the run gets one line - drained at, jobs, backup verified, archived, shared,
+    report path - from what its run record says (read by the C(fleet_summary) module in that play), or,
+    for a host that failed or was unreachable, the play and task that failed and the error message.
+  - Ansible drops a failed host from the later plays, so no play can speak for it; this callback sees
+    every task result of the run and so knows each host's last fatal failure.
+  - The summary is printed after the play recap and written to C(<fleet_summary_dest>/fleet-<UTC time>.md)
+    and C(.json) on the control node (through a temporary name, then renamed). Check mode prints it and writes nothing.
+requirements:
+  - enabled in ansible.cfg (callbacks_enabled = fleet_summary, callback_plugins = callback_plugins)
+"""
+
+import json
+import os
+import tempfile
+import time
+
+from ansible import context
+from ansible.errors import AnsibleError
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.callback import CallbackBase
+from ansible.utils.vars import load_extra_vars
+
+# The play that reads each workshop's line (playbooks/fleet_summary.yml) carries this tag.
+SUMMARY_TAG = "fleet_summary"
+# What the role hands over, as a fact of each host that reached the summary play.
+FACT = "__fleet_summary"
+MESSAGE_LIMIT = 400
+
+
+def _one_line(text, limit=MESSAGE_LIMIT):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failure_message(result):
+    """The message of a failed (or unreachable) task result; for a loop, the first failed item's."""
+    for item in result.get("results") or []:
+        if isinstance(item, dict) and (item.get("failed") or item.get("unreachable")):
+            return failure_message(item)
+    for key in ("msg", "stderr", "module_stderr", "reason"):
+        if result.get(key):
+            return _one_line(result[key])
+    return "failed without a message"
+
+
+def _extra_var(name, default):
+    """A plain (untemplated) extra var of this run, else `default`."""
+    try:
+        value = load_extra_vars(DataLoader()).get(name, default)
+    except (AnsibleError, OSError):  # an unreadable -e file: the run itself reports it
+        return default
+    return value if isinstance(value, str) and "{{" not in value else default
+
+
+def _utc(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def summary_rows(hosts, entries, failures, workshop_ids):
+    """One row per host (in the order given): what its record says, or its failure."""
+    rows = []
+    for host in hosts:
+        failure = failures.get(host)
+        entry = entries.get(host) or {}
+        row = {"host": host, "workshop_id": entry.get("workshop_id") or workshop_ids.get(host) or host}
+        if failure or not entry:
+            row.update(ok=False, error=failure or {"play": None, "task": None, "msg": "did not reach the fleet summary"})
+        else:
+            row.update(ok=True, error=None, **{k: v for k, v in entry.items() if k != "workshop_id"})
+        rows.append(row)
+    return rows
+
+
+def _jobs(row):
+    if row.get("jobs_completed") is None:
+        return "jobs: not recorded"
+    failed = row.get("jobs_failed")
+    return f"jobs: {row['jobs_completed']} completed" + (f", {failed} failed" if failed is not None else "")
+
+
+def _drain(row):
+    if not row.get("drained_at"):
+        return "drained: not recorded"
+    return ("drained at " if row.get("drained") else "NOT drained, stopped at ") + row["drained_at"]
+
+
+def _backup(row):
+    if not row.get("backup"):
+        return "backup: none"
+    verified = {True: "verified", False: "verification FAILED", None: "not verified"}[row.get("backup_verified")]
+    return f"backup {row['backup']} {verified}"
+
+
+def _shared(row):
+    share = row.get("shared")
+    if not share:
+        return "shared: no"
+    until = f" until {share['until']}" if share.get("until") else ""
+    return f"shared: {share['participants']} participants by {share['delivery']}{until}"
+
+
+def row_text(row):
+    """The row as one line: the same words on screen and in the Markdown file."""
+    head = f"{row['workshop_id']} ({row['host']})"
+    if not row["ok"]:
+        error = row["error"]
+        where = f' in play "{error["play"]}", task "{error["task"]}"' if error.get("task") else ""
+        return f"{head}: FAILED{where}: {error['msg']}"
+    archived = "archived: " + (", ".join(row["archived"]) if row.get("archived") else "no")
+    report = "report " + row["report"] if row.get("report") else "report: none"
+    return f"{head}: " + "; ".join([_drain(row), _jobs(row), _backup(row), archived, _shared(row), report])
+
+
+def summary_markdown(rows, at):
+    failed = sum(1 for row in rows if not row["ok"])
+    lines = [
+        f"# Fleet summary, {at}",
+        "",
+        f"{len(rows)} workshop{'' if len(rows) == 1 else 's'}: {len(rows) - failed} went through the run, {failed} failed.",
+        "",
+    ]
+    return "\n".join(lines + [f"- {row_text(row)}" for row in rows]) + "\n"
+
+
+def write_atomically(path, text):
+    """Write through a temporary name in the same folder, then rename: never a half-written summary."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".fleet-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "fleet_summary"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, display=None):
+        super().__init__(display=display)
+        self.active = False
+        self.play = None
+        self.entries = {}
+        self.failures = {}
+        self.workshop_ids = {}
+        self.dest = ""
+        self.basedir = None
+
+    def v2_playbook_on_start(self, playbook):
+        # Decided from the playbook, not when the summary play starts: when every host has failed,
+        # Ansible runs no further play, and the summary is what the admin needs most then.
+        skipped = {SUMMARY_TAG, "always"} & set(context.CLIARGS.get("skip_tags") or ())
+        self.active = not skipped and any(SUMMARY_TAG in (play.tags or []) for play in playbook.get_plays())
+        # Where the summary goes when no host reaches the summary play to say: -e fleet_summary_dest, else
+        # the role's default (reports/ beside the playbook that was run).
+        self.basedir = playbook._basedir
+        self.dest = _extra_var("fleet_summary_dest", "reports")
+
+    def v2_playbook_on_play_start(self, play):
+        self.play = play.get_name().strip()
+
+    def _failed(self, result, prefix=""):
+        workshop_id = result._host.vars.get("workshop_id")  # as the inventory's host line sets it
+        if isinstance(workshop_id, str) and "{" not in workshop_id:
+            self.workshop_ids.setdefault(result._host.get_name(), workshop_id)
+        self.failures[result._host.get_name()] = {
+            "play": self.play,
+            "task": result._task.get_name().strip(),
+            "msg": prefix + failure_message(result._result),
+        }
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        if not ignore_errors:
+            self._failed(result)
+
+    def v2_runner_on_unreachable(self, result):
+        self._failed(result, "unreachable: ")
+
+    def v2_runner_on_ok(self, result):
+        handed = (result._result.get("ansible_facts") or {}).get(FACT)
+        if isinstance(handed, dict):
+            self.entries[result._host.get_name()] = handed.get("entry") or {}
+            self.workshop_ids.update({h: i for h, i in (handed.get("workshop_ids") or {}).items() if i})
+            self.dest = handed.get("dest") or ""
+
+    def v2_playbook_on_stats(self, stats):
+        if not self.active:
+            return
+        hosts = sorted(set(stats.processed) | set(self.entries))
+        # A failure that a rescue caught is no failure of the host: the host's final state decides.
+        failures = {h: f for h, f in self.failures.items() if stats.failures.get(h) or stats.dark.get(h)}
+        at = _utc(time.time())
+        rows = summary_rows(hosts, self.entries, failures, self.workshop_ids)
+        markdown = summary_markdown(rows, at)
+        check = bool(context.CLIARGS.get("check"))
+        where = "on screen only (fleet_summary_dest is empty)"
+        if self.dest:
+            # A relative folder is relative to the playbook that was run (post_workshop.yml: this project),
+            # not to the imported playbooks/fleet_summary.yml.
+            folder = os.path.join(self.basedir or os.getcwd(), os.path.expanduser(self.dest))
+            stem = os.path.join(os.path.abspath(folder), "fleet-" + at.replace("-", "").replace(":", ""))
+            if check:
+                where = f"not written (check mode): {stem}.md and .json"
+            else:
+                try:
+                    write_atomically(stem + ".json", json.dumps({"at": at, "workshops": rows}, indent=2, sort_keys=True) + "\n")
+                    write_atomically(stem + ".md", markdown)
+                    where = f"written to {stem}.md and {stem}.json"
+                except OSError as exc:
+                    where = f"NOT written to {stem}.md ({exc.strerror}): check fleet_summary_dest"
+        self._display.banner("FLEET SUMMARY")
+        for line in markdown.splitlines()[2:]:
+            self._display.display(line, color="red" if line.startswith("- ") and ": FAILED" in line else None)
+        self._display.display(f"Fleet summary {where}")
