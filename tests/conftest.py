@@ -95,6 +95,16 @@ class PlaybookRun:
         """The output as one line of words, as the YAML callback's folded and quoted lines read."""
         return " ".join(self.output.split()).replace("''", "'")
 
+    def task_output(self, task):
+        """The last output of `task` ("role : name"), up to the next TASK or PLAY line, as text() reads."""
+        start = self.output.rindex(f"TASK [{task}]")
+        ends = [at for at in (self.output.find("\nTASK [", start), self.output.find("\nPLAY ", start)) if at != -1]
+        return " ".join(self.output[start : min(ends, default=len(self.output))].split()).replace("''", "'")
+
+    def tasks_after(self, task):
+        """The names of the tasks that ran after the last run of `task`."""
+        return re.findall(r"^TASK \[([^\]]+)\]", self.output[self.output.rindex(f"TASK [{task}]") + 1 :], re.M)
+
     def changed(self, host="localhost"):
         return self.recap[host]["changed"]
 

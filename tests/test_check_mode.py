@@ -72,8 +72,8 @@ def test_the_whole_checklist_in_check_mode_over_ssh_changes_nothing_then_runs(pl
     assert preview.recap["vps"]["failed"] == 0 and preview.recap["vps"]["unreachable"] == 0
     assert preview.recap["vps"]["changed"] > 0  # it says what it would do...
     # ...ends with the verification checklist of the record as it is (nothing backed up yet)...
-    tail = " ".join(preview.output[preview.output.rindex("TASK [") :].split())
-    assert tail.startswith("TASK [report : Show the verification checklist]")
+    tail = preview.task_output("report : Show the verification checklist")
+    assert all(task.startswith("fleet : ") for task in preview.tasks_after("report : Show the verification checklist"))
     assert "✗ All participant outputs backed up: no backup is recorded in the run record: run --tags backup" in tail
     after = workshop_state(rdb, played_workshop_id)
     for part in ("files", "redis", "containers"):  # ...and does none of it
