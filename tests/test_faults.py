@@ -9,10 +9,10 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,12 +20,19 @@ from ansible.module_utils.workshop_archive import remote_key
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_share import share
-from s3server import S3Server
-from test_archive_unit import WORKSHOP, bucket_files, files_of, make_backup, run_main, s3_args, ssh_args
+from s3server import (
+    S3Server,
+    s3,  # noqa: F401 - a fixture (of site)
+)
+from smtpserver import smtp  # noqa: F401 - a fixture (of site)
+from test_archive_unit import WORKSHOP, bucket_files, files_of, kill_tree, make_backup, run_main, s3_args, ssh_args
+from test_share_playbook_unit import LINK, fetch
+from test_share_playbook_unit import PASSWORDS as SITE_PASSWORDS
+from test_share_playbook_unit import site as site  # the fixture
 from test_share_unit import MADE, PASSWORDS, open_with_7z, params, tree
-from test_share_unit import workshop as workshop  # noqa: F401 - the fixture, re-exported for this module
+from test_share_unit import workshop as workshop  # the fixture
 
-from conftest import PROJECT_DIR, REPO, compose, container, http, run_module, run_playbook, wait_for
+from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, REPO, compose, container, run_module, run_playbook, wait_for
 
 
 @contextlib.contextmanager
@@ -52,6 +59,20 @@ def matches_manifest(folder):
     for rel, data in on_disk.items():
         assert hashlib.sha256(data).hexdigest() == manifest[rel]["sha256"] and len(data) == manifest[rel]["size"], rel
     return len(on_disk)
+
+
+def s3_listing(target):
+    """Every key in the bucket of an archive_targets entry."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=target["endpoint_url"],
+        aws_access_key_id=target["access_key"],
+        aws_secret_access_key=target["secret_key"],
+        region_name=target["region"],
+    )
+    return [o["Key"] for o in client.list_objects_v2(Bucket=target["bucket"]).get("Contents") or []]
 
 
 # --- archive: the SSH target's disk fills mid-file ---------------------------------------------------
@@ -146,7 +167,7 @@ def test_object_storage_stopped_mid_upload_fails_naming_it_and_the_rerun_after_r
 
 
 @pytest.mark.fault
-def test_a_disk_filling_up_mid_share_fails_clearly_and_the_rerun_builds_every_archive(workshop, tmp_path, fault_case):  # noqa: F811
+def test_a_disk_filling_up_mid_share_fails_clearly_and_the_rerun_builds_every_archive(workshop, tmp_path, fault_case):
     fault_case(
         "Disk full mid-share (archives and served folder on a full disk)",
         expected="share fails naming the file and the full disk; no .partial left; every archive present opens to "
@@ -187,16 +208,17 @@ def test_a_disk_filling_up_mid_share_fails_clearly_and_the_rerun_builds_every_ar
 class EngineProxy:
     """A unix-socket forwarder between a module and the Docker Engine, which the test cuts.
 
-    Once a request whose line contains `trigger` has passed and `after` bytes of its answer have
-    been forwarded, every connection is closed and the socket removed: to the module, the engine
-    went away mid-answer. The shared engine itself is never touched.
+    Once a request whose first line contains `trigger` has passed, its answer is forwarded up to
+    `after` bytes, or up to half of its last read when it ends sooner; then that connection is
+    closed (`whole=False`: a dropped connection, the engine still answers new ones) or every
+    connection and the socket itself (`whole=True`: to the module, the engine went away
+    mid-answer). The shared engine itself is never touched.
     """
 
-    def __init__(self, path, engine, trigger, after):
-        self.path, self.engine, self.trigger, self.after = str(path), engine, trigger.encode(), after
-        self.cut = threading.Event()
-        self.requests = []
-        self.sockets = []
+    def __init__(self, path, engine, trigger, after=4096, whole=True):
+        self.path, self.engine, self.trigger, self.after, self.whole = str(path), engine, trigger.encode(), after, whole
+        self.cut, self.gone = threading.Event(), threading.Event()
+        self.requests, self.sockets = [], []
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(self.path)
         self.listener.listen(16)
@@ -204,53 +226,59 @@ class EngineProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
-        while not self.cut.is_set():
+        while not self.gone.is_set():
             try:
                 client, _ = self.listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
             upstream = socket.socket(socket.AF_UNIX)
             upstream.connect(self.engine)
-            armed = {"on": False, "sent": 0}
+            pair = {"armed": False, "sent": 0, "sockets": (client, upstream)}
             self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, armed, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, armed, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, pair, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, pair, False), daemon=True).start()
 
-    def _pump(self, source, sink, armed, to_engine):
+    def _pump(self, source, sink, pair, to_engine):
         try:
-            while not self.cut.is_set():
+            while not self.gone.is_set():
                 data = source.recv(65536)
                 if not data:
                     break
                 if to_engine:
-                    self.requests.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
-                    armed["on"] = armed["on"] or self.trigger in data.split(b"\r\n", 1)[0]
-                elif armed["on"]:
-                    room = self.after - armed["sent"]
-                    if len(data) >= room:
-                        sink.sendall(data[:room])
-                        self.stop()
+                    line = data.split(b"\r\n", 1)[0]
+                    self.requests.append(line.decode(errors="replace"))
+                    pair["armed"] = pair["armed"] or (self.trigger in line and not self.cut.is_set())
+                elif pair["armed"]:
+                    room = self.after - pair["sent"]
+                    if len(data) >= room or data.endswith(b"0\r\n\r\n"):  # past `after`, or the answer's last chunk
+                        sink.sendall(data[: min(room, len(data) // 2)])
+                        self.cut.set()
+                        self.stop() if self.whole else self._close(*pair["sockets"])
                         return
-                    armed["sent"] += len(data)
+                    pair["sent"] += len(data)
                 sink.sendall(data)
         except OSError:
             pass
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
-    def stop(self):
-        self.cut.set()
-        with contextlib.suppress(OSError):
-            self.listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        for each in self.sockets:
+    @staticmethod
+    def _close(*sockets):
+        for each in sockets:
             with contextlib.suppress(OSError):
                 each.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 each.close()
+
+    def stop(self):
+        self.gone.set()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._close(*self.sockets)
 
 
 def log_lines(name):
@@ -263,45 +291,64 @@ def test_the_docker_engine_going_away_mid_log_export_fails_naming_it_and_keeps_t
     staging_workshop, tmp_path, fault_case
 ):
     fault_case(
-        "Docker Engine gone mid-log-export",
-        expected="compose_logs fails naming the engine and the container; the earlier export untouched, no .partial; "
-        "the logs still in Docker and the re-run exports every line",
+        "Docker Engine gone mid-log-export (and a dropped connection, engine still up)",
+        expected="compose_logs fails naming the engine and the container, never a short log; the earlier export untouched, "
+        "no .partial; the logs still in Docker and the re-run exports every line",
     )
-    for _ in range(150):  # queue-manager log lines enough for the cut to land mid-answer
-        http("GET", "/health")
     dest = tmp_path / "logs"
     ok, first = run_module("compose_logs", {"project_dir": str(PROJECT_DIR), "dest": str(dest)})
     assert ok, first
     before = files_of(dest)
-    queue_manager = subprocess.run(
-        ["docker", "inspect", "--format", "{{.Id}}", container("queue-manager")], capture_output=True, text=True, check=True
+    redis_id = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", container("redis")], capture_output=True, text=True, check=True
     ).stdout.strip()
     engine = os.environ["DOCKER_HOST"].removeprefix("unix://")
-    proxy = EngineProxy(tmp_path / "engine.sock", engine, trigger=f"/containers/{queue_manager}/logs", after=4096)
-    try:
-        ok, failed = run_module(
-            "compose_logs", {"project_dir": str(PROJECT_DIR), "dest": str(dest), "docker_host": f"unix://{proxy.path}"}
+    failures = {}
+    for whole in (False, True):  # the connection dropped mid-answer, then the whole engine gone mid-answer
+        proxy = EngineProxy(
+            tmp_path / f"engine-{whole}.sock", engine, trigger=f"/containers/{redis_id}/logs", after=1024, whole=whole
         )
-    finally:
-        proxy.stop()
+        try:
+            ok, failures[whole] = run_module(
+                "compose_logs", {"project_dir": str(PROJECT_DIR), "dest": str(dest), "docker_host": f"unix://{proxy.path}"}
+            )
+        finally:
+            proxy.stop()
 
-    assert proxy.cut.is_set(), proxy.requests  # the engine did go away, mid-answer
-    assert not ok and "MODULE FAILURE" not in json.dumps(failed), failed
-    assert f"unix://{proxy.path}" in failed["msg"] and container("queue-manager") in failed["msg"], failed["msg"]
-    assert files_of(dest) == before  # nothing replaced by a truncated export, no .partial left
+        assert proxy.cut.is_set(), proxy.requests  # the answer was cut, mid-way
+        assert not ok and "MODULE FAILURE" not in json.dumps(failures[whole]), failures[whole]
+        message = failures[whole]["msg"]
+        assert f"unix://{proxy.path}" in message and container("redis") in message, message
+        assert ("stopped answering" if whole else "ended before its last line") in message, message
+        assert files_of(dest) == before  # nothing replaced by a short export, no .partial left
 
     ok, again = run_module("compose_logs", {"project_dir": str(PROJECT_DIR), "dest": str(dest)})
-    entry = next(e for e in again["services"] if e["service"] == "queue-manager")
-    assert ok and entry["lines"] >= log_lines(container("queue-manager")) - 2  # every line still in Docker, exported
-    fault_case.observed(f"failed: {failed['msg'][:200]}; earlier export unchanged; re-run exported {entry['lines']} lines")
+    entry = next(e for e in again["services"] if e["service"] == "redis")
+    assert ok and entry["lines"] == log_lines(container("redis")) > 0  # every line still in Docker, exported
+    fault_case.observed(
+        f"dropped: {failures[False]['msg'][:110]} / gone: {failures[True]['msg'][:110]}; earlier export unchanged; "
+        f"re-run exported all {entry['lines']} redis lines"
+    )
 
 
 # --- an unknown compose project: the shutdown stops nothing ------------------------------------------
 
 
 def project_states():
+    """{container: state} of the session's staging project."""
     listed = subprocess.run(
-        ["docker", "ps", "--all", "--format", "{{.Names}} {{.State}}"], capture_output=True, text=True, check=True
+        [
+            "docker",
+            "ps",
+            "--all",
+            "--filter",
+            f"label=com.docker.compose.project={COMPOSE_PROJECT}",
+            "--format",
+            "{{.Names}} {{.State}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\n")
     return dict(line.split(" ", 1) for line in listed if line)
 
@@ -309,21 +356,76 @@ def project_states():
 @pytest.mark.fault
 def test_an_unknown_compose_project_stops_nothing_and_names_the_known_ones(staging_workshop, rdb, fault_case):
     fault_case(
-        "Unknown compose project (shutdown --e workshop_compose_project=nosuch)",
+        "Unknown compose project (shutdown with workshop_compose_project=nosuch)",
         expected="shutdown fails naming 'nosuch' and the projects there; every container in its state, Redis keys unchanged",
     )
     compose("up", "-d")
     wait_for(lambda: rdb.ping(), what="Redis to answer")
-    states, keys = project_states(), sorted(rdb.keys("*"))
+    states, keys = project_states(), sorted(key for key in rdb.keys("*") if not key.endswith(":heartbeat"))
 
-    run = run_playbook(
-        "playbooks/shutdown.yml",
-        extra_vars={"workshop_id": "fault-unknown-project", "workshop_compose_project": "nosuch", "shutdown_mode": "stop"},
-        expect_ok=False,
-    )
+    try:
+        run = run_playbook(
+            "playbooks/shutdown.yml",
+            extra_vars={"workshop_id": "fault-unknown-project", "workshop_compose_project": "nosuch", "shutdown_mode": "stop"},
+            expect_ok=False,
+        )
+    finally:
+        shutil.rmtree(BACKUP_ROOT / "fault-unknown-project", ignore_errors=True)
 
     assert run.returncode != 0
-    assert "No containers of compose project 'nosuch'" in run.text and "projects there" in run.text, run.output[-3000:]
-    assert project_states() == states and sorted(rdb.keys("*")) == keys
-    line = next(line for line in run.text.split("fatal:")[1:2] or [run.text[-300:]])
-    fault_case.observed(f"failed: {line[:200]}; {len(states)} containers in their states, {len(keys)} Redis keys unchanged")
+    said = run.text[run.text.find("No containers of compose project") :][:160]
+    assert said.startswith("No containers of compose project 'nosuch'") and "projects there" in said, run.output[-3000:]
+    assert project_states() == states and sorted(k for k in rdb.keys("*") if not k.endswith(":heartbeat")) == keys
+    fault_case.observed(f"failed: {said}; {len(states)} containers in their states, {len(keys)} Redis keys unchanged")
+
+
+# --- share: ansible-playbook killed while the archives are built, then run again --------------------
+
+
+@pytest.mark.fault
+def test_share_playbook_killed_mid_build_then_rerun_sends_each_participant_one_exact_archive(site, fault_case):
+    fault_case(
+        "ansible-playbook killed (SIGKILL) mid-share, then re-run",
+        expected="the killed run sends no message and leaves no object under a final key; outputs untouched; the re-run "
+        "sends each participant one message whose link downloads exactly their outputs",
+    )
+    outputs = site["project"] / "data" / "outputs"
+    for user in ("user001", "user002"):
+        (outputs / user / "big.png").write_bytes(os.urandom(16 << 20))  # time for the kill to land mid-build
+    before = tree(outputs)
+    archives = site["tmp"] / "backups" / "ws-share" / "share"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+    command = ["ansible-playbook", str(REPO / "playbooks" / "share.yml"), "-e", site["vars"]]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(
+        lambda: process.poll() is not None or [p for p in archives.rglob("*.zip.partial") if p.stat().st_size > 1 << 20],
+        timeout=120,
+        interval=0.02,
+        what="an archive being built",
+    )
+    kill_tree(process.pid)
+    process.wait()
+
+    assert process.returncode == -9, "the kill must land mid-build"
+    assert site["mailbox"].messages == []
+    listed = s3_listing(json.loads(Path(site["vars"][1:]).read_text())["share_target"])
+    assert not [key for key in listed if key.endswith(".partial")]
+    assert tree(outputs) == before
+
+    rerun = run_playbook("playbooks/share.yml", "-e", site["vars"])
+
+    assert [m[1] for m in site["mailbox"].messages] == [["ada@example.org"], ["bob@example.org"]]
+    for (_, _, message), user in zip(site["mailbox"].messages, ["user001", "user002"], strict=True):
+        status, data = fetch(LINK.search(message.get_content()).group(1))
+        assert status == 200
+        (site["tmp"] / f"{user}.zip").write_bytes(data)
+        rc, _ = open_with_7z(site["tmp"] / f"{user}.zip", SITE_PASSWORDS[user], site["tmp"] / "got" / user)
+        assert rc == 0
+        mine = {f"outputs/{rel.split('/', 1)[1]}": data for rel, data in before.items() if rel.startswith(user + "/")}
+        assert tree(site["tmp"] / "got" / user) == mine
+    assert tree(outputs) == before
+    assert run_playbook("playbooks/share.yml", "-e", site["vars"]).changed() == 0
+    fault_case.observed(
+        f"killed mid-build: no message, {len(listed)} objects, none partial; re-run changed={rerun.changed()}, "
+        "2 messages, archives exact; third run changed=0"
+    )
