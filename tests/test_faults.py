@@ -1,8 +1,9 @@
 """Fault cases that belong to no one phase's test file: the real part fails mid-way, and nothing is lost.
 
 Each case states itself through `fault_case` (tests/faultlog.py): `make faults` prints the table.
-Fast-tier cases use scratch folders, the real S3 server (rclone), the real sshd and a small tmpfs;
-the staging cases reuse the session's staging workshop.
+Cases without Docker use scratch folders, the real S3 server (rclone), the real sshd and a small
+tmpfs; the slow ones among them (whole playbook or module runs, tens of seconds) are marked `staging`
+so the fast tier keeps its minute. The Docker cases reuse the session's staging workshop.
 """
 
 import contextlib
@@ -77,6 +78,8 @@ def s3_listing(target):
 # --- archive: the SSH target's disk fills mid-file ---------------------------------------------------
 
 
+# End to end and tens of seconds: in the Docker tier's time (make test), not the fast tier's minute.
+@pytest.mark.staging
 @pytest.mark.fault
 def test_the_ssh_target_filling_up_mid_copy_fails_clearly_and_the_rerun_completes(tmp_path, sshd, capsys, fault_case):
     fault_case(
@@ -108,6 +111,8 @@ def test_the_ssh_target_filling_up_mid_copy_fails_clearly_and_the_rerun_complete
 # --- archive: the object storage goes away mid-upload, then comes back -------------------------------
 
 
+# End to end and tens of seconds: in the Docker tier's time (make test), not the fast tier's minute.
+@pytest.mark.staging
 @pytest.mark.fault
 def test_object_storage_stopped_mid_upload_fails_naming_it_and_the_rerun_after_restart_completes(tmp_path, fault_case):
     fault_case(
@@ -370,6 +375,8 @@ def test_an_unknown_compose_project_takes_nothing_down_and_names_the_known_ones(
 # --- share: ansible-playbook killed while the archives are built, then run again --------------------
 
 
+# End to end and tens of seconds: in the Docker tier's time (make test), not the fast tier's minute.
+@pytest.mark.staging
 @pytest.mark.fault
 def test_share_playbook_killed_mid_build_then_rerun_sends_each_participant_one_exact_archive(site, fault_case):
     fault_case(
