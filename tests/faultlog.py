@@ -69,7 +69,7 @@ class FaultTable:
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report):
         rows = [value for key, value in report.user_properties if key == KEY]
-        if not rows and report.nodeid not in self.rows:
+        if not rows and report.nodeid not in self.rows and "fault" not in report.keywords:
             return
         row = self.rows.setdefault(report.nodeid, {"test": report.nodeid, "passed": True, "seconds": 0.0})
         if rows:
