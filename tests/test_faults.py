@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -32,7 +33,7 @@ from test_share_playbook_unit import site as site  # the fixture
 from test_share_unit import MADE, PASSWORDS, open_with_7z, params, tree
 from test_share_unit import workshop as workshop  # the fixture
 
-from conftest import COMPOSE_PROJECT, PROJECT_DIR, REPO, compose, container, run_module, run_playbook, wait_for
+from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, REPO, compose, container, run_module, run_playbook, wait_for
 
 
 @contextlib.contextmanager
@@ -355,24 +356,29 @@ def project_states():
 
 
 @pytest.mark.fault
-def test_an_unknown_compose_project_takes_nothing_down_and_names_the_known_ones(staging_workshop, rdb, fault_case):
+def test_an_unknown_compose_project_stops_nothing_and_names_the_known_ones(staging_workshop, rdb, fault_case):
     fault_case(
-        "Unknown compose project (compose_services state=down, project_name=nosuch)",
-        expected="fails naming 'nosuch' and the projects there; every container of the workshop in its state, Redis keys kept",
+        "Unknown compose project (shutdown with workshop_compose_project=nosuch)",
+        expected="shutdown fails naming 'nosuch' and the projects there; every container in its state, Redis keys kept",
     )
     compose("up", "-d")
     wait_for(lambda: rdb.ping(), what="Redis to answer")
     states, keys = project_states(), sorted(key for key in rdb.keys("*") if not key.endswith(":heartbeat"))
 
-    ok, result = run_module("compose_services", {"project_dir": str(PROJECT_DIR), "project_name": "nosuch", "state": "down"})
+    try:
+        run = run_playbook(
+            "playbooks/shutdown.yml",
+            extra_vars={"workshop_id": "fault-unknown-project", "workshop_compose_project": "nosuch", "shutdown_mode": "stop"},
+            expect_ok=False,
+        )
+    finally:
+        shutil.rmtree(BACKUP_ROOT / "fault-unknown-project", ignore_errors=True)
 
-    assert not ok and "MODULE FAILURE" not in json.dumps(result), result
-    assert result["msg"].startswith("No containers of compose project 'nosuch'") and COMPOSE_PROJECT in result["msg"], result
+    assert run.returncode != 0
+    said = run.text[run.text.find("No containers of compose project") :][:120]
+    assert said.startswith("No containers of compose project 'nosuch'") and "projects there" in said, run.output[-3000:]
     assert project_states() == states and sorted(k for k in rdb.keys("*") if not k.endswith(":heartbeat")) == keys
-    fault_case.observed(f"failed: {result['msg'][:90]}...; {len(states)} containers in their states, Redis keys kept")
-
-
-# --- share: ansible-playbook killed while the archives are built, then run again --------------------
+    fault_case.observed(f"failed: {said}...; {len(states)} containers in their states, Redis keys kept")
 
 
 # End to end and tens of seconds: in the Docker tier's time (make test), not the fast tier's minute.
