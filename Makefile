@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export COMFY_WRAPUP_HOST_PYTHON := $(CURDIR)/.venv-host/bin/python
 ENGINE := scripts/docker-engine.sh
 
-.PHONY: setup demo test test-unit lint sanity bench staging-up staging-play staging-reset staging-down engine-stop
+.PHONY: setup demo test faults test-unit lint sanity bench staging-up staging-play staging-reset staging-down engine-stop
 
 setup:
 	@scripts/bootstrap.sh
@@ -46,3 +46,9 @@ staging-up staging-play staging-reset staging-down: setup
 
 engine-stop:
 	@$(ENGINE) stop
+
+# The fault suite: every test marked `fault` (staging ones too, side by side like `make test`). The table
+# of cases (case, expected, observed, passed) is printed at the end and written to $(FAULT_TABLE).
+FAULT_TABLE ?= tests/.artifacts/faults.md
+faults: setup
+	@$(ENGINE) run --stop pytest -n $(TEST_WORKERS) --dist loadfile -m fault --fault-table $(FAULT_TABLE) tests

@@ -91,6 +91,7 @@ project:
 import os
 import shutil
 import tempfile
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_compose import (
@@ -127,6 +128,9 @@ def export(params, check_mode):
         service = container.labels.get(SERVICE_LABEL, container.name)
         services_seen[service] = services_seen.get(service, 0) + 1
     since, until = docker_time(params["since"]), docker_time(params["until"])
+    if until is None:
+        # A fixed end: lines a running container writes meanwhile cannot move the end the export is checked against.
+        until = int(time.time())
     # A dry run writes the same files into a scratch folder and compares them with dest's.
     work = tempfile.mkdtemp(prefix="compose-logs-check-") if check_mode else params["dest"]
     entries, parts, changed = [], [], False
@@ -139,7 +143,7 @@ def export(params, check_mode):
             entry = dict(
                 service=service, container=container.name, file=name, restart_count=container.attrs.get("RestartCount", 0)
             )
-            entry["lines"], entry["bytes"], written = export_container(container, path, since, until)
+            entry["lines"], entry["bytes"], written = export_container(container, path, since, until, project.engine)
             changed = changed or (not same_content(os.path.join(params["dest"], name), path) if check_mode else written)
             parts.append((service if services_seen[service] == 1 else container.name, path))
             entries.append(entry)

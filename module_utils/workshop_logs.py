@@ -6,15 +6,26 @@ combined file the checklist makes (`docker-compose logs > workshop-logs.txt`), m
 order from the per-service files, each line prefixed `<service> | ` as compose does.
 """
 
+import calendar
 import gzip
 import heapq
 import os
 import re
+import time
 
 from ansible.module_utils.workshop_compose import SERVICE_LABEL
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import atomic_file, sha256_stream
 from ansible.module_utils.workshop_time import DOCKER_STAMP
+
+try:  # docker-py and the HTTP libraries under it; without them the module fails through require_libraries
+    import docker.errors
+    import requests.exceptions
+    import urllib3.exceptions
+
+    STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
+except ImportError:
+    STREAM_ERRORS = (OSError,)
 
 _STAMP = re.compile(DOCKER_STAMP.encode("ascii"))
 
@@ -81,14 +92,58 @@ def log_file_name(container, services_seen):
     return f"{container.name if services_seen[service] > 1 else service}.log.gz"
 
 
-def export_container(container, path, since=None, until=None):
-    """Stream one container's logs (stdout and stderr, with timestamps) into `path`."""
-    kwargs = dict(stream=True, timestamps=True, stdout=True, stderr=True, follow=False)
+def export_container(container, path, since=None, until=None, engine=None):
+    """Stream one container's logs (stdout and stderr, with timestamps) into `path`.
+
+    Give `until`: the completeness check asks the engine again for the window's last lines, which
+    a running container must not move meanwhile.
+    """
+    kwargs = dict(timestamps=True, stdout=True, stderr=True, follow=False)
     if since is not None:
         kwargs["since"] = since
     if until is not None:
         kwargs["until"] = until
-    return write_gzip_lines(path, (normalize_line(line) for line in split_lines(container.logs(**kwargs))))
+    return write_gzip_lines(path, _complete_lines(container, kwargs, path, engine))
+
+
+def _complete_lines(container, kwargs, path, engine):
+    """The container's log lines, normalized, ending with the engine's own last line, else a WorkshopError.
+
+    docker-py ends a log stream that was cut mid-way (the engine going away, the connection
+    dropped) as if it were complete; a cut stream must fail, not become a short log file that a
+    backup would seal as the workshop's logs. So the engine is asked again for the window from the
+    last line read on: its last line there must be that line. The error is raised inside the
+    atomic write, so `path` keeps what it held.
+    """
+    engine = f"The Docker Engine at {engine}" if engine else "The Docker Engine"
+    last = b""
+    try:
+        for line in split_lines(container.logs(stream=True, **kwargs)):
+            last = normalize_line(line)
+            yield last
+        again = dict(kwargs)
+        match = _STAMP.match(last)
+        if match:
+            # Docker's `since` is inclusive; a microsecond earlier survives the float's rounding.
+            again["since"] = calendar.timegm(time.strptime(match.group(1).decode(), "%Y-%m-%dT%H:%M:%S")) - 1e-6
+            again["since"] += int((match.group(2) or b"0").ljust(9, b"0")) / 1e9
+        final = b""
+        for line in split_lines(container.logs(stream=True, **again)):
+            final = normalize_line(line)
+    except STREAM_ERRORS as exc:
+        raise WorkshopError(
+            f"{engine} stopped answering while the logs of {container.name} were read ({exc}): {path} was left as it was "
+            "and the logs are still in Docker; run again once it answers",
+            docker_host=engine,
+            container=container.name,
+        ) from None
+    if final != last:
+        raise WorkshopError(
+            f"The log stream of {container.name} ended before its last line: the connection to the {engine[4:]} was cut. "
+            f"{path} was left as it was and the logs are still in Docker; run again",
+            docker_host=engine,
+            container=container.name,
+        )
 
 
 def _prefixed(path, service, width):

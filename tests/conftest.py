@@ -25,6 +25,7 @@ import pytest
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["faultlog", "pytester"]  # the fault suite's table (fault_case, --fault-table); pytester tests it
 # The modules import their helpers as ansible.module_utils.<name>, as Ansible ships them.
 ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 

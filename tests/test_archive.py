@@ -5,6 +5,7 @@ import os
 import subprocess
 import time
 
+import pytest
 import test_backup
 from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, s3server  # noqa: F401 - a fixture
 from test_archive_unit import kill_tree
@@ -105,11 +106,18 @@ def test_post_workshop_archives_to_s3_and_ssh_and_a_second_run_changes_nothing(p
         aside.rename(folder)
 
 
+@pytest.mark.fault
 def test_killed_upload_resumes_altered_object_is_caught_and_down_volumes_needs_the_offsite_copy(
     workshop_id,
     s3server,  # noqa: F811
     tmp_path,
+    fault_case,
 ):
+    fault_case(
+        "ansible-playbook killed mid-archive (S3 upload), then re-run; a corrupted object in the off-host copy",
+        expected="nothing under the final key; the re-run completes, bucket == backup; "
+        "verify_remote names redis/dump.rdb; down_volumes refused",
+    )
     bulk = PROJECT_DIR / "data" / "outputs" / "user001" / "bulk"
     subprocess.run(
         ["python3", str(REPO / "roles/staging_workshop/files/extra_outputs.py"), str(bulk), "--megabytes", "150", "--users", "1"],
@@ -170,3 +178,6 @@ def test_killed_upload_resumes_altered_object_is_caught_and_down_volumes_needs_t
     # The only off-host copy is damaged: down_volumes is refused, nothing stopped.
     refused = run_playbook("playbooks/shutdown.yml", "-e", f"@{vars_file}", extra_vars=down, expect_ok=False)
     assert refused.returncode != 0 and "s3test: " + folder.name + " NOT verified" in refused.text
+    fault_case.observed(
+        f"killed after {len(parts)} parts; re-run: bucket == backup; corrupted redis/dump.rdb named; down_volumes refused"
+    )

@@ -138,8 +138,13 @@ def test_only_a_verified_newest_backup_leaves_the_host(tmp_path, s3server, capsy
     assert bucket_files(s3server, name) == {}
 
 
-def test_s3_upload_killed_mid_file_resumes_with_the_parts_already_sent(tmp_path, s3server):  # noqa: F811
+@pytest.mark.fault
+def test_s3_upload_killed_mid_file_resumes_with_the_parts_already_sent(tmp_path, s3server, fault_case):  # noqa: F811
     """A real kill: ansible and its module die after the first parts are on the server."""
+    fault_case(
+        "archive_copy killed (SIGKILL, with ansible) mid-file, then re-run",
+        expected="no object half-visible; the re-run sends only the missing parts; bucket == backup, verified",
+    )
     backup_dir, name, record = make_backup(tmp_path, big=80 << 20)
     args = json.dumps(s3_args(s3server, backup_dir, record))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
@@ -179,6 +184,7 @@ def test_s3_upload_killed_mid_file_resumes_with_the_parts_already_sent(tmp_path,
     assert result["changed"] is True and result["done"] is True
     entry = read_record(record)["archive"]["targets"]["s3test"]
     assert entry["verified"] is True and entry["backup"] == name
+    fault_case.observed(f"killed after {len(parts)} parts; re-run sent {result['progress']['bytes_sent']} B; bucket == backup")
 
 
 def test_slices_report_progress_until_done(tmp_path, s3server, capsys):  # noqa: F811
@@ -199,7 +205,12 @@ def test_slices_report_progress_until_done(tmp_path, s3server, capsys):  # noqa:
     assert read_record(record)["archive"]["targets"]["s3test"]["verified"] is True
 
 
-def test_verify_remote_catches_an_object_altered_on_the_target(tmp_path, s3server, capsys):  # noqa: F811
+@pytest.mark.fault
+def test_verify_remote_catches_an_object_altered_on_the_target(tmp_path, s3server, capsys, fault_case):  # noqa: F811
+    fault_case(
+        "Corrupted file in the off-host copy (S3)",
+        expected="verify_remote names logs/redis.log.gz; recorded not verified; a new archive run never overwrites it",
+    )
     backup_dir, name, record = make_backup(tmp_path)
     run_main(s3_args(s3server, backup_dir, record), capsys)
     assert run_main(s3_args(s3server, backup_dir, record, state="verified", verify="all"), capsys)["failures"] == []
@@ -217,6 +228,7 @@ def test_verify_remote_catches_an_object_altered_on_the_target(tmp_path, s3serve
     # The altered object is never taken for the backup's: a new archive run refuses it.
     again = run_main(s3_args(s3server, backup_dir, record), capsys)
     assert again["failed"] is True and "logs/redis.log.gz" in again["key"]
+    fault_case.observed("named logs/redis.log.gz; verified false in the record; the next run refused to overwrite")
 
 
 def test_fetch_from_s3_returns_the_newest_backup_byte_exact(tmp_path, s3server, capsys):  # noqa: F811
@@ -238,7 +250,9 @@ def test_fetch_from_s3_returns_the_newest_backup_byte_exact(tmp_path, s3server, 
     assert files_of(named["path"]) == files_of(backup_dir / old)
 
 
-def test_fetch_refuses_a_damaged_copy(tmp_path, s3server, capsys):  # noqa: F811
+@pytest.mark.fault
+def test_fetch_refuses_a_damaged_copy(tmp_path, s3server, capsys, fault_case):  # noqa: F811
+    fault_case("Corrupted object fetched back from S3", expected="fetch fails naming redis/dump.rdb; nothing placed at dest")
     backup_dir, name, record = make_backup(tmp_path)
     run_main(s3_args(s3server, backup_dir, record), capsys)
     stored = s3server.path_of(remote_key("comfy", WORKSHOP, name, "redis/dump.rdb"))
@@ -246,6 +260,7 @@ def test_fetch_refuses_a_damaged_copy(tmp_path, s3server, capsys):  # noqa: F811
     failed = run_main(dict(state="fetched", target=s3server.target(), workshop_id=WORKSHOP, dest=str(tmp_path / "r")), capsys)
     assert failed["failed"] is True and failed["file"] == "redis/dump.rdb"
     assert not (tmp_path / "r" / name).exists()
+    fault_case.observed(f"failed on {failed['file']}; nothing at dest")
 
 
 def test_secrets_never_show_in_the_output(tmp_path, s3server):  # noqa: F811
@@ -286,7 +301,12 @@ def ssh_args(client_key, tmp_path, backup_dir, record, **extra):
     return args
 
 
-def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys):
+@pytest.mark.fault
+def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys, fault_case):
+    fault_case(
+        "Corrupted file in the off-host copy (SSH), after a killed run's .part",
+        expected="the .part resumed; verify names redis/dump.rdb; the altered copy never overwritten",
+    )
     backup_dir, name, record = make_backup(tmp_path)
     local = files_of(backup_dir / name)
     remote = tmp_path / "nas" / WORKSHOP / name
@@ -313,6 +333,7 @@ def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys)
     refused = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
     assert refused["failed"] is True and "never overwritten" in refused["msg"]
     assert (remote / "redis" / "dump.rdb").read_bytes()[:1] == b"X"
+    fault_case.observed("resumed from 3 MiB; named redis/dump.rdb; refused to overwrite")
 
 
 def test_ssh_fetch_brings_the_backup_back(tmp_path, sshd, capsys):

@@ -95,7 +95,13 @@ def test_check_mode_writes_nothing(workshop_id):
     assert not list((BACKUP_ROOT / workshop_id).glob(".partial-*"))
 
 
-def test_killed_mid_backup_then_rerun_ends_with_a_correct_backup(workshop_id, tmp_path):
+@pytest.mark.fault
+def test_killed_mid_backup_then_rerun_ends_with_a_correct_backup(workshop_id, tmp_path, fault_case):
+    fault_case(
+        "ansible-playbook killed (SIGKILL) mid-backup, then re-run",
+        expected="the killed run seals nothing; the re-run seals one backup, no .partial left, "
+        "its outputs byte-equal to the project's",
+    )
     bulk = PROJECT_DIR / "data" / "outputs" / "user001" / "bulk"
     subprocess.run(
         ["python3", str(REPO / "roles/staging_workshop/files/extra_outputs.py"), str(bulk), "--megabytes", "600", "--users", "1"],
@@ -129,11 +135,17 @@ def test_killed_mid_backup_then_rerun_ends_with_a_correct_backup(workshop_id, tm
         with tarfile.open(folder / "outputs.tar") as archive:
             archive.extractall(tmp_path, filter="data")
         assert tree(tmp_path / "outputs") == tree(PROJECT_DIR / "data" / "outputs")
+        fault_case.observed(f"killed while writing outputs.tar: nothing sealed; re-run sealed {folder.name}, outputs byte-equal")
     finally:
         shutil.rmtree(bulk)
 
 
-def test_a_full_disk_fails_clearly_and_leaves_nothing_partial(played, tmp_path):
+@pytest.mark.fault
+def test_a_full_disk_fails_clearly_and_leaves_nothing_partial(played, tmp_path, fault_case):
+    fault_case(
+        "Disk full before the backup (8 MiB backup root)",
+        expected="backup fails 'Not enough space ... nothing was written'; the earlier backup untouched",
+    )
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
@@ -152,11 +164,17 @@ def test_a_full_disk_fails_clearly_and_leaves_nothing_partial(played, tmp_path):
         assert "Not enough space for the backup" in run.output and "nothing was written" in run.output
         assert sorted(p.name for p in (small / "staging-full").iterdir()) == ["backup-20200101T000000Z"]
         assert (earlier / "MANIFEST.json").read_text() == '{"files": {}}'
+        fault_case.observed("refused before writing: 'Not enough space for the backup'; the earlier backup untouched")
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
 
-def test_an_archive_filling_the_disk_mid_way_leaves_no_partial_file(tmp_path):
+@pytest.mark.fault
+def test_an_archive_filling_the_disk_mid_way_leaves_no_partial_file(tmp_path, fault_case):
+    fault_case(
+        "Disk full mid-backup (outputs.tar fills a 4 MiB disk)",
+        expected="write_archive fails 'is full'; no partial file left; the source untouched",
+    )
     from ansible.module_utils.workshop_backup import write_archive
     from ansible.module_utils.workshop_errors import WorkshopError
 
@@ -170,12 +188,19 @@ def test_an_archive_filling_the_disk_mid_way_leaves_no_partial_file(tmp_path):
         with pytest.raises(WorkshopError, match="is full"):
             write_archive(str(small / "outputs.tar"), {"outputs": str(source)})
         assert list(small.iterdir()) == []
+        assert len((source / "big.png").read_bytes()) == 6 << 20  # nothing lost: the source as it was
+        fault_case.observed("WorkshopError '... is full'; the disk empty again, the source intact")
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
 
 @pytest.mark.parametrize("damage", ["archive", "rdb", "missing"])
-def test_verify_catches_a_damaged_backup(workshop_id, damage):
+@pytest.mark.fault
+def test_verify_catches_a_damaged_backup(workshop_id, damage, fault_case):
+    fault_case(
+        "Corrupted file in a backup (outputs.tar byte, dump.rdb byte, a log missing)",
+        expected="verify fails naming the backup and the file; the backup left as it is",
+    )
     backup(workshop_id)
     [folder] = backups(workshop_id)
     if damage == "archive":
@@ -191,6 +216,8 @@ def test_verify_catches_a_damaged_backup(workshop_id, damage):
     assert f"Backup {folder} is damaged" in run.output
     expected = {"archive": "outputs.tar", "rdb": "redis/dump.rdb", "missing": "logs/worker-1.log.gz: missing"}[damage]
     assert expected in run.output
+    assert backups(workshop_id) == [folder]  # the damaged backup is kept, never deleted
+    fault_case.observed(f"{damage}: 'Backup ... is damaged: {expected}'; the backup kept")
 
 
 def _flip_byte(path, offset):
@@ -324,7 +351,12 @@ def _start_backup(workshop_id):
     )
 
 
-def test_two_concurrent_backups_leave_one_good_backup_and_a_clear_message(workshop_id, bulk_outputs):
+@pytest.mark.fault
+def test_two_concurrent_backups_leave_one_good_backup_and_a_clear_message(workshop_id, bulk_outputs, fault_case):
+    fault_case(
+        "Two backups at once",
+        expected="the second refused naming the lock's owner; one sealed, verified backup; no .partial, no lock left",
+    )
     first = _start_backup(workshop_id)
     wait_for(lambda: list((BACKUP_ROOT / workshop_id).glob(".partial-*")), timeout=120, interval=0.05, what="the first backup")
     second = _start_backup(workshop_id)
@@ -341,9 +373,15 @@ def test_two_concurrent_backups_leave_one_good_backup_and_a_clear_message(worksh
     assert record["backup"]["verify"]["ok"] is True and record["backup"]["verify"]["backup"] == folder.name
     assert not list((BACKUP_ROOT / workshop_id).glob(".partial-*"))
     assert not (BACKUP_ROOT / workshop_id / ".lock").exists()
+    fault_case.observed(f"second refused (lock held by the first); {folder.name} sealed and verified")
 
 
-def test_sigkill_mid_seal_leaves_a_recorded_verified_backup_after_the_rerun(workshop_id, bulk_outputs):
+@pytest.mark.fault
+def test_sigkill_mid_seal_leaves_a_recorded_verified_backup_after_the_rerun(workshop_id, bulk_outputs, fault_case):
+    fault_case(
+        "ansible-playbook killed (SIGKILL) mid-seal, then re-run",
+        expected="the re-run ends with one recorded, verified backup; no .partial left",
+    )
     run = _start_backup(workshop_id)
     wait_for(
         lambda: list((BACKUP_ROOT / workshop_id).glob(".partial-*/MANIFEST.json")),
@@ -361,9 +399,15 @@ def test_sigkill_mid_seal_leaves_a_recorded_verified_backup_after_the_rerun(work
     assert record["backup"]["name"] == folder.name
     assert record["backup"]["verify"] == {**record["backup"]["verify"], "ok": True, "backup": folder.name, "failures": []}
     assert not list((BACKUP_ROOT / workshop_id).glob(".partial-*"))
+    fault_case.observed(f"{folder.name} recorded, verify ok, no .partial")
 
 
-def test_a_failed_verify_is_recorded_as_failed_naming_the_member(workshop_id):
+@pytest.mark.fault
+def test_a_failed_verify_is_recorded_as_failed_naming_the_member(workshop_id, fault_case):
+    fault_case(
+        "Corrupted member in a backup's outputs.tar",
+        expected="verify names the member; the run record's backup.verify.ok becomes false",
+    )
     backup(workshop_id)
     [folder] = backups(workshop_id)
     assert record_of(workshop_id)["backup"]["verify"]["ok"] is True
@@ -378,9 +422,15 @@ def test_a_failed_verify_is_recorded_as_failed_naming_the_member(workshop_id):
     verify = record_of(workshop_id)["backup"]["verify"]
     assert verify["ok"] is False and verify["backup"] == folder.name
     assert verify["failures"] == [{"file": "outputs.tar", "member": member.name, "reason": "content differs from the manifest"}]
+    fault_case.observed(f"named {member.name}: content differs; verify.ok false in the run record")
 
 
-def test_a_wrong_redis_password_names_the_host_and_the_env_file(workshop_id, tmp_path):
+@pytest.mark.fault
+def test_a_wrong_redis_password_names_the_host_and_the_env_file(workshop_id, tmp_path, fault_case):
+    fault_case(
+        "Wrong Redis password (backup)",
+        expected="backup fails naming the host, the Redis address and the .env; the password never shown; no backup sealed",
+    )
     env = tmp_path / ".env"
     env.write_text(
         "".join(
@@ -394,6 +444,8 @@ def test_a_wrong_redis_password_names_the_host_and_the_env_file(workshop_id, tmp
     assert "on localhost failed" in run.output
     assert f"Redis at 127.0.0.1:{REDIS_PORT} refused the password: check REDIS_PASSWORD in {env}" in run.output
     assert "not-the-password" not in run.output
+    assert backups(workshop_id) == []  # no backup sealed without the snapshot
+    fault_case.observed(f"'Redis at 127.0.0.1:{REDIS_PORT} refused the password: check REDIS_PASSWORD in {env}'; nothing sealed")
 
 
 def test_a_relative_backup_root_is_refused_at_once_in_check_mode(workshop_id):

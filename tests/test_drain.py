@@ -110,7 +110,12 @@ def test_check_mode_changes_nothing(staging_workshop, rdb, fresh_record, cleanup
     assert "1 running" in run.output
 
 
-def test_a_hung_job_makes_the_drain_time_out_naming_it(staging_workshop, rdb, fresh_record, cleanup_jobs):
+@pytest.mark.fault
+def test_a_hung_job_makes_the_drain_time_out_naming_it(staging_workshop, rdb, fresh_record, cleanup_jobs, fault_case):
+    fault_case(
+        "Hung job (the drain times out)",
+        expected="drain fails naming the job, its user, worker and heartbeat; the job left in queue:running",
+    )
     hung = submit("user003", metadata={"staging": {"hang": True}})
     wait_for_status(rdb, hung, {"running"})
 
@@ -120,6 +125,7 @@ def test_a_hung_job_makes_the_drain_time_out_naming_it(staging_workshop, rdb, fr
     assert f"Stuck job {hung} of user003 on worker-1" in run.output
     assert "heartbeat alive" in run.output
     assert rdb.zscore("queue:running", hung) is not None  # policy leave: still there
+    fault_case.observed(f"'Stuck job {hung} of user003 on worker-1 (heartbeat alive)'; still in queue:running")
 
 
 def where(rdb, job_id):
@@ -184,7 +190,13 @@ def test_fail_with_force_fails_a_hung_job_of_a_live_worker_and_says_so(staging_w
     assert job_record(rdb, hung)["error"] == "Workshop over"
 
 
-def test_fail_and_requeue_act_on_a_job_whose_worker_is_gone(staging_workshop, rdb, cleanup_jobs):
+@pytest.mark.fault
+def test_fail_and_requeue_act_on_a_job_whose_worker_is_gone(staging_workshop, rdb, cleanup_jobs, fault_case):
+    fault_case(
+        "Worker gone with a job held",
+        expected="the held jobs named running_worker_gone; requeue puts them back pending, "
+        "fail ends them failed; every record kept",
+    )
     hung = submit("user005", metadata={"staging": {"hang": True}})
     other = submit("user005", metadata={"staging": {"hang": True}})
     wait_for_status(rdb, hung, {"running"})
@@ -209,6 +221,7 @@ def test_fail_and_requeue_act_on_a_job_whose_worker_is_gone(staging_workshop, rd
         assert sorted(a["action"] for a in result["actions"]) == ["failed", "failed"]  # pending jobs are failed too
         agrees(rdb, hung, "failed")
         agrees(rdb, other, "failed")
+        fault_case.observed("2 jobs named running_worker_gone; requeued to pending, then failed; records and sets agree")
 
 
 def test_a_job_cancelled_while_running_is_finished_as_cancelled(staging_workshop, rdb, cleanup_jobs):
@@ -253,7 +266,9 @@ def test_ghosts_and_unreadable_records_are_named_and_cleared_by_policy(staging_w
         rdb.delete(f"job:{garbled}")
 
 
-def test_flushall_mid_drain_is_not_drained(staging_workshop, rdb, cleanup_jobs):
+@pytest.mark.fault
+def test_flushall_mid_drain_is_not_drained(staging_workshop, rdb, cleanup_jobs, fault_case):
+    fault_case("FLUSHALL mid-drain", expected="drain fails 'NOT drained' naming the vanished job")
     hung = submit("user001", metadata={"staging": {"hang": True}})
     wait_for_status(rdb, hung, {"running"})
     outcome = {}
@@ -267,9 +282,15 @@ def test_flushall_mid_drain_is_not_drained(staging_workshop, rdb, cleanup_jobs):
     assert not ok and not result.get("drained")
     assert "NOT drained" in result["msg"] and f"job:{hung}" in result["msg"]
     assert result["vanished"] == [hung]
+    fault_case.observed(f"not drained; vanished: job:{hung}")
 
 
-def test_a_bad_env_stops_no_frontend_and_names_host_and_path(staging_workshop, fresh_record, tmp_path):
+@pytest.mark.fault
+def test_a_bad_env_stops_no_frontend_and_names_host_and_path(staging_workshop, fresh_record, tmp_path, fault_case):
+    fault_case(
+        "Missing .env / wrong Redis password (drain)",
+        expected="drain fails naming the host and the .env path; no frontend stopped",
+    )
     wrong = tmp_path / ".env"
     wrong.write_text((PROJECT_DIR / ".env").read_text().replace("REDIS_PASSWORD=", "REDIS_PASSWORD=wrong"))
     for env_file, expected in ((tmp_path / "missing.env", "No .env at"), (wrong, "refused the password")):
@@ -280,6 +301,7 @@ def test_a_bad_env_stops_no_frontend_and_names_host_and_path(staging_workshop, f
         assert "Cannot drain on localhost" in run.output and "No frontend was stopped" in run.output
         assert "Module failed" not in run.output
         assert set(frontend_states().values()) == {"running"}
+        fault_case.observed("'No .env at ...' and 'refused the password', each naming the path; every frontend still running")
 
 
 @pytest.mark.parametrize("switch", ["drain_close_submissions", "drain_reopen"])
@@ -294,7 +316,12 @@ def test_boolean_switches_work_as_strings(staging_workshop, fresh_record, switch
     assert run.returncode == 0
 
 
-def test_redis_stopped_during_the_wait_fails_clearly(staging_workshop, rdb, cleanup_jobs):
+@pytest.mark.fault
+def test_redis_stopped_during_the_wait_fails_clearly(staging_workshop, rdb, cleanup_jobs, fault_case):
+    fault_case(
+        "Redis killed mid-drain",
+        expected="drain fails 'Cannot reach Redis at ...'; never drained; the held job still running in Redis once it is back",
+    )
     hung = submit("user006", metadata={"staging": {"hang": True}})
     wait_for_status(rdb, hung, {"running"})
     outcome = {}
@@ -308,9 +335,12 @@ def test_redis_stopped_during_the_wait_fails_clearly(staging_workshop, rdb, clea
         assert not ok
         assert f"Cannot reach Redis at 127.0.0.1:{REDIS_PORT}" in result["msg"]
         assert "While draining the queue" in result["msg"]
+        assert not result.get("drained")
     finally:
         compose("start", "redis")
         wait_for(lambda: redis_answers(rdb), what="redis back")
+    agrees(rdb, hung, "running")  # nothing lost: the job held by the worker is still running, in its set
+    fault_case.observed(f"failed: {result['msg'][:120]}; job {hung} still running in Redis after the restart")
 
 
 def test_check_mode_of_the_module_reports_what_it_would_wait_for(staging_workshop, rdb, cleanup_jobs):

@@ -439,7 +439,12 @@ def test_an_unreachable_redis_is_a_workshop_error():
     assert "Cannot reach Redis at 127.0.0.1:1" in raised.value.msg
 
 
-def test_a_wrong_password_names_its_source(server):
+@pytest.mark.fault
+def test_a_wrong_password_names_its_source(server, fault_case):
+    fault_case(
+        "Wrong Redis password (drain, scratch redis-server)",
+        expected="the drain's Redis view fails naming where the password came from",
+    )
     server.config_set("requirepass", "right")
     try:
         port = server.connection_pool.connection_kwargs["port"]
@@ -447,6 +452,7 @@ def test_a_wrong_password_names_its_source(server):
         with pytest.raises(WorkshopError) as raised:
             RedisQueue(conn).view()
         assert "refused the password: check REDIS_PASSWORD in /srv/.env" in raised.value.msg
+        fault_case.observed(raised.value.msg)
     finally:
         admin = redis.Redis(port=server.connection_pool.connection_kwargs["port"], password="right")
         admin.config_set("requirepass", "")

@@ -103,7 +103,12 @@ def test_the_restore_test_passes_on_a_fresh_backup_and_records_what_it_measured(
     assert record_of(workshop_id)["restore_test"]["at"] >= result["at"]
 
 
-def test_a_corrupted_file_in_the_backup_fails_the_restore_test_naming_it(workshop_id, engine):
+@pytest.mark.fault
+def test_a_corrupted_file_in_the_backup_fails_the_restore_test_naming_it(workshop_id, engine, fault_case):
+    fault_case(
+        "Corrupted file in a backup (restore test, staging)",
+        expected="restore_test fails naming the member; recorded ok false; no scratch container or volume left",
+    )
     backup(workshop_id)
     [folder] = backups(workshop_id)
     members = json.loads((folder / "outputs.tar.members.json").read_text())
@@ -126,6 +131,7 @@ def test_a_corrupted_file_in_the_backup_fails_the_restore_test_naming_it(worksho
         "failures"
     ]
     assert left_behind(engine, workshop_id) == ([], [])
+    fault_case.observed(f"named {victim['path']}; restore_test.ok false; nothing left behind")
 
 
 def _add_member(folder, info, payload=None):
@@ -144,7 +150,12 @@ def _add_member(folder, info, payload=None):
     ],
     ids=["dotdot", "outward-symlink"],
 )
-def test_a_backup_with_an_escaping_member_is_refused_naming_it(workshop_id, engine, name, kind, target):
+@pytest.mark.fault
+def test_a_backup_with_an_escaping_member_is_refused_naming_it(workshop_id, engine, name, kind, target, fault_case):
+    fault_case(
+        "Unsafe member in a backup being restored (restore test, staging)",
+        expected="refused naming the member; nothing escapes; no scratch container or volume left",
+    )
     backup(workshop_id)
     [folder] = backups(workshop_id)
     info = tarfile.TarInfo(name)
@@ -161,6 +172,7 @@ def test_a_backup_with_an_escaping_member_is_refused_naming_it(workshop_id, engi
     failures = record_of(workshop_id)["restore_test"]["failures"]
     assert failures[0]["file"] == "outputs.tar" and failures[0]["member"] == name
     assert left_behind(engine, workshop_id) == ([], [])
+    fault_case.observed(f"{name} refused; nothing escaped or left behind")
 
 
 def test_an_rdb_written_by_a_newer_redis_than_the_image_gets_a_clear_message(workshop_id, engine):

@@ -49,7 +49,12 @@ GOOD = [("outputs/user001/a.png", "file", b"png bytes")]
     ],
     ids=["dotdot", "absolute", "outward-symlink", "absolute-symlink", "hardlink-dotdot", "hardlink-absolute", "device", "fifo"],
 )
-def test_an_unsafe_member_refuses_the_archive_naming_it_and_writes_nothing(tmp_path, bad, reason):
+@pytest.mark.fault
+def test_an_unsafe_member_refuses_the_archive_naming_it_and_writes_nothing(tmp_path, bad, reason, fault_case):
+    fault_case(
+        "Unsafe member in a backup being restored (safe_extract)",
+        expected="the archive refused naming the member and why; nothing written, not even its good members",
+    )
     archive = make_tar(tmp_path / "outputs.tar", [*GOOD, bad])
     dest = tmp_path / "scratch" / "inner"
 
@@ -61,6 +66,7 @@ def test_an_unsafe_member_refuses_the_archive_naming_it_and_writes_nothing(tmp_p
     assert f"member {bad[0]} refused" in caught.value.msg
     assert not dest.exists()  # nothing of the archive, not even its good members
     assert sorted(os.listdir(tmp_path)) == ["outputs.tar"]
+    fault_case.observed(f"{bad[0]} refused: {reason}; nothing written")
 
 
 def test_a_link_that_only_leads_outside_through_another_link_is_refused(tmp_path):
@@ -151,7 +157,12 @@ def test_every_restored_file_is_compared_with_the_manifest(tmp_path):
     ).read_bytes()
 
 
-def test_a_corrupted_member_is_named_with_its_archive(tmp_path):
+@pytest.mark.fault
+def test_a_corrupted_member_is_named_with_its_archive(tmp_path, fault_case):
+    fault_case(
+        "Corrupted member in a backup being restored",
+        expected="restore names outputs.tar and the member whose restored bytes differ from the MANIFEST",
+    )
     folder, members = make_backup(tmp_path)
     victim = next(m for m in members if m["path"] == "outputs/user001/img1.png")
     data = bytearray((folder / "outputs.tar").read_bytes())
@@ -166,10 +177,13 @@ def test_a_corrupted_member_is_named_with_its_archive(tmp_path):
     assert {"file": "outputs.tar", "member": None, "reason": "content differs from the manifest"} in failures
     assert {"file": "outputs.tar", "member": victim["path"], "reason": "restored content differs from the manifest"} in failures
     assert len(failures) == 2
+    fault_case.observed(f"named outputs.tar and {victim['path']}")
 
 
-def test_a_backup_rewritten_with_a_dotdot_member_and_a_matching_manifest_is_refused(tmp_path):
+@pytest.mark.fault
+def test_a_backup_rewritten_with_a_dotdot_member_and_a_matching_manifest_is_refused(tmp_path, fault_case):
     """An altered copy (e.g. on the off-host target) whose manifest was rewritten to match: still refused."""
+    fault_case("Unsafe member with a MANIFEST rewritten to match", expected="refused naming the '..' member; nothing escapes")
     folder, _members = make_backup(tmp_path)
     evil = make_tar(tmp_path / "evil.tar", [*GOOD, ("outputs/../../../escaped", "file", b"x")])
     os.replace(evil, folder / "outputs.tar")
@@ -189,6 +203,7 @@ def test_a_backup_rewritten_with_a_dotdot_member_and_a_matching_manifest_is_refu
     assert failures[0]["member"] == "outputs/../../../escaped"
     assert "path with '..'" in failures[0]["reason"]
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "scratch" / "escaped").exists()
+    fault_case.observed("outputs/../../../escaped refused: path with '..'; nothing escaped")
 
 
 def test_a_missing_file_and_an_extra_file_are_named(tmp_path):

@@ -217,9 +217,13 @@ def test_s3_delivery_links_download_the_archive_and_expire(workshop, tmp_path, s
     assert not again["changed"] and again["participants"][0]["link"] == new
 
 
-def test_a_wrong_s3_secret_names_the_target(workshop, tmp_path, s3):  # noqa: F811 - the fixture
+@pytest.mark.fault
+def test_a_wrong_s3_secret_names_the_target(workshop, tmp_path, s3, fault_case):  # noqa: F811 - the fixture
+    fault_case("Object storage refusing the keys (share)", expected="share fails naming the target, bucket and prefix")
     with pytest.raises(WorkshopError, match=r"Archive target 'test-s3'.*s3://workshop-test/share/ws/"):
         share(params(workshop, tmp_path, target={**s3, "secret_key": "nope"}, folder=None), check_mode=False)
+    assert not list(Path(params(workshop, tmp_path)["share_dir"]).rglob("*.partial"))  # nothing half-written
+    fault_case.observed("WorkshopError naming target 'test-s3' and s3://workshop-test/share/ws/; no .partial left")
 
 
 def messages_for(result, survey="https://survey.example.org/ws"):
@@ -295,10 +299,13 @@ def test_the_password_goes_in_only_when_the_admin_chooses(workshop, tmp_path, sm
     assert f"Password: {PASSWORDS['user001']}" in mailbox.messages[0][2].get_content()
 
 
-def test_an_unreachable_smtp_server_is_named(workshop, tmp_path):
+@pytest.mark.fault
+def test_an_unreachable_smtp_server_is_named(workshop, tmp_path, fault_case):
+    fault_case("SMTP server unreachable (share messages)", expected="sending fails naming the server")
     result = share(params(workshop, tmp_path), check_mode=False)
     with pytest.raises(WorkshopError, match=r"Cannot reach the SMTP server 127.0.0.1:1 "):
         send_messages(message_params(tmp_path, result, 1), check_mode=False)
+    fault_case.observed("'Cannot reach the SMTP server 127.0.0.1:1'")
 
 
 def run_main(name, args, capsys):

@@ -289,7 +289,12 @@ def test_an_incr_after_the_backup_makes_down_volumes_refuse_naming_the_key(works
     assert "redis" in running_services()
 
 
-def test_a_failed_verify_in_the_run_record_refuses_down_volumes(workshop_id, engine):
+@pytest.mark.fault
+def test_a_failed_verify_in_the_run_record_refuses_down_volumes(workshop_id, engine, fault_case):
+    fault_case(
+        "down -v after a failed verify",
+        expected="down_volumes refused naming the backup and the member; the project's containers, networks, volumes unchanged",
+    )
     backup(workshop_id)
     [folder] = backups(workshop_id)
     record_path = BACKUP_ROOT / workshop_id / "run-record.json"
@@ -305,6 +310,7 @@ def test_a_failed_verify_in_the_run_record_refuses_down_volumes(workshop_id, eng
     assert f"backup {folder.name} failed its verification" in run.output
     assert "outputs.tar member outputs/user001/x.png" in run.output
     assert project_state(engine) == before
+    fault_case.observed(f"refused: backup {folder.name} failed its verification; project unchanged")
 
 
 # --- down keeps the volumes, and the logs need a backup ----------------------------------------------

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from conftest import (
     COMPOSE_PROJECT,
     PROJECT_DIR,
@@ -61,10 +63,16 @@ def test_a_wrong_password_is_named_but_never_shown(staging_workshop, tmp_path):
     assert "not-the-password-4711" not in run.output
 
 
-def test_an_unknown_compose_project_lists_the_known_ones(staging_workshop):
+@pytest.mark.fault
+def test_an_unknown_compose_project_lists_the_known_ones(staging_workshop, fault_case):
+    fault_case(
+        "Unknown compose project (state report)",
+        expected="the state report says the services were not read, naming 'nosuch' and the known projects",
+    )
     run = run_playbook("post_workshop.yml", "--tags", "state", extra_vars={"workshop_compose_project": "nosuch"})
     assert "Services: not read: No containers of compose project 'nosuch'" in run.text
     assert COMPOSE_PROJECT in run.output
+    fault_case.observed(f"'No containers of compose project nosuch'; known: {COMPOSE_PROJECT} listed")
 
 
 def test_post_workshop_runs_over_ssh(staging_workshop, rdb, sshd, tmp_path):
