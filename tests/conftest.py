@@ -321,10 +321,13 @@ def ssh_inventory(tmp_path, client_key, host_vars=""):
 
 
 def pytest_collection_modifyitems(items):
-    """Tiers: a test that needs the staging workshop (Docker) is marked `staging`; the rest are `unit`."""
+    """Tiers: a test that needs the staging workshop (Docker) is marked `staging`; one that runs
+    ansible-playbook without Docker is marked `playbook` where it is written; the rest are `unit`."""
     for item in items:
-        needs_docker = "staging_workshop" in getattr(item, "fixturenames", ()) or item.get_closest_marker("staging")
-        item.add_marker(pytest.mark.staging if needs_docker else pytest.mark.unit)
+        if "staging_workshop" in getattr(item, "fixturenames", ()) or item.get_closest_marker("staging"):
+            item.add_marker(pytest.mark.staging)
+        elif not item.get_closest_marker("playbook"):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture

@@ -145,6 +145,7 @@ def small_fleet(tmp_path):
     return inventory, playbook, closed_port
 
 
+@pytest.mark.playbook
 def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(small_fleet, tmp_path):
     inventory, playbook, closed_port = small_fleet
     reports = tmp_path / "reports"

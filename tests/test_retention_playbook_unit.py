@@ -3,9 +3,13 @@
 import json
 import os
 
+import pytest
 from test_retention_unit import NOW, W, days_ago, workshop
 
 from conftest import run_playbook
+
+# Runs ansible-playbook (no Docker): the playbook tier, not make test-unit.
+pytestmark = pytest.mark.playbook
 
 
 def flat(text):

@@ -12,6 +12,9 @@ from scratch_redis import port_of, running_redis
 
 from conftest import run_playbook
 
+# Runs ansible-playbook (no Docker): the playbook tier, not make test-unit.
+pytestmark = pytest.mark.playbook
+
 PASSWORD = "s3cret-group-vars"
 BACKUP = "backup-20261129T170000Z"
 JOBS = [("job-0", "user001", "completed"), ("job-1", "user002", "completed"), ("job-2", "user003", "failed")]

@@ -200,6 +200,7 @@ def test_totals_of_no_workshop_are_empty_not_zero():
     assert rollup["totals"]["success_rate"] is None and rollup["totals"]["gpu_hours"] is None
 
 
+@pytest.mark.playbook
 def test_the_playbook_in_check_mode_collects_on_the_host_and_writes_nothing(archive, tmp_path):
     """The role's wiring (collected on each workshop host, written once on the control node), in one
     check-mode run; the module test above proves what the real write writes."""

@@ -17,6 +17,9 @@ from smtpserver import smtp  # noqa: F401 - a fixture
 
 from conftest import run_playbook
 
+# Runs ansible-playbook (no Docker): the playbook tier, not make test-unit.
+pytestmark = pytest.mark.playbook
+
 PASSWORDS = {f"user{n:03d}": f"Pw{n}{os.urandom(6).hex()}" for n in range(1, 7)}
 MADE = {
     "user001": {"a.png": os.urandom(50_000), "b/c.json": b"{}" * 3000},

@@ -31,6 +31,7 @@ def test_check_mode_previews_a_change_without_making_it(staging_workshop):
 
 
 @pytest.mark.staging  # asks the Docker Engine before it refuses
+@pytest.mark.playbook
 def test_down_refuses_a_project_it_did_not_create(tmp_path):
     real = tmp_path / "comfyui"
     real.mkdir()
@@ -47,6 +48,7 @@ def test_down_refuses_a_project_it_did_not_create(tmp_path):
     assert (real / "docker-compose.yml").exists()
 
 
+@pytest.mark.playbook
 def test_no_engine_gives_a_clear_error(tmp_path):
     run = run_playbook(
         "playbooks/staging.yml",
