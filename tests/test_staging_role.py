@@ -31,7 +31,6 @@ def test_check_mode_previews_a_change_without_making_it(staging_workshop):
 
 
 @pytest.mark.staging  # asks the Docker Engine before it refuses
-@pytest.mark.playbook
 def test_down_refuses_a_project_it_did_not_create(tmp_path):
     real = tmp_path / "comfyui"
     real.mkdir()
