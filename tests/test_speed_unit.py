@@ -46,9 +46,11 @@ LOADERS = [
 ]
 
 
-def stamp(rng, seconds):
+def stamp(rng, seconds, platform=False):
     """A time the ways records write it: the platform's Z, an offset, naive, 3 or 9 digits, or unreadable."""
     when = T0 + timedelta(seconds=seconds, microseconds=rng.choice([0, rng.randrange(10**6)]))
+    if platform:
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return rng.choice(
         [
             when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -64,8 +66,17 @@ def stamp(rng, seconds):
     )
 
 
-def history(seed, count):
-    """Random platform-shaped job records, ties and odd values included."""
+PROMPT_NODES = {
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a quiet lake at sunset", "clip": ["1", 1]}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+    "8": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20, "cfg": 7.0, "model": ["1", 0]}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+}
+
+
+def history(seed, count, platform=False):
+    """Random job records, ties and odd values included; with platform, as the platform writes them
+    (its Z times, API-format workflows the size of its example)."""
     rng = random.Random(seed)
     jobs = []
     for number in range(count):
@@ -73,7 +84,9 @@ def history(seed, count):
         status = rng.choice(["completed"] * 5 + ["failed", "cancelled", "pending", "running"])
         started = None if status == "pending" or rng.random() < 0.05 else created + rng.choice([0, rng.randrange(600)])
         completed = None if status in ("pending", "running") else (started or created) + rng.randrange(-5, 300)
-        workflow = json.loads(json.dumps(rng.choice(LOADERS)))
+        workflow = json.loads(json.dumps(rng.choice(LOADERS[:3] if platform else LOADERS)))
+        if platform:
+            workflow.update(json.loads(json.dumps(PROMPT_NODES)))
         if isinstance(workflow, dict):
             latent = rng.choice(["EmptyLatentImage", "EmptyFlux2LatentImage", "NotALatent"])
             width = rng.choice([512, 1024, 1024.0, "1024", ["4", 0]])
@@ -84,9 +97,9 @@ def history(seed, count):
                 "user_id": rng.choice([*USERS, "guest"]),
                 "workflow": workflow,
                 "status": status,
-                "created_at": stamp(rng, created) if rng.random() > 0.02 else None,
-                "started_at": stamp(rng, started) if started is not None else None,
-                "completed_at": stamp(rng, completed) if completed is not None else None,
+                "created_at": stamp(rng, created, platform) if rng.random() > 0.02 else None,
+                "started_at": stamp(rng, started, platform) if started is not None else None,
+                "completed_at": stamp(rng, completed, platform) if completed is not None else None,
                 "error": rng.choice(["CUDA out of memory", "CUDA  out of\nmemory", None, {"code": 7}])
                 if status == "failed"
                 else None,
@@ -116,9 +129,9 @@ def one_by_one(jobs, users, cutoff, final_time):
     }
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_one_pass_metrics_equal_the_figures_one_by_one(seed):
-    jobs = history(seed, 600)
+@pytest.mark.parametrize(("seed", "platform"), [(1, False), (2, False), (3, False), (4, True)])
+def test_the_one_pass_metrics_equal_the_figures_one_by_one(seed, platform):
+    jobs = history(seed, 600, platform)
     fused = compute_metrics(jobs, USERS, "2026-01-28T13:30:00Z", "2026-01-28T14:10:00.5Z")
     assert json.dumps(fused, sort_keys=True) == json.dumps(
         one_by_one(jobs, USERS, "2026-01-28T13:30:00Z", "2026-01-28T14:10:00.5Z"), sort_keys=True
@@ -127,7 +140,7 @@ def test_the_one_pass_metrics_equal_the_figures_one_by_one(seed):
 
 
 def test_the_one_pass_metrics_are_much_faster_than_the_figures_one_by_one():
-    jobs = [job for job in history(7, 4000) if "workflow" in job]
+    jobs = history(7, 4000, platform=True)
     best = {"fused": math.inf, "one by one": math.inf}
     for _round in range(5):
         for name, compute in (("fused", compute_metrics), ("one by one", one_by_one)):
@@ -194,3 +207,80 @@ def _small_int(text):
 def test_records_read_by_orjson_where_it_is_installed():
     orjson = pytest.importorskip("orjson")
     assert workshop_metrics._fast_loads is orjson.loads
+
+
+# --- the backup: one read from disk ---------------------------------------------------------------
+
+
+@pytest.fixture
+def fadvise_calls(monkeypatch):
+    """Every posix_fadvise(DONTNEED) call, as the size the file had then (the real call still runs)."""
+    import os
+
+    calls, real = [], os.posix_fadvise
+
+    def recording(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_DONTNEED:
+            calls.append(os.fstat(fd).st_size)
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    return calls
+
+
+def test_the_archive_is_read_back_from_disk_not_the_page_cache(tmp_path, fadvise_calls):
+    from ansible.module_utils.workshop_backup import write_archive
+
+    source = tmp_path / "outputs"
+    (source / "user001").mkdir(parents=True)
+    (source / "user001" / "a.png").write_bytes(random.Random(1).randbytes(300_000))
+    write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source)})
+    assert fadvise_calls == [(tmp_path / "outputs.tar").stat().st_size]
+
+
+def test_sealing_reads_each_archive_once_and_still_names_a_damaged_member(tmp_path, monkeypatch):
+    """One read gives the manifest its sha256 and checks every member; a member changed on disk still fails the seal."""
+    import hashlib
+
+    from ansible.module_utils import workshop_backup
+    from ansible.module_utils.workshop_backup import seal, verify_folder, write_archive, write_members
+    from ansible.module_utils.workshop_errors import WorkshopError
+
+    source = tmp_path / "outputs"
+    rng = random.Random(2)
+    for user in ("user001", "user002"):
+        (source / user).mkdir(parents=True)
+        (source / user / "img.png").write_bytes(rng.randbytes(200_000))
+    partial, final = tmp_path / ".partial-backup-x", tmp_path / "backup-x"
+    partial.mkdir()
+    members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source)})
+    write_members(str(partial / "outputs.tar"), members)
+    opened = []
+    real = workshop_backup.DiskReader.__init__
+
+    def counting(self, path):
+        opened.append(path)
+        real(self, path)
+
+    monkeypatch.setattr(workshop_backup.DiskReader, "__init__", counting)
+    manifest = seal(str(partial), str(final), {"workshop_id": "t"})
+    assert sorted(opened) == sorted(str(partial / name) for name in ("outputs.tar", "outputs.tar.members.json"))
+    tar = (final / "outputs.tar").read_bytes()
+    assert manifest["files"]["outputs.tar"] == {"size": len(tar), "sha256": hashlib.sha256(tar).hexdigest()}
+    assert verify_folder(str(final)) == []
+
+    # The same folder again, one byte of user002's image flipped on disk before sealing.
+    partial2 = tmp_path / ".partial-backup-y"
+    partial2.mkdir()
+    members, _ = write_archive(str(partial2 / "outputs.tar"), {"outputs": str(source)})
+    write_members(str(partial2 / "outputs.tar"), members)
+    data = bytearray((partial2 / "outputs.tar").read_bytes())
+    at = data.rindex((source / "user002" / "img.png").read_bytes()[:64])
+    data[at + 100] ^= 1
+    (partial2 / "outputs.tar").write_bytes(bytes(data))
+    with pytest.raises(WorkshopError) as caught:
+        seal(str(partial2), str(tmp_path / "backup-y"), {"workshop_id": "t"})
+    assert caught.value.context["failures"] == [
+        {"file": "outputs.tar", "member": "outputs/user002/img.png", "reason": "content differs from the manifest"}
+    ]
+    assert not (tmp_path / "backup-y").exists()
