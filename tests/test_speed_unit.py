@@ -129,6 +129,12 @@ def one_by_one(jobs, users, cutoff, final_time):
     }
 
 
+def one_by_one_gc_paused(*args):
+    """one_by_one as compute_metrics runs, with the cyclic GC paused (which alone makes it about twice as fast)."""
+    with workshop_metrics._gc_paused():
+        return one_by_one(*args)
+
+
 @pytest.mark.parametrize(("seed", "platform"), [(1, False), (2, False), (3, False), (4, True)])
 def test_the_one_pass_metrics_equal_the_figures_one_by_one(seed, platform):
     jobs = history(seed, 600, platform)
@@ -143,7 +149,7 @@ def test_the_one_pass_metrics_are_much_faster_than_the_figures_one_by_one():
     jobs = history(7, 4000, platform=True)
     best = {"fused": math.inf, "one by one": math.inf}
     for _round in range(5):
-        for name, compute in (("fused", compute_metrics), ("one by one", one_by_one)):
+        for name, compute in (("fused", compute_metrics), ("one by one", one_by_one_gc_paused)):
             start = time.perf_counter()
             compute(jobs, USERS, None, None)
             best[name] = min(best[name], time.perf_counter() - start)
