@@ -39,10 +39,10 @@ ls -lah "$OUT"/workshop-backup-*.tar.gz >/dev/null
 TOTAL_JOBS=$(redis-cli -p "$REDIS_PORT" ZCARD queue:completed)
 FAILED=$("${compose[@]}" logs worker-1 2>&1 | grep -ci "failed" || true)
 echo "Total jobs completed: $TOTAL_JOBS, failed: $FAILED, success rate: $(((TOTAL_JOBS - FAILED) * 100 / (TOTAL_JOBS > 0 ? TOTAL_JOBS : 1)))% (final time $FINAL_TIME)"
-"${compose[@]}" logs worker-1 2>&1 | grep "completed in" | awk '{print $NF}' | awk '{sum+=$1; count++} END {print "Average: " (count ? sum/count : 0) " seconds"}'
+"${compose[@]}" logs worker-1 2>&1 | grep "completed in" | awk '{print $NF}' | awk '{sum+=$1; count++} END {print "Average: " (count ? sum/count : 0) " seconds"}' || true
 zcat "$OUT"/workshop-logs-*.txt.gz | grep -ci "thermal" || true
 "${compose[@]}" logs 2>&1 | grep -ci "restarted\|crashed" || true
-"${compose[@]}" logs worker-1 2>&1 | grep "started\|completed" | tail -10 >/dev/null
+"${compose[@]}" logs worker-1 2>&1 | grep "started\|completed" | tail -10 >/dev/null || true
 "${compose[@]}" logs 2>&1 | grep -i "error" >"$OUT/errors-found.txt" || true
 "${compose[@]}" logs 2>&1 | grep -i "warning" >"$OUT/warnings-found.txt" || true
 "${compose[@]}" logs 2>&1 | grep -i "ssl" >"$OUT/ssl-issues.txt" || true

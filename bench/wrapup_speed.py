@@ -126,20 +126,28 @@ def main():
     parser.add_argument("--workdir", default="/var/tmp/comfy-wrapup-bench-wrapup")
     parser.add_argument("--json", help="write the figures here (for make bench's table)")
     parser.add_argument("--down", action="store_true", help="bring the slots' workshops down at the end")
+    parser.add_argument(
+        "--no-prepare", action="store_true", help="use the slot's workshop as it is (made fresh by an earlier run)"
+    )
+    parser.add_argument("--skip-checklist", action="store_true", help="leave the checklist's commands out")
     args = parser.parse_args()
     if args.slot == 0:
         sys.exit("slot 0 is the platform's own layout (make demo, tests): give the bench a slot of its own")
     work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.no_prepare:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     figures = {"users": args.users, "gigabytes": args.gigabytes, "slot": args.slot}
     print(f"Staging workshop on slot {args.slot}: {args.users} participants, {args.gigabytes} GiB of outputs")
-    prepare(args.slot, args.users, args.gigabytes, work)
-    figures["checklist"] = checklist(args.slot, work)
+    if args.no_prepare:
+        shutil.rmtree(BACKUPS.format(slot=args.slot), ignore_errors=True)
+    else:
+        prepare(args.slot, args.users, args.gigabytes, work)
+    figures["checklist"] = None if args.skip_checklist else checklist(args.slot, work)
     figures["first"] = wrapup(args.slot, work, "first")
     figures["rerun"] = wrapup(args.slot, work, "rerun")
     print(
-        f"wrap-up {figures['first']:.1f} s (checklist {figures['checklist']:.1f} s); "
+        f"wrap-up {figures['first']:.1f} s (checklist {figures['checklist'] or float('nan'):.1f} s); "
         f"unchanged re-run {figures['rerun']:.1f} s = {100 * figures['rerun'] / figures['first']:.0f}% of the first"
     )
     others = [int(slot) for slot in args.fleet.split(",") if slot.strip()]

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import (
+from ansible.module_utils.workshop_files import (  # pylint: disable=unused-import
     CHUNK,
     atomic_file,
     fsync_dir,
