@@ -34,12 +34,20 @@ lint: setup
 sanity: setup
 	@scripts/sanity.sh
 
-# Benchmarks against the checklist's own commands, side by side on the same data.
+# Benchmarks against the checklist's own commands, side by side on the same data; the last table puts
+# each speed target of issue 14 beside its measured figure. The wrap-up bench uses staging slots
+# BENCH_SLOT and BENCH_FLEET (ports +1000*N, see inventory/local), brought down at the end.
+BENCH_RESULTS ?= /var/tmp/comfy-wrapup-bench-results
+BENCH_SLOT ?= 17
+BENCH_FLEET ?= 18,19
 bench: setup
-	@python bench/backup_speed.py
-	@python bench/metrics_speed.py
+	@mkdir -p $(BENCH_RESULTS)
+	@python bench/backup_speed.py --json $(BENCH_RESULTS)/backup.json
+	@python bench/metrics_speed.py --json $(BENCH_RESULTS)/metrics.json
 	@python bench/archive_speed.py
 	@$(ENGINE) run sh -c 'ansible-playbook playbooks/staging.yml -e staging_workshop_num_users=6 >/dev/null && python bench/drain_latency.py'
+	@$(ENGINE) run python bench/wrapup_speed.py --slot $(BENCH_SLOT) --fleet $(BENCH_FLEET) --down --json $(BENCH_RESULTS)/wrapup.json
+	@python bench/targets.py --folder $(BENCH_RESULTS)
 
 staging-up staging-play staging-reset staging-down: setup
 	@$(ENGINE) run ansible-playbook playbooks/staging.yml -e staging_workshop_action=$(@:staging-%=%)

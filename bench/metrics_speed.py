@@ -1,5 +1,15 @@
 #!/usr/bin/env python3
-"""Reading a workshop's job records: jobs_from_redis (SCAN + pipelined MGET) against one GET per job.
+"""Reading a workshop's job records and computing the metrics: today's code against the code before the speed work.
+
+Part 1, side by side (the speed target, issue 14): in fresh processes on the workshop host's Python
+(COMFY_WRAPUP_HOST_PYTHON, else this one), alternated, --rounds times, medians reported:
+  - before:   module_utils as of --baseline (the commit before the speed work), without hiredis/orjson
+  - now, stdlib only: today's module_utils, hiredis and orjson hidden (what a bare host runs)
+  - now:      today's module_utils with whatever requirements-host.txt installed (hiredis, orjson)
+each timing jobs_from_redis + compute_metrics (the 100k-job metrics of the target) and checking
+that every contender computed the same metrics.json, byte for byte.
+
+Part 2, how the reading compares with naive ways:
 
 Starts a scratch redis-server (no password, no persistence, its own temporary folder, a free
 loopback port), loads synthetic platform-shaped job records into it (pipelined), then times on
@@ -13,15 +23,18 @@ the same data:
   - compute_metrics:          every figure of the report, on the records read
 and prints seconds and jobs/s for each, then stops the server and removes its folder.
 
-    .venv/bin/python bench/metrics_speed.py [--jobs 100000] [--shell-sample 500]
+    .venv/bin/python bench/metrics_speed.py [--jobs 100000] [--shell-sample 500] [--rounds 3] [--json out.json]
 """
 
 import argparse
 import gc
+import hashlib
 import json
+import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,11 +42,27 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import ansible.module_utils
+if "--stdlib-only" in sys.argv:  # a worker without the optional libraries: their imports fail, the fallbacks run
+    sys.modules["hiredis"] = sys.modules["orjson"] = None
+
 import redis
 
+try:
+    import ansible.module_utils
+except ImportError:  # a worker on the workshop host's Python, which has no ansible: the modules' helpers alone
+    import types
+
+    ansible = types.ModuleType("ansible")
+    ansible.__path__, ansible.module_utils = [], types.ModuleType("ansible.module_utils")
+    ansible.module_utils.__path__ = []
+    sys.modules.update({"ansible": ansible, "ansible.module_utils": ansible.module_utils})
+
 REPO = Path(__file__).resolve().parent.parent
-# Import the helpers as the modules do, as ansible.module_utils.<name>.
+# The code before the speed work (issue 14): what "today 4.5 s" was measured on.
+BASELINE = "8314252"
+# Import the helpers as the modules do, as ansible.module_utils.<name> (a worker may put another folder first).
+if "--worker" in sys.argv:
+    ansible.module_utils.__path__.insert(0, sys.argv[sys.argv.index("--worker") + 1])
 ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 
 from ansible.module_utils.workshop_metrics import compute_metrics, job_keys, jobs_from_rdb, jobs_from_redis
@@ -84,7 +113,8 @@ def start_redis(folder):
 
 
 def iso(seconds):
-    return (T0 + timedelta(seconds=seconds)).isoformat()
+    """The platform's own form of a time (JavaScript's toISOString, ending in Z)."""
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 def workflow(rng):
@@ -198,17 +228,86 @@ def timed(function, *args):
     return time.perf_counter() - start, result
 
 
+def worker(port):
+    """One contender's run in a fresh process: read every record, compute the metrics; prints seconds and a digest."""
+    conn = WorkshopRedis("127.0.0.1", port, password=None, timeout=60)
+    users = [f"user{n:03d}" for n in range(1, 21)]
+    gc.collect()
+    start = time.perf_counter()
+    records = jobs_from_redis(conn)
+    read = time.perf_counter()
+    metrics = compute_metrics(records.jobs, users, iso(6 * 3600), iso(7 * 3600), invalid=records.invalid)
+    end = time.perf_counter()
+    digest = hashlib.sha256(json.dumps(metrics, indent=1, sort_keys=True, default=str).encode()).hexdigest()
+    from redis.utils import HIREDIS_AVAILABLE
+
+    libs = f"{'hiredis' if HIREDIS_AVAILABLE else 'redis-py parser'}, {'orjson' if sys.modules.get('orjson') else 'json'}"
+    print(json.dumps({"read": read - start, "figures": end - read, "total": end - start, "digest": digest, "libs": libs}))
+
+
+def side_by_side(port, rounds, baseline):
+    """Medians of the three contenders, alternated in fresh processes; every one must compute the same metrics."""
+    python = os.environ.get("COMFY_WRAPUP_HOST_PYTHON") or sys.executable
+    if not Path(python).is_file():
+        python = sys.executable
+    old = Path(tempfile.mkdtemp(prefix="comfy-wrapup-baseline-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", baseline, "module_utils"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        contenders = [
+            ("before (" + baseline + ")", [str(old / "module_utils"), "--stdlib-only"]),
+            ("now, stdlib only", [str(REPO / "module_utils"), "--stdlib-only"]),
+            ("now (requirements-host.txt)", [str(REPO / "module_utils")]),
+        ]
+        runs = {name: [] for name, _dummy in contenders}
+        for number in range(rounds):
+            order = contenders if number % 2 == 0 else contenders[::-1]
+            for name, extra in order:
+                command = [python, __file__, "--port", str(port), "--worker", *extra]
+                done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+                if done.returncode:
+                    sys.exit(f"{name} failed: {done.stderr[-2000:]}")
+                runs[name].append(json.loads(done.stdout.splitlines()[-1]))
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+    digests = {run["digest"] for name in runs for run in runs[name]}
+    assert len(digests) == 1, f"the contenders computed different metrics: {digests}"
+    table = {}
+    for name, measured in runs.items():
+        table[name] = {part: statistics.median(run[part] for run in measured) for part in ("read", "figures", "total")}
+        table[name]["libs"] = measured[0]["libs"]
+    return python, table
+
+
 def main():
+    if "--worker" in sys.argv:
+        worker(int(sys.argv[sys.argv.index("--port") + 1]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--shell-sample", type=int, default=500, help="keys the redis-cli loop reads (0: skip it)")
     parser.add_argument("--seed", type=int, default=20251120)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each contender, side by side (medians)")
+    parser.add_argument("--baseline", default=BASELINE, help="the commit whose module_utils is 'before'")
+    parser.add_argument("--only-side-by-side", action="store_true", help="skip part 2")
+    parser.add_argument("--json", help="write the side-by-side medians here (for make bench's table)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="comfy-wrapup-metrics-"))
     process, conn = start_redis(folder)
     try:
         seconds, size = timed(load, conn, args.jobs, random.Random(args.seed))
         print(f"{args.jobs} job records, {size / 2**20:.0f} MiB of JSON, loaded pipelined in {seconds:.1f}s (port {conn.port})")
+        python, table = side_by_side(conn.port, args.rounds, args.baseline)
+        print(f"\nSide by side on {python}, fresh processes alternated, medians of {args.rounds} (same metrics.json each):")
+        print(f"{'contender':<34} {'read':>7} {'figures':>8} {'total':>7}  libraries (redis parser, JSON)")
+        for name, row in table.items():
+            print(f"{name:<34} {row['read']:>7.2f} {row['figures']:>8.2f} {row['total']:>7.2f}  {row['libs']}")
+        before, now = next(iter(table.values()))["total"], list(table.values())[-1]["total"]
+        print(f"now / before: {now / before:.2f} (the target, 2 s where before took 4.5 s, is a ratio of {2 / 4.5:.2f})")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"jobs": args.jobs, "rounds": args.rounds, "table": table}, indent=1))
+        if args.only_side_by_side:
+            return
         rows = []
 
         seconds, fast = timed(jobs_from_redis, conn)

@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import (
+from ansible.module_utils.workshop_files import (  # pylint: disable=unused-import
     CHUNK,
     atomic_file,
     fsync_dir,
-    sha256_file,
+    sha256_file,  # noqa: F401 - re-exported: other helpers import it from here
     sha256_stream,
     walk_tree,
     write_atomically,
@@ -107,6 +107,8 @@ def write_archive(dest, sources, min_files=0):
                     files=files,
                     min_files=min_files,
                 )
+            # Read back from the disk, not from the page cache that still holds what was just written.
+            _fsync_file(target.tmp)
             check_archive(target.tmp, members)
     except OSError as exc:
         raise _space_error(dest, exc) from None
@@ -193,14 +195,103 @@ def _add_file(tar, raw, entry, arcname):
     )
 
 
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskReader:
+    """A file read from the disk rather than the page cache, and hashed whole as it is read, in one pass.
+
+    Opening it asks the kernel to drop the file's cached pages (posix_fadvise DONTNEED: only clean
+    pages go, so the file must be fsynced first, as every backup file is), so a check that reads it
+    reads what the disk holds, not what was just written. tarfile reads an archive in order and
+    seeks only forward (over the padding of a member): the skipped bytes are read and hashed too,
+    so checking the members also gives the whole file's sha256. A seek backwards ends the whole-file
+    hash (sha256() then reads the file once more)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        drop_cache(self.file.fileno())
+        self.digest, self.position, self.in_order = hashlib.sha256(), 0, True
+
+    def read(self, size=-1):
+        block = self.file.readall() if size is None or size < 0 else self.file.read(size)
+        if self.in_order:
+            self.digest.update(block)
+        self.position += len(block)
+        return block
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        target = {os.SEEK_SET: offset, os.SEEK_CUR: self.position + offset}.get(whence)
+        if target is None:
+            target = os.fstat(self.file.fileno()).st_size + offset
+        while self.in_order and self.position < target:
+            if not self.read(min(CHUNK, target - self.position)):
+                break
+        if target != self.position:
+            self.in_order = False
+            self.position = self.file.seek(target)
+        return self.position
+
+    def tell(self):
+        return self.position
+
+    def sha256(self):
+        """sha256 (hex) of the whole file: the rest read on to its end (or all of it again if it was read out of order)."""
+        if not self.in_order:
+            self.file.seek(0)
+            drop_cache(self.file.fileno())
+            return sha256_stream(self.file)
+        self.seek(0, os.SEEK_END)
+        while self.read(CHUNK):
+            pass
+        return self.digest.hexdigest()
+
+    def close(self):
+        self.file.close()
+
+
+def drop_cache(fd):
+    """Drop a file's clean pages from the page cache (where the platform can), so its next read comes from disk."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def file_sha256(path):
+    """sha256 (hex) of a file as the disk holds it (see DiskReader)."""
+    reader = DiskReader(path)
+    try:
+        return reader.sha256()
+    finally:
+        reader.close()
+
+
 def archive_failures(path, members):
-    """Every difference between the tar at `path` and its member list, as [{member, reason}] (empty when intact)."""
+    """Every difference between the tar at `path` and its member list, as [{member, reason}] (empty when intact).
+
+    The tar is read from disk (see DiskReader)."""
+    try:
+        reader = DiskReader(path)
+    except OSError as exc:
+        return [{"member": None, "reason": f"not a readable tar archive ({exc})"}]
+    try:
+        return _archive_failures(reader, path, members)
+    finally:
+        reader.close()
+
+
+def _archive_failures(reader, path, members):
     expected = {member["path"]: member for member in members}
     seen = set()
     failures = []
     current = None
     try:
-        with tarfile.open(path, mode="r:", copybufsize=CHUNK) as tar:
+        with tarfile.open(fileobj=reader, mode="r:", copybufsize=CHUNK) as tar:
             for info in tar:
                 current = info.name
                 want = expected.get(info.name)
@@ -291,9 +382,12 @@ def sealed_backups(backup_dir):
     )
 
 
-def read_manifest(folder):
+def read_manifest(folder, from_disk=False):
+    """The MANIFEST.json of a backup folder; with from_disk, read from the disk rather than the page cache."""
     try:
         with open(os.path.join(folder, MANIFEST), encoding="utf-8") as manifest:
+            if from_disk:
+                drop_cache(manifest.fileno())
             return json.load(manifest)
     except (OSError, ValueError) as exc:
         raise WorkshopError(f"Cannot read {os.path.join(folder, MANIFEST)}: {exc}", path=folder) from None
@@ -333,17 +427,41 @@ def check_space(backup_dir, needed):
     return free
 
 
-def folder_files(folder, sync=False):
-    """Every file of a backup folder but the manifest, as {relative path: (size, sha256)}; with sync, fsynced too."""
-    files = {}
+def read_folder(folder, archives, sync=False):
+    """One read of every file of a backup folder but the manifest, from disk: {relative path: {size, sha256}}
+    and, for each archive of `archives` {relpath: members}, its member failures {relpath: [{member, reason}]}.
+
+    With sync, each file is fsynced first (a new backup: its pages must be clean to be dropped and read from disk).
+    An archive's member check and its whole-file sha256 come from the same read (DiskReader).
+    """
+    files, members_failed = {}, {}
     for relpath, size, _dummy in list_tree(folder):
         if relpath == MANIFEST:
             continue
-        with open(os.path.join(folder, relpath), "rb") as stream:
-            if sync:
-                os.fsync(stream.fileno())
-            files[relpath] = {"size": size, "sha256": sha256_stream(stream)}
-    return files
+        path = os.path.join(folder, relpath)
+        if sync:
+            _fsync_file(path)
+        if relpath in archives:
+            try:
+                reader = DiskReader(path)
+            except OSError as exc:
+                raise WorkshopError(f"Cannot read {path}: {exc.strerror}", path=path) from None
+            try:
+                members_failed[relpath] = _archive_failures(reader, path, archives[relpath])
+                digest = reader.sha256()
+            finally:
+                reader.close()
+        else:
+            digest = file_sha256(path)
+        files[relpath] = {"size": size, "sha256": digest}
+    return files, members_failed
+
+
+def folder_files(folder, sync=False):
+    """Every file of a backup folder but the manifest, as {relative path: {size, sha256}}, read from disk.
+
+    With sync, each is fsynced first."""
+    return read_folder(folder, {}, sync=sync)[0]
 
 
 def _sync_folders(folder):
@@ -354,17 +472,38 @@ def _sync_folders(folder):
 def seal(partial, final, manifest, check_rdb=None):
     """Write the manifest into `partial`, verify the whole folder against it, rename it to `final`.
 
-    Every file (the logs too) and folder is fsynced before the rename, and the backup folder after
-    it, so a power cut cannot turn a sealed backup back into a partial one.
+    Every file is fsynced and read once from disk (not the page cache): that read gives the
+    manifest its sha256 and checks each archive member by member against its member list. The
+    manifest is then read back and compared, the folder listed again against it, and the Redis
+    snapshot checked with `check_rdb`. Every file (the logs too) and folder is fsynced before the
+    rename, and the backup folder after it, so a power cut cannot turn a sealed backup back into a
+    partial one.
     """
     if os.path.exists(final):
         raise WorkshopError(f"{final} exists already: a backup is never overwritten", path=final)
-    manifest = {**manifest, "files": folder_files(partial, sync=True)}
+    files, members_failed = read_folder(partial, archives_of(partial), sync=True)
+    manifest = {**manifest, "files": files}
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
     try:
-        write_atomically(os.path.join(partial, MANIFEST), (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), 0o600)
+        write_atomically(os.path.join(partial, MANIFEST), text.encode(), 0o600)
     except WorkshopError as exc:
         raise _space_error(partial, OSError(errno.ENOSPC, exc.msg)) from None
-    failures = verify_folder(partial, check_rdb=check_rdb)
+    failures = [
+        {"file": relpath, "member": failure["member"], "reason": failure["reason"]}
+        for relpath, found in sorted(members_failed.items())
+        for failure in found
+    ]
+    if read_manifest(partial, from_disk=True) != json.loads(text):
+        failures.append({"file": MANIFEST, "member": None, "reason": "reads back different from what was written"})
+    present = {relpath for relpath, _size, _dummy in list_tree(partial) if relpath != MANIFEST}
+    failures += [{"file": relpath, "member": None, "reason": "missing"} for relpath in sorted(set(files) - present)]
+    failures += [{"file": relpath, "member": None, "reason": "not in the manifest"} for relpath in sorted(present - set(files))]
+    rdb = manifest.get("redis", {}).get("file")
+    if check_rdb and rdb and rdb in files:
+        try:
+            check_rdb(os.path.join(partial, rdb))
+        except WorkshopError as exc:
+            failures.append({"file": rdb, "member": None, "reason": exc.msg})
     if failures:
         raise WorkshopError(
             f"The new backup in {partial} failed verification: {'; '.join(describe_failures(failures))}",
@@ -387,9 +526,9 @@ def describe_failures(failures):
 def verify_folder(folder, check_rdb=None):
     """Every difference between a backup folder and its manifest, as [{file, member, reason}] (empty when intact).
 
-    Files are compared by size and sha256; an archive that differs is read member by member to
-    name the participant's file at fault; every archive is checked member by member, and the Redis
-    snapshot with `check_rdb(path)` (its own checksum) when given.
+    Every file is read once, from disk: compared by size and sha256; every archive is checked
+    member by member in that same read (an archive that differs is named by the participant's
+    files at fault); the Redis snapshot is checked with `check_rdb(path)` (its own checksum) when given.
     """
     manifest = read_manifest(folder)
     failures = []
@@ -400,16 +539,13 @@ def verify_folder(folder, check_rdb=None):
         failures.append({"file": relpath, "member": None, "reason": "missing"})
     for relpath in sorted(set(present) - set(listed)):
         failures.append({"file": relpath, "member": None, "reason": "not in the manifest"})
+    files, members_failed = read_folder(folder, archives)
     damaged = set()
     for relpath in sorted(set(listed) & set(present)):
-        path = os.path.join(folder, relpath)
-        if present[relpath] != listed[relpath]["size"] or sha256_file(path) != listed[relpath]["sha256"]:
+        if present[relpath] != listed[relpath]["size"] or files[relpath]["sha256"] != listed[relpath]["sha256"]:
             damaged.add(relpath)
             failures.append({"file": relpath, "member": None, "reason": "content differs from the manifest"})
-    for relpath, members in sorted(archives.items()):
-        if relpath not in present:
-            continue
-        found = archive_failures(os.path.join(folder, relpath), members)
+    for relpath, found in sorted(members_failed.items()):
         if found and relpath in damaged:
             # The member names say more than the archive's name: keep those.
             failures = [failure for failure in failures if failure["file"] != relpath]
