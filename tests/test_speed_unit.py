@@ -4,9 +4,7 @@ How much faster is measured by bench/ (make bench), side by side with the code b
 the machine is shared and a timed assertion would only be noise."""
 
 import json
-import math
 import random
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
