@@ -45,8 +45,8 @@ attributes:
     support: full
     description: Reports which paths would be written and writes nothing.
   diff_mode:
-    support: none
-    description: No diff; the changed paths are returned.
+    support: partial
+    description: The diff lists the folders and files that are (or would be) created or rewritten, not their content.
 """
 
 EXAMPLES = r"""
@@ -122,7 +122,10 @@ def main():
                 changed_paths.append(path)
     except (OSError, ValueError, WorkshopError) as exc:
         module.fail_json(msg=f"Cannot write the staging project under {root}: {exc}", changed_paths=changed_paths)
-    module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths)
+    result = dict(changed=bool(changed_paths), changed_paths=changed_paths)
+    if module._diff and changed_paths:
+        result["diff"] = dict(before="", after="".join(f"{path}\n" for path in changed_paths), after_header="written")
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
