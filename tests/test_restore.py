@@ -16,11 +16,11 @@ import pytest
 from test_backup import backup, backups, played, tree  # noqa: F401 - played is a fixture used here
 from test_rdb import build_rdb
 
-from conftest import BACKUP_ROOT, PROJECT_DIR, run_playbook
+from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, run_playbook
 
 RESTORE_LABEL = "comfy-wrapup.role=restore"
 # The staging workshop's Redis container (other compose projects may run a redis service too).
-STAGING_REDIS = ["com.docker.compose.project=comfyui", "com.docker.compose.service=redis"]
+STAGING_REDIS = [f"com.docker.compose.project={COMPOSE_PROJECT}", "com.docker.compose.service=redis"]
 QUEUES = ("queue:pending", "queue:running", "queue:completed", "queue:failed")
 
 
