@@ -162,14 +162,20 @@ def line_outputs(record, facts):
 
 
 def _rolled(record):
+    """The cleanup's yearly log archive(s), as cleanup records them: {archive, members, verified} (or a list)."""
     rolled = _get(record, "cleanup", "logs_rolled")
     if not rolled:
         return ""
-    if isinstance(rolled, (list, tuple)):
-        return f"; rolled into {_names(rolled)}"
-    if isinstance(rolled, dict):
-        return f"; rolled into {_names(sorted(rolled))}"
-    return f"; rolled into {rolled}" if isinstance(rolled, str) else f"; {count_of(rolled)} rolled into the yearly archive"
+    entries = rolled if isinstance(rolled, (list, tuple)) else [rolled]
+
+    def described(entry):
+        if not isinstance(entry, dict):
+            return str(entry)
+        state = "verified" if entry.get("verified") else "not verified"
+        members = count_of(entry.get("members") or [])
+        return f"{entry.get('archive', '?')} ({members} member{'' if members == 1 else 's'}, {state})"
+
+    return "; rolled into " + ", ".join(described(entry) for entry in entries)
 
 
 def line_logs(record, facts):

@@ -60,7 +60,7 @@ CLEANUP = {
     "at": "2026-12-02T08:00:00+00:00",
     "done": True,
     "removed": ["errors-found.txt", "warnings-found.txt"],
-    "logs_rolled": ["workshop-logs-2026.tar.gz"],
+    "logs_rolled": {"archive": "workshop-logs-2026.tar.gz", "members": ["ws/workshop-logs-1.txt.gz"], "verified": True},
     "outputs_removed": 103,
 }
 READINESS = {"at": "2026-12-05T10:00:00+00:00", "ok": True, "lines": [{"item": "certificate", "ok": True}] * 6}
@@ -109,7 +109,7 @@ def test_every_line_holds_with_its_evidence(workshop):
     logs = 9_000 + 4_459 + 761
     assert line["logs"]["evidence"].startswith(f"3 gzip files, 14.2 kB ({logs} bytes) in backup {BACKUP}: ")
     assert "logs/workshop-logs.txt.gz and 2 per-service logs" in line["logs"]["evidence"]
-    assert line["logs"]["evidence"].endswith("; rolled into workshop-logs-2026.tar.gz")
+    assert line["logs"]["evidence"].endswith("; rolled into workshop-logs-2026.tar.gz (1 member, verified)")
     assert line["snapshot"]["evidence"] == (
         f"redis/dump.rdb of backup {BACKUP}: 77206 bytes, RDB version 12, CRC ok, 95 keys (60 job records), sha256 4bb8a11e5d71…"
     )
@@ -123,7 +123,7 @@ def test_every_line_holds_with_its_evidence(workshop):
     assert line["feedback"]["evidence"].startswith("survey link https://survey.example.org/ws sent in 3 messages")
     assert line["cleanup"]["evidence"] == (
         "done 2026-12-02 08:00 UTC: 2 temporary files removed, 103 outputs removed from the VPS; "
-        "rolled into workshop-logs-2026.tar.gz"
+        "rolled into workshop-logs-2026.tar.gz (1 member, verified)"
     )
     assert line["next_use"]["evidence"] == "readiness checked 2026-12-05 10:00 UTC: all 6 lines hold"
 
