@@ -553,7 +553,6 @@ def _all_figures(jobs, registered_users, cutoff, final_time, invalid):
     changes = Counter()
     used, succeeded, failed, sizes, batches = [], [], [], [], []
     terminal = ("completed", "failed", "cancelled")
-    kinds = _NODE_KINDS
     for job in jobs:
         get = job.get
         status = get("status")
@@ -575,36 +574,10 @@ def _all_figures(jobs, registered_users, cutoff, final_time, invalid):
             activity.append(started)
         if completed is not None:
             activity.append(completed)
-        workflow = get("workflow")
-        if workflow.__class__ is dict:
-            # workflow_facts, inlined for the common case (an API-format prompt): what it yields, without
-            # building it; models as a set of names (a model counts once per job), sizes without repeats.
-            names, job_sizes, job_batches = set(), {}, {}
-            for node in workflow.values():
-                if not isinstance(node, dict) or not isinstance(inputs := node.get("inputs"), dict):
-                    continue
-                class_type = node.get("class_type")
-                if class_type.__class__ is not str:
-                    class_type = class_type if isinstance(class_type, str) else ""
-                fields, latent = kinds.get(class_type) or _node_kind(class_type)
-                if not fields.isdisjoint(inputs):
-                    for field, value in inputs.items():
-                        if field in fields and isinstance(value, str) and value:
-                            names.add(value)
-                if latent:
-                    width, height = _integer(inputs.get("width")), _integer(inputs.get("height"))
-                    if width is not None and height is not None:
-                        job_sizes[f"{width}x{height}"] = None
-                    size = _integer(inputs.get("batch_size"))
-                    if size is not None:
-                        job_batches[size] = None
-            sizes.extend(job_sizes)
-            batches.extend(job_batches)
-        else:
-            fact = workflow_facts(workflow)
-            names = {name for _dummy, name in fact.models}
-            sizes.extend(fact.resolutions)
-            batches.extend(fact.batch_sizes)
+        fact = workflow_facts(get("workflow"))
+        names = {name for _dummy, name in fact.models}  # a model counts once per job
+        sizes.extend(fact.resolutions)
+        batches.extend(fact.batch_sizes)
         used.extend(names)
         if status == "completed":
             if started is not None and completed is not None:
