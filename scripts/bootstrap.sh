@@ -46,7 +46,7 @@ fi
 # A workshop host's own Python for the modules in tests and the demo: Ubuntu 22.04's 3.10, from the
 # machine image's pyenv builds, with only the host libraries (no Ansible: modules bring their own).
 host_stamp=.venv-host/.requirements.sha256
-host_want=$(sha256sum requirements-host.txt | cut -d' ' -f1)
+host_want=$(cat requirements-host.txt scripts/host_bytecode_cache.py | sha256sum | cut -d' ' -f1)
 host_build=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10.* 2>/dev/null | sort -V | tail -n 1)
 if [ -z "$host_build" ]; then
     echo "No pyenv build of Python 3.10: modules will run on the control node's Python" >&2
@@ -54,5 +54,9 @@ elif [ ! -x .venv-host/bin/python ] || [ "$(cat "$host_stamp" 2>/dev/null)" != "
     echo "Installing the workshop host's Python 3.10 in .venv-host"
     "$host_build/bin/python" -m venv --clear .venv-host
     .venv-host/bin/pip install -q --disable-pip-version-check -r requirements-host.txt
+    # Module payloads compiled once, not at every task (scripts/host_bytecode_cache.py says why).
+    site=$(.venv-host/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    cp scripts/host_bytecode_cache.py "$site/"
+    echo "import host_bytecode_cache" >"$site/host_bytecode_cache.pth"
     echo "$host_want" >"$host_stamp"
 fi
