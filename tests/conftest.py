@@ -244,11 +244,18 @@ def wait_for_status(rdb, job_id, statuses, timeout=30.0):
     )
 
 
+def services_up(rdb):
+    """Every service of the staging workshop running again, as after a stop or a down: the project's
+    files are as the role wrote them, so compose up is enough (staging("up") re-checks every file)."""
+    compose("up", "-d")
+    wait_for(lambda: redis_answers(rdb), what="Redis to answer")
+    wait_for(lambda: (http("GET", "/health")[1] or {}).get("redis_connected"), what="the queue manager to reach Redis")
+
+
 def empty_staging(rdb):
     """The staging workshop emptied in place, as staging("reset") leaves it but without taking it down:
     every service running, no job moving, every Redis key gone, no participant output, input or file."""
-    compose("up", "-d")
-    wait_for(lambda: redis_answers(rdb), what="Redis to answer")
+    services_up(rdb)
 
     def still_moving():
         # Not waited for: a job made to hang, and a job cancelled while it ran (if its worker was

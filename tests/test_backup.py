@@ -54,18 +54,26 @@ def workshop_id(played):
     shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def sealed(played):
+    """One sealed, verified backup of the played workshop, in a workshop folder of its own, for the
+    tests that only read a backup or damage a copy of it."""
+    name = f"sealed-{uuid.uuid4().hex[:8]}"
+    backup(name)
+    yield BACKUP_ROOT / name
+    shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
+
+
 def backup(workshop_id, *args, **kwargs):
     return run_playbook(
         "playbooks/backup.yml", *args, extra_vars={"workshop_id": workshop_id, **kwargs.pop("extra", {})}, **kwargs
     )
 
 
-def test_the_manifest_lists_every_file_and_the_configuration_is_owner_only(workshop_id):
+def test_the_manifest_lists_every_file_and_the_configuration_is_owner_only(sealed):
     """What a restore relies on. The restore itself (bytes restored equal bytes backed up, the snapshot
     loaded with the same keys and queues) is tested through the playbooks in test_restore.py."""
-    backup(workshop_id)
-
-    [folder] = backups(workshop_id)
+    [folder] = backups(sealed.name)
     assert (folder / "config" / ".env").read_bytes() == (PROJECT_DIR / ".env").read_bytes()
     assert oct((folder / "config" / ".env").stat().st_mode & 0o777) == "0o600"
     manifest = json.loads((folder / "MANIFEST.json").read_text())
@@ -196,12 +204,12 @@ def test_an_archive_filling_the_disk_mid_way_leaves_no_partial_file(tmp_path, fa
 
 @pytest.mark.parametrize("damage", ["archive", "rdb", "missing"])
 @pytest.mark.fault
-def test_verify_catches_a_damaged_backup(workshop_id, damage, fault_case):
+def test_verify_catches_a_damaged_backup(sealed, workshop_id, damage, fault_case):
     fault_case(
         "Corrupted file in a backup (outputs.tar byte, dump.rdb byte, a log missing)",
         expected="verify fails naming the backup and the file; the backup left as it is",
     )
-    backup(workshop_id)
+    shutil.copytree(sealed, BACKUP_ROOT / workshop_id, symlinks=True)  # the sealed backup, damaged here in a copy
     [folder] = backups(workshop_id)
     if damage == "archive":
         _flip_byte(folder / "outputs.tar", 1024 + 100)  # inside the first member's content
@@ -209,14 +217,20 @@ def test_verify_catches_a_damaged_backup(workshop_id, damage, fault_case):
         _flip_byte(folder / "redis" / "dump.rdb", 40)
     else:
         (folder / "logs" / "worker-1.log.gz").unlink()
+    newer = PROJECT_DIR / "data" / "outputs" / "user001" / f"after-the-backup-{damage}.png"
+    newer.write_bytes(os.urandom(64))  # the workshop changed since: `--tags verify` still makes no backup
 
-    run = backup(workshop_id, "--tags", "verify", expect_ok=False)
+    try:
+        run = backup(workshop_id, "--tags", "verify", expect_ok=False)
+    finally:
+        newer.unlink()
 
-    assert run.returncode != 0
+    assert run.returncode != 0, run.output[-3000:]
     assert f"Backup {folder} is damaged" in run.output
     expected = {"archive": "outputs.tar", "rdb": "redis/dump.rdb", "missing": "logs/worker-1.log.gz: missing"}[damage]
     assert expected in run.output
-    assert backups(workshop_id) == [folder]  # the damaged backup is kept, never deleted
+    assert backups(workshop_id) == [folder]  # no new backup; the damaged one kept, never deleted
+    assert "TASK [backup : Export user outputs for participants]" not in run.output
     fault_case.observed(f"{damage}: 'Backup ... is damaged: {expected}'; the backup kept")
 
 
@@ -403,12 +417,12 @@ def test_sigkill_mid_seal_leaves_a_recorded_verified_backup_after_the_rerun(work
 
 
 @pytest.mark.fault
-def test_a_failed_verify_is_recorded_as_failed_naming_the_member(workshop_id, fault_case):
+def test_a_failed_verify_is_recorded_as_failed_naming_the_member(sealed, workshop_id, fault_case):
     fault_case(
         "Corrupted member in a backup's outputs.tar",
         expected="verify names the member; the run record's backup.verify.ok becomes false",
     )
-    backup(workshop_id)
+    shutil.copytree(sealed, BACKUP_ROOT / workshop_id, symlinks=True)  # the sealed backup, damaged here in a copy
     [folder] = backups(workshop_id)
     assert record_of(workshop_id)["backup"]["verify"]["ok"] is True
     with tarfile.open(folder / "outputs.tar") as archive:

@@ -81,6 +81,12 @@ def history(staging_workshop, rdb):
     return submitted
 
 
+@pytest.fixture(scope="module")
+def report(history):
+    """The report of the history, written once: the tests that change it write it again as it was."""
+    return run_playbook("playbooks/report.yml")
+
+
 def epoch(iso):
     return datetime.fromisoformat(iso).timestamp()
 
@@ -140,8 +146,7 @@ def metrics_of(folder):
     return json.loads((folder / "metrics.json").read_text())
 
 
-def test_every_figure_equals_the_independently_computed_one(history, rdb):
-    run_playbook("playbooks/report.yml")
+def test_every_figure_equals_the_independently_computed_one(history, report, rdb):
     metrics = metrics_of(REPORTS / "report")
     want = expected_figures(rdb, history)
 
@@ -175,8 +180,7 @@ def test_every_figure_equals_the_independently_computed_one(history, rdb):
     assert metrics["logs"]["worker_jobs"]["failed"] >= 3  # from the exported logs of the backup
 
 
-def test_the_report_fills_every_field_and_says_why_when_not_measured(history):
-    run_playbook("playbooks/report.yml")
+def test_the_report_fills_every_field_and_says_why_when_not_measured(report):
     report = (REPORTS / "report" / "report.md").read_text()
 
     assert "[X]" not in report
@@ -201,8 +205,7 @@ def test_the_report_fills_every_field_and_says_why_when_not_measured(history):
     assert "Workshop Report - None" not in report and "hours" not in report
 
 
-def test_an_rdb_only_run_gives_the_same_figures(history):
-    run_playbook("playbooks/report.yml")
+def test_an_rdb_only_run_gives_the_same_figures(report):
     run_playbook("playbooks/report.yml", extra_vars={"report_source": "rdb", "report_dir": str(REPORTS / "report-rdb")})
     try:
         assert metrics_of(REPORTS / "report-rdb") == metrics_of(REPORTS / "report")
@@ -210,8 +213,7 @@ def test_an_rdb_only_run_gives_the_same_figures(history):
         shutil.rmtree(REPORTS / "report-rdb")
 
 
-def test_a_second_run_changes_nothing(history):
-    run_playbook("playbooks/report.yml")
+def test_a_second_run_changes_nothing(report):
     again = run_playbook("playbooks/report.yml")
     assert again.changed() == 0, again.output
 
@@ -242,8 +244,7 @@ def test_the_gpu_host_is_read_from_a_recorded_nvidia_smi(history, tmp_path):
     assert "Latency VPS ↔ GPU: not measured" not in report
 
 
-def test_the_html_report_opens_in_chromium_with_its_charts(history, tmp_path):
-    run_playbook("playbooks/report.yml")
+def test_the_html_report_opens_in_chromium_with_its_charts(report, tmp_path):
     page = REPORTS / "report" / "report.html"
     flags = [
         "--headless",
@@ -293,8 +294,7 @@ def report_files():
     return {name: (REPORTS / "report" / name).read_bytes() for name in ("metrics.json", "report.md", "report.html")}
 
 
-def test_check_mode_renders_a_preview_and_writes_nothing(history):
-    run_playbook("playbooks/report.yml")
+def test_check_mode_renders_a_preview_and_writes_nothing(report):
     before = report_files()
     (REPORTS / "report" / "report.md").unlink()
     preview = run_playbook("playbooks/report.yml", check=True)
@@ -324,9 +324,8 @@ def test_a_failed_verify_in_the_run_record_reads_failed_in_the_report(history):
     assert ", verified" not in report
 
 
-def test_the_report_reads_the_snapshot_with_the_redis_container_stopped(history):
+def test_the_report_reads_the_snapshot_with_the_redis_container_stopped(report):
     """report_source=rdb needs neither the live Redis nor Docker: it reads the newest backup's snapshot."""
-    run_playbook("playbooks/report.yml")
     live = metrics_of(REPORTS / "report")
     subprocess.run(["docker", "stop", container("redis")], check=True, capture_output=True, timeout=120)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from test_backup import backup, backups, played, tree  # noqa: F401 - played is a fixture used here
+from test_backup import backup, backups, played, sealed, tree  # noqa: F401 - played and sealed are fixtures used here
 from test_rdb import build_rdb
 
 from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, run_playbook
@@ -44,6 +44,12 @@ def restore_test(workshop_id, expect_ok=True, **extra):
 
 def record_of(workshop_id):
     return json.loads((BACKUP_ROOT / workshop_id / "run-record.json").read_text())
+
+
+@pytest.fixture
+def sealed_copy(sealed, workshop_id):  # noqa: F811 - the fixture of test_backup
+    """The module's sealed backup, copied as workshop_id's: for the tests that alter or refuse it."""
+    shutil.copytree(sealed, BACKUP_ROOT / workshop_id, symlinks=True)
 
 
 def left_behind(engine, workshop_id):
@@ -104,12 +110,11 @@ def test_the_restore_test_passes_on_a_fresh_backup_and_records_what_it_measured(
 
 
 @pytest.mark.fault
-def test_a_corrupted_file_in_the_backup_fails_the_restore_test_naming_it(workshop_id, engine, fault_case):
+def test_a_corrupted_file_in_the_backup_fails_the_restore_test_naming_it(sealed_copy, workshop_id, engine, fault_case):
     fault_case(
         "Corrupted file in a backup (restore test, staging)",
         expected="restore_test fails naming the member; recorded ok false; no scratch container or volume left",
     )
-    backup(workshop_id)
     [folder] = backups(workshop_id)
     members = json.loads((folder / "outputs.tar.members.json").read_text())
     victim = next(m for m in members if "sha256" in m and m["size"] > 1000)
@@ -151,12 +156,11 @@ def _add_member(folder, info, payload=None):
     ids=["dotdot", "outward-symlink"],
 )
 @pytest.mark.fault
-def test_a_backup_with_an_escaping_member_is_refused_naming_it(workshop_id, engine, name, kind, target, fault_case):
+def test_a_backup_with_an_escaping_member_is_refused_naming_it(sealed_copy, workshop_id, engine, name, kind, target, fault_case):
     fault_case(
         "Unsafe member in a backup being restored (restore test, staging)",
         expected="refused naming the member; nothing escapes; no scratch container or volume left",
     )
-    backup(workshop_id)
     [folder] = backups(workshop_id)
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, target
@@ -175,9 +179,8 @@ def test_a_backup_with_an_escaping_member_is_refused_naming_it(workshop_id, engi
     fault_case.observed(f"{name} refused; nothing escaped or left behind")
 
 
-def test_an_rdb_written_by_a_newer_redis_than_the_image_gets_a_clear_message(workshop_id, engine):
+def test_an_rdb_written_by_a_newer_redis_than_the_image_gets_a_clear_message(sealed_copy, workshop_id, engine):
     """The staging Redis is 7.0 (RDB 10); a snapshot of Redis 7.4 (RDB 12) cannot load into it."""
-    backup(workshop_id)
     [folder] = backups(workshop_id)
     (folder / "redis" / "dump.rdb").write_bytes(bytes(build_rdb(12)))
     rewrite_manifest(folder, "redis/dump.rdb")
@@ -283,9 +286,8 @@ def test_restore_into_a_new_project_restores_the_bytes_and_the_redis_keys(worksh
     assert again.changed() == 0, again.output
 
 
-def test_restore_refuses_a_non_empty_target_without_the_confirmation(workshop_id, engine, target):
+def test_restore_refuses_a_non_empty_target_without_the_confirmation(sealed_copy, workshop_id, engine, target):
     dest, name = target
-    backup(workshop_id)
     dest.mkdir()
     (dest / "notes.txt").write_text("the admin's own notes")
 
