@@ -91,6 +91,14 @@ options:
     description: For V(planned), seconds to wait for a process still working in a partial folder.
     type: int
     default: 120
+  reuse_unchanged:
+    description:
+      - For V(verified), take the passed verification O(record) holds for this backup instead of reading it
+        again, when no file of the backup changed since that verification read it (same paths, sizes,
+        modification and change times and inodes; any write to a file changes its change time).
+      - Off, every byte is read again.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -171,6 +179,14 @@ adopted:
   description: V(verified) - whether the verified backup was added to the run record, which did not know it.
   returned: state=verified
   type: bool
+reused:
+  description: V(verified) - whether the record's earlier passed verification was taken (O(reuse_unchanged)), nothing read again.
+  returned: state=verified
+  type: bool
+verified_at:
+  description: V(verified) - when the reused verification read the backup (UTC, ISO 8601); null when this run read it.
+  returned: state=verified
+  type: str
 path:
   description: V(sealed), V(verified) - the backup folder.
   returned: state in (sealed, verified)
@@ -197,6 +213,7 @@ from ansible.module_utils.workshop_backup import (
     check_outputs_dir,
     check_space,
     describe_failures,
+    folder_signature,
     free_space,
     read_manifest,
     seal,
@@ -322,7 +339,11 @@ def verify(params, check_mode):
             path=backup_dir,
         )
     folder = os.path.join(backup_dir, name)
-    failures = verify_folder(folder, check_rdb=verify_rdb)
+    signature = folder_signature(folder)
+    earlier = ((read_record(params["record"]).get("backup") or {}).get("verify") or {}) if params["record"] else {}
+    same = earlier.get("backup") == name and earlier.get("signature") == signature
+    reused = bool(params["reuse_unchanged"] and earlier.get("ok") and same)
+    failures = [] if reused else verify_folder(folder, check_rdb=verify_rdb)
     manifest = read_manifest(folder)
     adopted = False
     if params["record"]:
@@ -333,7 +354,7 @@ def verify(params, check_mode):
                 record_backup(
                     params["record"], name, folder, len(manifest.get("files", {})), manifest.get("record") or {}, adopted=True
                 )
-            record_verify(params["record"], name, failures)
+            record_verify(params["record"], name, failures, signature=signature)
     return dict(
         changed=adopted,
         name=name,
@@ -343,6 +364,8 @@ def verify(params, check_mode):
         problems=describe_failures(failures),
         failures=failures,
         adopted=adopted,
+        reused=reused,
+        verified_at=earlier.get("at") if reused else None,
     )
 
 
@@ -360,6 +383,7 @@ def main():
         record_data=dict(type="dict", default={}),
         lock_run_id=dict(type="str"),
         partial_wait=dict(type="int", default=120),
+        reuse_unchanged=dict(type="bool", default=False),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,

@@ -39,14 +39,18 @@ def save_record(path, record):
     write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
 
 
-def verify_entry(name, failures, now=None):
-    """backup.verify as the report and the shutdown guard read it."""
-    return {
+def verify_entry(name, failures, now=None, signature=None):
+    """backup.verify as the report and the shutdown guard read it; with the backup folder's file
+    signature (workshop_backup.folder_signature) when the verification read the files on disk."""
+    entry = {
         "ok": not failures,
         "at": utc_iso(time.time() if now is None else now),
         "backup": name,
         "failures": [{"file": f["file"], "member": f.get("member"), "reason": f["reason"]} for f in failures],
     }
+    if signature:
+        entry["signature"] = signature
+    return entry
 
 
 def record_backup(path, name, folder, files, data, adopted=False):
@@ -58,11 +62,11 @@ def record_backup(path, name, folder, files, data, adopted=False):
     save_record(path, {**record, "backup": section})
 
 
-def record_verify(path, name, failures):
+def record_verify(path, name, failures, signature=None):
     """Set backup.verify to this verification; an unchanged result keeps its time. Returns whether it wrote."""
     record = read_record(path)
     section = dict(record.get("backup") or {})
-    entry = verify_entry(name, failures)
+    entry = verify_entry(name, failures, signature=signature)
     before = section.get("verify") or {}
     if {k: v for k, v in before.items() if k != "at"} == {k: v for k, v in entry.items() if k != "at"}:
         return False

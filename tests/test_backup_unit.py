@@ -340,6 +340,39 @@ def test_an_unchanged_verification_keeps_its_record_untouched(tmp_path):
     assert record.read_bytes() == before
 
 
+def test_an_unchanged_backup_verified_before_is_not_read_again_and_any_write_makes_it_read(tmp_path):
+    from conftest import load_module
+
+    verify = load_module("workshop_backup").verify
+    folder = _sealed_backup(tmp_path)
+    record = tmp_path / "ws" / "run-record.json"
+    record_backup(str(record), "backup-1", str(folder), 2, {})
+    params = dict(backup_dir=str(folder.parent), name=None, record=str(record), reuse_unchanged=True)
+
+    first = verify(params, check_mode=False)  # the seal's verification carries no signature: read
+    again = verify(params, check_mode=False)
+    asked = verify(dict(params, reuse_unchanged=False), check_mode=False)
+
+    assert (first["reused"], again["reused"], asked["reused"]) == (False, True, False)
+    assert again["verified_at"] == read_record(str(record))["backup"]["verify"]["at"] and again["problems"] == []
+    # A byte changed in place, size and modification time put back: the change time still tells.
+    stat = (folder / "outputs.tar").stat()
+    with tarfile.open(folder / "outputs.tar") as tar:
+        offset = tar.getmember("outputs/user003/img.png").offset_data
+    with open(folder / "outputs.tar", "r+b") as archive:
+        archive.seek(offset + 100)
+        byte = archive.read(1)
+        archive.seek(offset + 100)
+        archive.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(folder / "outputs.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    damaged = verify(params, check_mode=False)
+
+    assert damaged["reused"] is False
+    assert damaged["problems"] == ["outputs.tar member outputs/user003/img.png: content differs from the manifest"]
+    assert read_record(str(record))["backup"]["verify"]["ok"] is False
+
+
 def test_seal_fsyncs_and_leaves_no_partial(tmp_path):
     folder = _sealed_backup(tmp_path)
     assert sorted(p.name for p in folder.parent.iterdir()) == ["backup-1"]

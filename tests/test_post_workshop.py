@@ -31,5 +31,8 @@ def test_a_second_full_run_changes_nothing(played_workshop_id):
     second = run_playbook("post_workshop.yml", "--diff", extra_vars=extra)
 
     assert second.changed() == 0, second.output[-6000:]
+    # The unchanged newest backup is not read again: the first run's verification read it.
+    verify = json.loads((BACKUP_ROOT / played_workshop_id / "run-record.json").read_text())["backup"]["verify"]
+    assert f"files intact (read at {verify['at']}, no file changed since;" in second.text
     checklist_at_the_end(second)
     assert (BACKUP_ROOT / played_workshop_id).stat().st_mode & 0o777 == 0o700
