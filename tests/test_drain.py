@@ -273,11 +273,15 @@ def test_flushall_mid_drain_is_not_drained(staging_workshop, rdb, cleanup_jobs, 
     hung = submit("user001", metadata={"staging": {"hang": True}})
     wait_for_status(rdb, hung, {"running"})
     outcome = {}
+    connected = {client["id"] for client in rdb.client_list()}
     waiter = threading.Thread(target=lambda: outcome.update(result=run_module("queue_drain", {**REDIS_ARGS, "timeout": 60})))
     waiter.start()
-    time.sleep(4)
+    # FLUSHALL once the drain has connected and taken its first look (not after a fixed sleep: under
+    # load the ansible start-up alone can outlast it, and an empty queue is rightly drained).
+    wait_for(lambda: {client["id"] for client in rdb.client_list()} - connected, timeout=120, interval=0.05, what="the drain")
+    time.sleep(1.5)
     rdb.flushall()
-    waiter.join(timeout=60)
+    waiter.join(timeout=120)
 
     ok, result = outcome["result"]
     assert not ok and not result.get("drained")
