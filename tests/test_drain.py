@@ -267,19 +267,25 @@ def test_ghosts_and_unreadable_records_are_named_and_cleared_by_policy(staging_w
         rdb.delete(f"job:{garbled}")
 
 
+def drain_watching(rdb, outcome):
+    """A queue_drain run (ad hoc, 60 s timeout) in a thread, returned once it has connected to Redis
+    and taken its first look; its result goes to outcome["result"]. Not a fixed sleep: under load
+    the ansible start-up alone can outlast one, and the fault would then hit before the drain."""
+    connected = {client["id"] for client in rdb.client_list()}
+    waiter = threading.Thread(target=lambda: outcome.update(result=run_module("queue_drain", {**REDIS_ARGS, "timeout": 60})))
+    waiter.start()
+    wait_for(lambda: {client["id"] for client in rdb.client_list()} - connected, timeout=120, interval=0.05, what="the drain")
+    time.sleep(1.5)
+    return waiter
+
+
 @pytest.mark.fault
 def test_flushall_mid_drain_is_not_drained(staging_workshop, rdb, cleanup_jobs, fault_case):
     fault_case("FLUSHALL mid-drain", expected="drain fails 'NOT drained' naming the vanished job")
     hung = submit("user001", metadata={"staging": {"hang": True}})
     wait_for_status(rdb, hung, {"running"})
     outcome = {}
-    connected = {client["id"] for client in rdb.client_list()}
-    waiter = threading.Thread(target=lambda: outcome.update(result=run_module("queue_drain", {**REDIS_ARGS, "timeout": 60})))
-    waiter.start()
-    # FLUSHALL once the drain has connected and taken its first look (not after a fixed sleep: under
-    # load the ansible start-up alone can outlast it, and an empty queue is rightly drained).
-    wait_for(lambda: {client["id"] for client in rdb.client_list()} - connected, timeout=120, interval=0.05, what="the drain")
-    time.sleep(1.5)
+    waiter = drain_watching(rdb, outcome)
     rdb.flushall()
     waiter.join(timeout=120)
 
@@ -330,9 +336,7 @@ def test_redis_stopped_during_the_wait_fails_clearly(staging_workshop, rdb, clea
     hung = submit("user006", metadata={"staging": {"hang": True}})
     wait_for_status(rdb, hung, {"running"})
     outcome = {}
-    waiter = threading.Thread(target=lambda: outcome.update(result=run_module("queue_drain", {**REDIS_ARGS, "timeout": 60})))
-    waiter.start()
-    time.sleep(3)
+    waiter = drain_watching(rdb, outcome)
     compose("stop", "redis")
     try:
         waiter.join(timeout=60)
