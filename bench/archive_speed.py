@@ -13,14 +13,13 @@ The second, unchanged run's time is given as a fraction of the first.
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from benchlib import REPO, make_outputs, timed
+from benchlib import REPO, ad_hoc_module, make_outputs, timed
 
 sys.path[:0] = [str(REPO / "tests")]
 import ansible.module_utils
@@ -65,28 +64,14 @@ def main():
         }
         rclone_copy = [rclone(), "copy", "--checksum", str(folder), f":s3:{BUCKET}/rclone/{name}"]
         target = dict(name="bench", type="s3", endpoint_url=server.endpoint_url, bucket=BUCKET, prefix="module")
-        module_args = json.dumps(dict(target=target, workshop_id="bench", backup_dir=str(folder.parent), record=str(record)))
+        module_args = dict(target=target, workshop_id="bench", backup_dir=str(folder.parent), record=str(record))
         ansible_env = {
             **os.environ,
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         }
-        host_python = os.environ.get("COMFY_WRAPUP_HOST_PYTHON") or str(REPO / ".venv/bin/python")
-        archive_copy = [
-            "ansible",
-            "localhost",
-            "-c",
-            "local",
-            "-i",
-            "localhost,",
-            "-e",
-            f"ansible_python_interpreter={host_python}",
-            "-m",
-            "archive_copy",
-            "-a",
-            module_args,
-        ]
+        archive_copy = ad_hoc_module("archive_copy", module_args)
         quiet = {"stdout": subprocess.DEVNULL}
         rows = []
         for label, command, kwargs in (

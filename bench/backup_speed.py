@@ -22,28 +22,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from benchlib import REPO, make_outputs, timed
+from benchlib import REPO, ad_hoc_module, make_outputs, timed
 
 BASELINE = "8314252"
 
 
-def module_command(work, outputs, python):
-    module_args = json.dumps({"dest": str(work / "outputs.tar"), "sources": {"outputs": str(outputs)}})
-    interpreter = f"ansible_python_interpreter={python}"
-    return [
-        "ansible",
-        "localhost",
-        "-c",
-        "local",
-        "-i",
-        "localhost,",
-        "-e",
-        interpreter,
-        "-m",
-        "backup_archive",
-        "-a",
-        module_args,
-    ]
+def module_command(work, outputs):
+    return ad_hoc_module("backup_archive", {"dest": str(work / "outputs.tar"), "sources": {"outputs": str(outputs)}})
 
 
 def main():
@@ -61,9 +46,6 @@ def main():
     make_outputs(outputs, int(args.gigabytes * 1024))
     size = sum(p.stat().st_size for p in outputs.rglob("*") if p.is_file())
     files = sum(1 for p in outputs.rglob("*") if p.is_file())
-    python = os.environ.get("COMFY_WRAPUP_HOST_PYTHON") or str(REPO / ".venv/bin/python")
-    if not Path(python).is_file():
-        python = str(REPO / ".venv/bin/python")
     old = Path(tempfile.mkdtemp(prefix="comfy-wrapup-baseline-"))
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", args.baseline, "library", "module_utils"], check=True, capture_output=True
@@ -73,10 +55,10 @@ def main():
     quiet = {"cwd": REPO, "stdout": subprocess.DEVNULL}
     contenders = [
         ("plain copy: tar -cf", ["tar", "-cf", str(work / "outputs.tar"), "-C", str(work), "data/outputs/"], {}),
-        ("backup_archive, now", module_command(work, outputs, python), {**quiet, "env": env}),
+        ("backup_archive, now", module_command(work, outputs), {**quiet, "env": env}),
         (
             f"backup_archive, before ({args.baseline})",
-            module_command(work, outputs, python),
+            module_command(work, outputs),
             {**quiet, "env": {**env, "ANSIBLE_LIBRARY": str(old / "library"), "ANSIBLE_MODULE_UTILS": str(old / "module_utils")}},
         ),
     ]

@@ -1,5 +1,7 @@
 """What the benchmarks share: made-up workshop outputs, a cold page cache, a timed command."""
 
+import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -31,3 +33,15 @@ def timed(command, cold=True, **kwargs):
     start = time.perf_counter()
     subprocess.run(command, check=True, **kwargs)
     return time.perf_counter() - start, was_cold
+
+
+def host_python():
+    """The workshop host's Python the modules run on (COMFY_WRAPUP_HOST_PYTHON, .venv-host), else the control node's."""
+    python = os.environ.get("COMFY_WRAPUP_HOST_PYTHON") or ""
+    return python if Path(python).is_file() else str(REPO / ".venv/bin/python")
+
+
+def ad_hoc_module(name, args):
+    """The ansible command that runs module `name` of library/ once on this machine, on host_python(), with `args`."""
+    interpreter = f"ansible_python_interpreter={host_python()}"
+    return ["ansible", "localhost", "-c", "local", "-i", "localhost,", "-e", interpreter, "-m", name, "-a", json.dumps(args)]
