@@ -159,7 +159,8 @@ class ComposeProject:
         return [container.labels.get(SERVICE_LABEL, container.name) for container in moving]
 
     def _set_one(self, container, state, stop_timeout):
-        """Start or stop one container; returns the WorkshopError naming it, or None."""
+        """Start or stop one container; returns the WorkshopError naming it, or None (returned, not
+        raised: a raise would make pool.map cancel the containers not yet started or stopped)."""
         verb = "start" if state == "started" else "stop"
         try:
             container.start() if verb == "start" else container.stop(timeout=stop_timeout)
