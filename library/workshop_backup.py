@@ -340,14 +340,15 @@ def verify(params, check_mode):
         )
     folder = os.path.join(backup_dir, name)
     signature = folder_signature(folder)
-    earlier = ((read_record(params["record"]).get("backup") or {}).get("verify") or {}) if params["record"] else {}
+    recorded_backup = (read_record(params["record"]).get("backup") or {}) if params["record"] else {}
+    earlier = recorded_backup.get("verify") or {}
     same = earlier.get("backup") == name and earlier.get("signature") == signature
     reused = bool(params["reuse_unchanged"] and earlier.get("ok") and same)
     failures = [] if reused else verify_folder(folder, check_rdb=verify_rdb)
     manifest = read_manifest(folder)
     adopted = False
     if params["record"]:
-        recorded = _recorded_name(params)
+        recorded = recorded_backup.get("name")
         adopted = not failures and recorded != name and (recorded is None or name > recorded)
         if not check_mode:
             if adopted:

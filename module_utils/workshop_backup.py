@@ -525,15 +525,13 @@ def describe_failures(failures):
 
 def folder_signature(folder):
     """The sha256 of every file's path, size, modification and change times and inode in a backup
-    folder: a write to any file, or a file added, removed or replaced, changes it; no content is read."""
+    folder, walked as walk_tree walks (a folder it cannot list fails, naming it, rather than being
+    left out): a write to any file, or a file added, removed or replaced, changes it; no content is read."""
     digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            info = os.lstat(path)
-            relpath = os.path.relpath(path, folder)
-            digest.update(f"{relpath}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0{info.st_ino}\n".encode())
+    for entry in walk_tree(folder):
+        info = os.lstat(entry.path)
+        line = f"{entry.relpath}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0{info.st_ino}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
