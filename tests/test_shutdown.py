@@ -13,6 +13,7 @@ import urllib.request
 import docker
 import pytest
 import test_backup
+from ansible.module_utils.workshop_time import parse_time
 from test_backup import BACKUP_ROOT, backup, backups
 
 from conftest import (
@@ -74,12 +75,6 @@ def record_of(workshop_id):
     return json.loads((BACKUP_ROOT / workshop_id / "run-record.json").read_text())
 
 
-def nanoseconds(docker_time):
-    """A Docker time (RFC 3339, trailing zeros of the fraction dropped) as a string that sorts as time does."""
-    whole, _, fraction = docker_time.rstrip("Z").partition(".")
-    return f"{whole}.{fraction.ljust(9, '0')}"
-
-
 def running_services():
     return compose("ps", "--services", "--filter", "status=running").stdout.split()
 
@@ -137,7 +132,7 @@ def test_stop_keeps_everything_and_the_data_survives_and_a_second_stop_changes_n
         assert running_services() == []
         # The others stop together, Redis after every one of them (nothing writes to it once it stops).
         finished = {
-            c.labels["com.docker.compose.service"]: nanoseconds(c.attrs["State"]["FinishedAt"])
+            c.labels["com.docker.compose.service"]: parse_time(c.attrs["State"]["FinishedAt"])
             for c in engine.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={COMPOSE_PROJECT}"})
         }
         assert max(finished.values()) == finished["redis"] > max(at for service, at in finished.items() if service != "redis")
