@@ -4,6 +4,7 @@ The staging workshop is brought up once per test session through the project's o
 playbook (so the role is tested by every run) and torn down at the end.
 """
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -21,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 import ansible.module_utils
+import docker
 import pytest
 import redis
 
@@ -28,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["faultlog", "pytester"]  # the fault suite's table (fault_case, --fault-table); pytester tests it
 # The modules import their helpers as ansible.module_utils.<name>, as Ansible ships them.
 ansible.module_utils.__path__.append(str(REPO / "module_utils"))
+from ansible.module_utils.workshop_time import parse_time  # importable once the path is in
 
 
 def pyenv_python(version):
@@ -192,6 +195,17 @@ def staging_workshop():
     staging("down")
 
 
+def docker_client():
+    """A client of the Docker Engine the tests use (DOCKER_HOST: the private one of scripts/docker-engine.sh)."""
+    return docker.DockerClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+
+
+@pytest.fixture(scope="session")
+def engine():
+    with contextlib.closing(docker_client()) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def rdb(staging_workshop):
     client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=dotenv("REDIS_PASSWORD"), decode_responses=True)
@@ -252,22 +266,44 @@ def services_up(rdb):
     wait_for(lambda: (http("GET", "/health")[1] or {}).get("redis_connected"), what="the queue manager to reach Redis")
 
 
+def service_started_at():
+    """When each running service of the staging project last started (Docker's State.StartedAt)."""
+    with contextlib.closing(docker_client()) as client:
+        return {
+            c.labels["com.docker.compose.service"]: parse_time(c.attrs["State"]["StartedAt"])
+            for c in client.containers.list(filters={"label": f"com.docker.compose.project={COMPOSE_PROJECT}"})
+        }
+
+
 def empty_staging(rdb):
     """The staging workshop emptied in place, as staging("reset") leaves it but without taking it down:
     every service running, no job moving, every Redis key gone, no participant output, input or file."""
     services_up(rdb)
+    started = service_started_at()
 
     def still_moving():
-        # Not waited for: a job made to hang, and a job cancelled while it ran (if its worker was
-        # restarted meanwhile, nothing will ever take it out of queue:running: the platform's way).
+        # Not waited for: a job made to hang, a cancelled job, and a job whose worker (re)started after
+        # taking it: nothing will ever take those out of queue:running (the platform's way).
         jobs = [job_record(rdb, job_id) for job_id in rdb.zrange("queue:pending", 0, -1) + rdb.zrange("queue:running", 0, -1)]
         return [
             job
             for job in jobs
-            if job and job.get("status") != "cancelled" and not ((job.get("metadata") or {}).get("staging") or {}).get("hang")
+            if job
+            and job.get("status") != "cancelled"
+            and not ((job.get("metadata") or {}).get("staging") or {}).get("hang")
+            and not (
+                job.get("status") == "running"
+                and job.get("worker_id") in started
+                and parse_time(job["started_at"]) < started[job["worker_id"]]
+            )
         ]
 
-    wait_for(lambda: not still_moving(), timeout=60, what="the jobs of earlier tests to finish")
+    deadline = time.monotonic() + 60
+    while (moving := still_moving()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if moving:
+        summary = [{key: job.get(key) for key in ("id", "status", "worker_id", "created_at", "started_at")} for job in moving]
+        pytest.fail(f"timed out after 60s waiting for the jobs of earlier tests to finish: {summary}")
     rdb.flushall()
     for name in ("outputs", "inputs", "user_data"):
         for child in (PROJECT_DIR / "data" / name).iterdir():

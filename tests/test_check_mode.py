@@ -5,11 +5,10 @@ root with its mode, size and mtime; every Redis key with its value (the workers'
 which they rewrite every few seconds, job or no job); every container of the project in its state.
 """
 
+import contextlib
 import json
 
-import docker
-
-from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, run_playbook, ssh_inventory
+from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, docker_client, run_playbook, ssh_inventory
 
 
 def files_state(*roots):
@@ -44,14 +43,11 @@ def redis_state(rdb):
 
 
 def containers_state():
-    client = docker.from_env()
-    try:
+    with contextlib.closing(docker_client()) as client:
         return {
             c.name: (c.status, c.attrs["State"]["StartedAt"], c.attrs["RestartCount"])
             for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={COMPOSE_PROJECT}"})
         }
-    finally:
-        client.close()
 
 
 def workshop_state(rdb, workshop_id):

@@ -11,7 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-import docker
 import pytest
 from test_backup import backup, backups, played, sealed, tree  # noqa: F401 - played and sealed are fixtures used here
 from test_rdb import build_rdb
@@ -29,13 +28,6 @@ def workshop_id(played):  # noqa: F811 - the fixture of test_backup
     name = f"restore-{uuid.uuid4().hex[:8]}"
     yield name
     shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
-    yield client
-    client.close()
 
 
 def restore_test(workshop_id, expect_ok=True, **extra):

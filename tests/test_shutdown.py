@@ -10,7 +10,6 @@ import time
 import urllib.error
 import urllib.request
 
-import docker
 import pytest
 import test_backup
 from ansible.module_utils.workshop_time import parse_time
@@ -38,13 +37,6 @@ WSBERLIN = f"wsberlin{SLOT_SUFFIX}"  # another compose project name, one per slo
 # The backup tests' fixtures: the played staging workshop, and a workshop id (backup folder) per test.
 played = test_backup.played
 workshop_id = test_backup.workshop_id
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = docker.DockerClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
-    yield client
-    client.close()
 
 
 def project_state(engine, project=COMPOSE_PROJECT):

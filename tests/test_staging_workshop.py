@@ -8,7 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_DIR, compose, dotenv, http, job_record, redis_answers, staging, submit, wait_for, wait_for_status
+from conftest import (
+    PROJECT_DIR,
+    compose,
+    dotenv,
+    empty_staging,
+    http,
+    job_record,
+    redis_answers,
+    staging,
+    submit,
+    wait_for,
+    wait_for_status,
+)
 
 QUEUES = ("pending", "running", "completed", "failed")
 JOB_FIELDS = {
@@ -235,3 +247,16 @@ def test_the_step_pause_holds_the_take_window_open(tuned, rdb):
     )
     assert seen["worker_id"] == "worker-1"
     wait_for_status(rdb, job_id, {"completed"}, timeout=30)
+
+
+def test_a_job_whose_worker_restarts_under_it_stays_running_and_emptying_staging_does_not_wait_for_it(staging_workshop, rdb):
+    job_id = submit("user003", metadata={"staging": {"duration": 120, "succeed": True}})
+    wait_for_status(rdb, job_id, {"running"})
+
+    compose("restart", "-t", "1", "worker-1")
+    time.sleep(1)  # the restarted worker polls; it never takes up the job it held (the platform's way)
+
+    assert job_record(rdb, job_id)["status"] == "running" and rdb.zscore("queue:running", job_id) is not None
+    started = time.monotonic()
+    empty_staging(rdb)
+    assert time.monotonic() - started < 30 and rdb.dbsize() == 0
