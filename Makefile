@@ -7,6 +7,9 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The modules run on a workshop host's own Python 3.10 (inventory/local), where bootstrap made one.
 export COMFY_WRAPUP_HOST_PYTHON := $(CURDIR)/.venv-host/bin/python
 ENGINE := scripts/docker-engine.sh
+# Unbuffered, Python reads a pipelined module from its stdin one byte per read(2): half of each
+# local task's system time (README, "The wrap-up").
+unexport PYTHONUNBUFFERED
 
 .PHONY: setup demo test faults test-unit lint sanity bench staging-up staging-play staging-reset staging-down engine-stop
 

@@ -59,6 +59,8 @@ def load_module(name):
 # experiments without it use COMFY_WRAPUP_SLOT=10 and up); slot N adds 1000*N to the ports and "-sN" to names.
 SLOT = int(os.environ.get("COMFY_WRAPUP_SLOT") or 0) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
 os.environ["COMFY_WRAPUP_SLOT"] = str(SLOT)
+# Not passed on to ansible runs: unbuffered, Python reads a pipelined module one byte per read(2).
+os.environ.pop("PYTHONUNBUFFERED", None)
 SLOT_SUFFIX = f"-s{SLOT}" if SLOT else ""
 PROJECT_DIR = Path(f"/var/lib/comfy-wrapup/staging{SLOT_SUFFIX}/comfyui")
 BACKUP_ROOT = Path(f"/var/lib/comfy-wrapup/backups{SLOT_SUFFIX}")
