@@ -67,10 +67,12 @@ def test_a_failing_job_ends_in_queue_failed_with_its_error(staging_workshop, rdb
 
 
 def test_queue_status_equals_the_zcards(staging_workshop, rdb, cleanup_jobs):
-    # Something in every queue: a hung job stays running, slow jobs stay pending behind it.
+    # Something in every queue: a hung job stays running, slow jobs stay pending behind it. The worker
+    # leaves the hung job at once and takes the first slow one: from then on nothing moves for 2 s.
+    held = rdb.zcard("queue:running")  # left by an earlier test, if any
     submit("user003", metadata={"staging": {"hang": True}})
     slow = [submit("user003", metadata={"staging": {"duration": 2, "succeed": True}}) for _ in range(3)]
-    wait_for(lambda: rdb.zcard("queue:running") >= 1, what="a running job")
+    wait_for(lambda: rdb.zcard("queue:running") == held + 2, what="the hung job and a slow one running")
 
     status, body = http("GET", "/api/queue/status")
     counts = {queue: rdb.zcard(f"queue:{queue}") for queue in ("pending", "running", "completed", "failed")}
