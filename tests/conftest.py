@@ -284,14 +284,15 @@ def empty_staging(rdb):
     started = service_started_at()
 
     def still_moving():
-        # Not waited for: a job made to hang, a cancelled job, and a job whose worker (re)started after
-        # taking it: nothing will ever take those out of queue:running (the platform's way).
+        # Not waited for: a job made to hang, a job already finished or cancelled (left in its set when
+        # a service stopped halfway through the platform's non-atomic move), and a job whose worker
+        # (re)started after taking it: nothing will ever take those out of their set (the platform's way).
         jobs = [job_record(rdb, job_id) for job_id in rdb.zrange("queue:pending", 0, -1) + rdb.zrange("queue:running", 0, -1)]
         return [
             job
             for job in jobs
             if job
-            and job.get("status") != "cancelled"
+            and job.get("status") not in ("completed", "failed", "cancelled")
             and not ((job.get("metadata") or {}).get("staging") or {}).get("hang")
             and not (
                 job.get("status") == "running"
