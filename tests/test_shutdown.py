@@ -94,27 +94,6 @@ def test_down_with_volumes_is_refused_without_a_verified_backup(workshop_id):
     assert running_services().count("redis") == 1
 
 
-def test_down_with_volumes_is_refused_without_the_confirmation(workshop_id):
-    backup(workshop_id)
-    run = shutdown(workshop_id, "down_volumes", expect_ok=False, shutdown_confirm="")
-    assert "To confirm, set shutdown_confirm=" + workshop_id in run.output
-    assert "redis" in running_services()
-
-
-def test_down_with_volumes_is_refused_when_data_changed_after_the_backup(workshop_id, rdb):
-    backup(workshop_id)
-    job = submit("user003", metadata={"staging": {"duration": 0.1, "succeed": True}})
-    wait_for_status(rdb, job, {"completed"})
-
-    run = shutdown(workshop_id, "down_volumes", expect_ok=False)
-
-    assert f"job:{job}: written after the backup" in run.output
-    assert "Nothing was removed" in run.output
-    assert "redis" in running_services()  # the services stopped for the check run again
-    wait_for(lambda: redis_answers(rdb), what="Redis to answer again")
-    assert rdb.exists(f"job:{job}")
-
-
 def test_stop_keeps_everything_and_the_data_survives_and_a_second_stop_changes_nothing(workshop_id, rdb, engine):
     before = rdb.zcard("queue:completed")
     kept = project_state(engine)
@@ -277,18 +256,31 @@ def test_jobs_submitted_during_down_volumes_are_in_the_final_snapshot_or_it_is_r
         back_up_and_running(rdb)
 
 
-def test_an_incr_after_the_backup_makes_down_volumes_refuse_naming_the_key(workshop_id, rdb, engine):
+def test_down_with_volumes_is_refused_unconfirmed_then_for_a_changed_value_then_for_a_new_job(workshop_id, rdb, engine):
+    """Three refusals after one backup: no confirmation (before anything stops), then the final
+    state differing from the backup, by a counter's value and then by a job written after it."""
     backup(workshop_id)
+    unconfirmed = shutdown(workshop_id, "down_volumes", expect_ok=False, shutdown_confirm="")
+    assert "To confirm, set shutdown_confirm=" + workshop_id in unconfirmed.output
+    assert "redis" in running_services()
+
     counter = sorted(rdb.scan_iter(match="user:*:completed"))[0]
     rdb.incr(counter, 100)
-
     run = shutdown(workshop_id, "down_volumes", expect_ok=False)
-
     assert f"{counter}: value changed after the backup" in run.output
     assert project_state(engine)["volumes"] == [f"{COMPOSE_PROJECT}_redis-data"]
     assert "shutdown" not in record_of(workshop_id)
     wait_for(lambda: redis_answers(rdb), what="Redis to answer again")
     assert "redis" in running_services()
+
+    job = submit("user003", metadata={"staging": {"duration": 0.1, "succeed": True}})
+    wait_for_status(rdb, job, {"completed"})
+    run = shutdown(workshop_id, "down_volumes", expect_ok=False)
+    assert f"job:{job}: written after the backup" in run.output
+    assert "Nothing was removed" in run.output
+    assert "redis" in running_services()  # the services stopped for the check run again
+    wait_for(lambda: redis_answers(rdb), what="Redis to answer again")
+    assert rdb.exists(f"job:{job}")
 
 
 @pytest.mark.fault
