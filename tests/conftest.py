@@ -6,6 +6,7 @@ playbook (so the role is tested by every run) and torn down at the end.
 
 import contextlib
 import fcntl
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -53,23 +54,35 @@ def load_module(name):
 
 # Slots: each pytest session (and each pytest-xdist worker in it) has a staging workshop of its own,
 # so sessions run side by side. Slot = COMFY_WRAPUP_SLOT (default 0) + the xdist worker's number;
-# inventory/local derives the same ports, directories and names from COMFY_WRAPUP_SLOT, which
-# every ansible run of the session gets. Slot 0 is the platform's own layout (the shared one: run
-# it under `flock /tmp/comfy-wrapup-docker.lock`, so a session with workers takes slot 0 only under the lock;
-# experiments without it use COMFY_WRAPUP_SLOT=10 and up); slot N adds 1000*N to the ports and "-sN" to names.
+# inventory/local gives every ansible run of the session the ports, directories and names of that
+# slot (COMFY_WRAPUP_SLOT), and the tests read them from the same function. Slot 0 is the platform's
+# own layout (the shared one: run it under `flock /tmp/comfy-wrapup-docker.lock`, so a session with
+# workers takes slot 0 only under the lock; experiments without it use COMFY_WRAPUP_SLOT=10 and up);
+# slot N adds 1000*N to the ports and "-sN" to names.
 SLOT = int(os.environ.get("COMFY_WRAPUP_SLOT") or 0) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
 os.environ["COMFY_WRAPUP_SLOT"] = str(SLOT)
 # Not passed on to ansible runs: unbuffered, Python reads a pipelined module one byte per read(2).
 os.environ.pop("PYTHONUNBUFFERED", None)
 SLOT_SUFFIX = f"-s{SLOT}" if SLOT else ""
-PROJECT_DIR = Path(f"/var/lib/comfy-wrapup/staging{SLOT_SUFFIX}/comfyui")
-BACKUP_ROOT = Path(f"/var/lib/comfy-wrapup/backups{SLOT_SUFFIX}")
-COMPOSE_PROJECT = f"comfyui{SLOT_SUFFIX}"
-CONTAINER_PREFIX = f"comfy{SLOT_SUFFIX}"
-REDIS_PORT = 6379 + 1000 * SLOT
-QUEUE_MANAGER_PORT = 3000 + 1000 * SLOT
-ADMIN_PORT = 8080 + 1000 * SLOT
-FRONTEND_BASE_PORT = 8188 + 1000 * SLOT
+
+
+def local_inventory():
+    """inventory/local, the staging workshop's inventory script, imported (a file without .py)."""
+    loader = importlib.machinery.SourceFileLoader("local_inventory", str(REPO / "inventory" / "local"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+SETTINGS = local_inventory().slot_settings(SLOT)
+PROJECT_DIR = Path(SETTINGS["workshop_project_dir"])
+BACKUP_ROOT = Path(SETTINGS["workshop_backup_root"])
+COMPOSE_PROJECT = SETTINGS["staging_workshop_compose_project"]
+CONTAINER_PREFIX = SETTINGS["staging_workshop_container_prefix"]
+REDIS_PORT = SETTINGS["workshop_redis_port"]
+QUEUE_MANAGER_PORT = SETTINGS["staging_workshop_queue_manager_port"]
+ADMIN_PORT = SETTINGS["staging_workshop_admin_port"]
+FRONTEND_BASE_PORT = SETTINGS["staging_workshop_frontend_base_port"]
 SSH_PORT = 23000 + SLOT  # a range no other sshd of the tests uses
 QUEUE_MANAGER = f"http://127.0.0.1:{QUEUE_MANAGER_PORT}"
 
@@ -419,3 +432,4 @@ def played_workshop_id(staging_workshop, rdb):
     name = f"played-{uuid.uuid4().hex[:8]}"
     yield name
     shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
+    services_up(rdb)  # a wrap-up's drain closed the frontends: the next test of this worker finds them open
