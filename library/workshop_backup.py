@@ -254,10 +254,9 @@ def _partials(params, check_mode, warnings):
     return removed
 
 
-def _recorded_name(params):
-    if not params["record"]:
-        return None
-    return (read_record(params["record"]).get("backup") or {}).get("name")
+def _recorded_backup(params):
+    """The run record's backup section ({} without a record or before any backup)."""
+    return (read_record(params["record"]).get("backup") or {}) if params["record"] else {}
 
 
 def plan(params, check_mode):
@@ -290,7 +289,7 @@ def plan(params, check_mode):
     memory = conn.call(conn.client.info, "memory").get("used_memory_dataset", 0)
     estimate = files_bytes + memory + (64 << 20)  # logs: compressed, far below 64 MiB for a workshop
     free = check_space(backup_dir, estimate) if needed else free_space(backup_dir)
-    recorded = _recorded_name(params)
+    recorded = _recorded_backup(params).get("name")
     return dict(
         changed=bool(removed),
         needed=needed,
@@ -339,8 +338,9 @@ def verify(params, check_mode):
             path=backup_dir,
         )
     folder = os.path.join(backup_dir, name)
-    signature = folder_signature(folder)
-    recorded_backup = (read_record(params["record"]).get("backup") or {}) if params["record"] else {}
+    # The files' signature only matters to a run record, which keeps it with the verification.
+    signature = folder_signature(folder) if params["record"] else None
+    recorded_backup = _recorded_backup(params)
     earlier = recorded_backup.get("verify") or {}
     same = earlier.get("backup") == name and earlier.get("signature") == signature
     reused = bool(params["reuse_unchanged"] and earlier.get("ok") and same)
