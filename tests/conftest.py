@@ -178,13 +178,15 @@ def http(method, path, body=None, base=QUEUE_MANAGER):
 
 
 def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
+    """predicate()'s first true value, polled every `interval` s; after `timeout` s the test fails naming
+    `what` (a text, or a function giving it then, to say what was still not so)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
 
 
 def compose(*args):
@@ -314,12 +316,11 @@ def empty_staging(rdb):
             )
         ]
 
-    deadline = time.monotonic() + 60
-    while (moving := still_moving()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if moving:
-        summary = [{key: job.get(key) for key in ("id", "status", "worker_id", "created_at", "started_at")} for job in moving]
-        pytest.fail(f"timed out after 60s waiting for the jobs of earlier tests to finish: {summary}")
+    def named():
+        fields = ("id", "status", "worker_id", "created_at", "started_at")
+        return f"the jobs of earlier tests to finish: {[{key: job.get(key) for key in fields} for job in still_moving()]}"
+
+    wait_for(lambda: not still_moving(), timeout=60, what=named)
     rdb.flushall()
     for name in ("outputs", "inputs", "user_data"):
         for child in (PROJECT_DIR / "data" / name).iterdir():
