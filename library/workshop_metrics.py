@@ -103,7 +103,7 @@ from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import write_if_changed
 from ansible.module_utils.workshop_loganalysis import analyze_log_dir
-from ansible.module_utils.workshop_metrics import compute_metrics, job_times, jobs_from_rdb, jobs_from_redis
+from ansible.module_utils.workshop_metrics import compute_metrics, jobs_from_rdb, jobs_from_redis
 from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_redis import WorkshopRedis
 
@@ -124,25 +124,13 @@ def registered(params, warn=None):
     return [f"user{number:03d}" for number in range(1, int(count) + 1)]
 
 
-def durations_of(jobs):
-    """Seconds of every completed job, sorted (the report's histogram)."""
-    return sorted(
-        round((t.completed - t.started).total_seconds(), 3)
-        for job, t in zip(jobs, job_times(jobs))
-        if job.get("status") == "completed" and t.started and t.completed
-    )
-
-
 def collect(params, warn=None):
     if params["source"] == "rdb":
         records = jobs_from_rdb(params["rdb_path"])
     else:
         records = jobs_from_redis(WorkshopRedis.from_params(params))
     drain = read_record(params["run_record"]).get("drain", {}) if params["run_record"] else {}
-    metrics = compute_metrics(
-        records.jobs, registered(params, warn), drain.get("started_at"), drain.get("final_time"), invalid=records.invalid
-    )
-    metrics["duration_seconds"] = durations_of(records.jobs)
+    metrics = compute_metrics(records, registered(params, warn), drain.get("started_at"), drain.get("final_time"))
     metrics["logs"] = analyze_log_dir(params["logs_dir"]) if params["logs_dir"] else None
     return metrics, records.invalid
 

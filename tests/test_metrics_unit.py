@@ -195,6 +195,8 @@ def test_durations_of_completed_jobs(metrics):
     }
     # (6-1)*0.95 = 4.75: three quarters of the way from 97.5 to 100.
     assert metrics["durations"]["p95"] == 99.375
+    # Every one of them, shortest first, for the report's histogram.
+    assert metrics["duration_seconds"] == [12.5, 30, 60, 90, 97.5, 100]
 
 
 def test_wait_of_every_job_that_started(metrics):
@@ -363,6 +365,8 @@ def test_the_readers_skip_records_without_user_id_or_status():
     assert _parse_records(pairs) == JobRecords([job("a", "amy", "pending", 0)], ["job:b", "job:c", "job:d"])
     result = compute_metrics(*_parse_records(pairs)[:1], [], invalid=_parse_records(pairs).invalid)
     assert result["records"] == {"read": 4, "valid": 1, "invalid": 3, "invalid_keys": ["job:b", "job:c", "job:d"]}
+    # A reader's JobRecords as they come: its jobs are not checked again, its invalid keys counted.
+    assert compute_metrics(_parse_records(pairs), []) == result
 
 
 def test_the_result_is_plain_json():
@@ -375,6 +379,7 @@ def test_nothing_to_measure():
         "records": {"read": 0, "valid": 0, "invalid": 0, "invalid_keys": []},
         "jobs": {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0, "pending": 0, "running": 0, "success_rate": None},
         "durations": {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "max_job_id": None},
+        "duration_seconds": [],
         "wait": {"count": 0, "mean": None, "max": None, "max_job_id": None},
         "queue_depth": {"series": [], "peak": None, "peak_at": None},
         "timeline": {"first_job_at": None, "last_activity_at": None, "duration_seconds": None},

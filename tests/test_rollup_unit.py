@@ -89,7 +89,6 @@ WORKSHOPS = [
 def archive(tmp_path_factory):
     """A backup root with the four workshops' folders: report/metrics.json written from a scratch Redis, run records."""
     root = tmp_path_factory.mktemp("rollup") / "backups"
-    durations_of = load_module("workshop_metrics").durations_of
     expected = {}
     for seed, (name, start, users, count, failed_share, final) in enumerate(WORKSHOPS, 1):
         jobs = staged_jobs(seed, start, users, count, failed_share)
@@ -104,8 +103,7 @@ def archive(tmp_path_factory):
                 conn.client.close()
         # As the workshop_metrics module writes it.
         cutoff = stamp(final - timedelta(minutes=30)) if final else None
-        metrics = compute_metrics(records.jobs, registered, cutoff, stamp(final) if final else None, invalid=records.invalid)
-        metrics["duration_seconds"] = durations_of(records.jobs)
+        metrics = compute_metrics(records, registered, cutoff, stamp(final) if final else None)
         folder = root / name
         (folder / "report").mkdir(parents=True)
         (folder / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -24,6 +24,7 @@ from ansible.module_utils.workshop_metrics import (
     queue_depth,
     records,
     resolutions,
+    run_times,
     timeline,
     waits,
 )
@@ -115,6 +116,7 @@ def one_by_one(jobs, users, cutoff, final_time):
         "records": read,
         "jobs": job_counts(jobs),
         "durations": durations(jobs, times),
+        "duration_seconds": run_times(jobs, times),
         "wait": waits(jobs, times),
         "queue_depth": queue_depth(jobs, times),
         "timeline": timeline(jobs, times),
