@@ -7,7 +7,6 @@ whichever compose CLI deployed the workshop, and need none.
 
 import os
 import re
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
@@ -16,27 +15,13 @@ from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreacha
 try:
     import docker
     import docker.errors
-
-    HAS_DOCKER = True
-    DOCKER_IMPORT_ERROR = None
-except ImportError:
-    HAS_DOCKER = False
-    DOCKER_IMPORT_ERROR = traceback.format_exc()
+except ImportError:  # the module fails through require_libraries, naming the package, before any Docker step
+    docker = None
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 # Containers started or stopped at once (the Docker Engine does the waiting; 24 for 20 participants).
 MAX_PARALLEL = 8
-
-
-def compose_argument_spec(project_dir_required=True):
-    """Options of every compose-facing module; project_dir may be optional where Docker is used only by option."""
-    return dict(
-        project_dir=dict(type="path", required=project_dir_required),
-        project_name=dict(type="str"),
-        docker_host=dict(type="str"),
-        docker_timeout=dict(type="int", default=60),
-    )
 
 
 def normalize_project_name(name):

@@ -6,19 +6,14 @@ comes from the workshop's .env on the host (or, where there is no .env, a no_log
 """
 
 import time
-import traceback
 
 from ansible.module_utils.workshop_dotenv import dotenv_secret
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 
 try:
     import redis
-
-    HAS_REDIS = True
-    REDIS_IMPORT_ERROR = None
-except ImportError:
-    HAS_REDIS = False
-    REDIS_IMPORT_ERROR = traceback.format_exc()
+except ImportError:  # the module fails through require_libraries, naming the package, before any Redis step
+    redis = None
 
 # The platform's queues: sorted sets of job ids (README: Redis data model).
 QUEUES = ("pending", "running", "completed", "failed")
@@ -26,22 +21,6 @@ QUEUES = ("pending", "running", "completed", "failed")
 
 def queue_key(queue):
     return f"queue:{queue}"
-
-
-def redis_argument_spec():
-    """Options of every Redis-facing module; pair with REDIS_MUTUALLY_EXCLUSIVE."""
-    return dict(
-        redis_host=dict(type="str", default="127.0.0.1"),
-        redis_port=dict(type="int", default=6379),
-        redis_db=dict(type="int", default=0),
-        redis_password=dict(type="str", no_log=True),
-        env_file=dict(type="path"),
-        redis_password_key=dict(type="str", default="REDIS_PASSWORD", no_log=False),
-        redis_timeout=dict(type="float", default=5.0),
-    )
-
-
-REDIS_MUTUALLY_EXCLUSIVE = [("redis_password", "env_file")]
 
 
 class RedisRefused(WorkshopError):
@@ -69,7 +48,7 @@ class WorkshopRedis:
 
     @classmethod
     def from_params(cls, params):
-        """Build the client from redis_argument_spec() options, reading the password from env_file."""
+        """Build the client from the connection options (workshop_connection), reading the password from env_file."""
         password, source = params.get("redis_password"), "redis_password"
         if params.get("env_file"):
             source = f"{params['redis_password_key']} in {params['env_file']}"

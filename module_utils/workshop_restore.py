@@ -34,10 +34,8 @@ from ansible.module_utils.workshop_files import atomic_file
 
 try:
     import docker.errors
-
-    HAS_DOCKER = True
-except ImportError:
-    HAS_DOCKER = False  # the module fails through require_libraries before any Redis step
+except ImportError:  # the module fails through require_libraries, naming the package, before any Docker step
+    docker = None
 
 QUEUE_KEYS = ("queue:pending", "queue:running", "queue:completed", "queue:failed")
 RDB_FILE = "redis/dump.rdb"

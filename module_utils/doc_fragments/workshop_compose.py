@@ -1,4 +1,4 @@
-"""Documentation of the compose-project options every Docker-facing module shares (compose_argument_spec)."""
+"""Documentation of the compose-project options every Docker-facing module shares (workshop_connection.compose_argument_spec)."""
 
 
 class ModuleDocFragment:

@@ -1,4 +1,4 @@
-"""Documentation of the Redis connection options every Redis-facing module shares (redis_argument_spec)."""
+"""Documentation of the Redis connection options every Redis-facing module shares (workshop_connection.redis_argument_spec)."""
 
 
 class ModuleDocFragment:
