@@ -253,7 +253,7 @@ bytes:
 import os
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_archive import (
     MIB,
     Progress,
@@ -265,9 +265,10 @@ from ansible.module_utils.workshop_archive import (
     record_archive,
     verify_copy,
 )
+from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_record import read_record
-from ansible.module_utils.workshop_s3 import BOTO3_IMPORT_ERROR, HAS_BOTO3, target_argument_spec
+from ansible.module_utils.workshop_s3 import target_argument_spec
 
 
 def _local(params):
@@ -379,8 +380,8 @@ def main():
         required_if=[("state", "fetched", ["dest"]), ("state", "present", ["backup_dir"]), ("state", "verified", ["backup_dir"])],
         supports_check_mode=True,
     )
-    if module.params["target"]["type"] == "s3" and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    if module.params["target"]["type"] == "s3":
+        require_libraries(module, "boto3")
     handlers = {"present": present, "verified": verified, "fetched": fetched}
     store = None
     try:

@@ -191,8 +191,9 @@ bytes:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_archive import make_target
+from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_retention import (
@@ -202,7 +203,7 @@ from ansible.module_utils.workshop_retention import (
     retention_section,
     section_changed,
 )
-from ansible.module_utils.workshop_s3 import BOTO3_IMPORT_ERROR, HAS_BOTO3, target_argument_spec
+from ansible.module_utils.workshop_s3 import target_argument_spec
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
 
 
@@ -293,8 +294,8 @@ def main():
         supports_check_mode=True,
     )
     wants_s3 = any(t["type"] == "s3" for t in module.params["targets"]) or bool(module.params["share_target"])
-    if wants_s3 and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    if wants_s3:
+        require_libraries(module, "boto3")
     try:
         result = run(module)
     except WorkshopError as exc:

@@ -202,8 +202,9 @@ record:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_s3 import BOTO3_IMPORT_ERROR, HAS_BOTO3, target_argument_spec
+from ansible.module_utils.workshop_s3 import target_argument_spec
 from ansible.module_utils.workshop_share import HAS_PYZIPPER, MAX_LINK_SECONDS, PYZIPPER_IMPORT_ERROR, share
 
 
@@ -242,8 +243,8 @@ def main():
     params = dict(module.params, pattern=module.params["participant_pattern"])
     if not HAS_PYZIPPER:
         module.fail_json(msg=missing_required_lib("pyzipper"), exception=PYZIPPER_IMPORT_ERROR)
-    if params["target"] and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    if params["target"]:
+        require_libraries(module, "boto3")
     if params["target"] and params["target"]["type"] != "s3":
         module.fail_json(
             msg=f"share_target '{params['target']['name']}' is of type {params['target']['type']}: only s3 targets serve links"

@@ -32,15 +32,8 @@ from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import fsync_dir
 from ansible.module_utils.workshop_record import read_record, save_record
-from ansible.module_utils.workshop_s3 import s3_error
+from ansible.module_utils.workshop_s3 import s3_call_errors, s3_error
 from ansible.module_utils.workshop_time import utc_iso
-
-try:
-    import botocore.exceptions
-
-    S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
-except ImportError:  # ssh targets need no boto3
-    S3_ERRORS = ()
 
 CHUNK = 1 << 20
 MIB = 1 << 20
@@ -180,6 +173,7 @@ class S3Target:
         self.target = target
         self.concurrency = max(concurrency, 1)
         self.client = client
+        self.errors = s3_call_errors()
         self.bucket = target["bucket"]
         self.prefix = target.get("prefix") or ""
         self.part_size = max(part_size, MIN_PART)
@@ -194,14 +188,14 @@ class S3Target:
     def _call(self, action, key, method, **kwargs):
         try:
             return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
-        except S3_ERRORS as exc:
+        except self.errors as exc:
             raise s3_error(self.target, action, key, exc) from None
 
     def stat(self, key):
         """{size, sha256, etag} of the object at `key`, None when there is none."""
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except S3_ERRORS as exc:
+        except self.errors as exc:
             if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise s3_error(self.target, "reading", key, exc) from None
@@ -258,7 +252,7 @@ class S3Target:
         """
         try:
             listed = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        except S3_ERRORS as exc:
+        except self.errors as exc:
             # Some servers (rclone) answer NoSuchUpload when the bucket has no upload open.
             if getattr(exc, "response", {}).get("Error", {}).get("Code") != "NoSuchUpload":
                 raise s3_error(self.target, "listing uploads of", key, exc) from None
@@ -345,7 +339,7 @@ class S3Target:
             future, number, part_md5, length = inflight.pop(0)
             try:
                 answer = future.result()
-            except S3_ERRORS as exc:
+            except self.errors as exc:
                 raise s3_error(self.target, f"uploading part {number} of", key, exc) from None
             if answer["ETag"].strip('"') != part_md5:
                 raise WorkshopError(
@@ -391,7 +385,7 @@ class S3Target:
                     digest.update(block)
                     if dest:
                         out.write(block)
-            except S3_ERRORS as exc:
+            except self.errors as exc:
                 raise s3_error(self.target, "reading", key, exc) from None
             if dest:
                 out.flush()

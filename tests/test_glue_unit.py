@@ -3,6 +3,8 @@ changing anything; gpu_facts and rdb_location fail inside their error boundary, 
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -174,3 +176,37 @@ def test_a_workshop_folder_that_cannot_be_made_fails_naming_it(tmp_path, capsys)
     result = run_main("run_record", {"path": str(record), "section": "drain", "data": {"total_jobs": 1}}, capsys)
     assert result["failed"] is True and result["path"] == str(record)
     assert result["msg"] == f"Cannot read the run record {record} on this host (Not a directory): check workshop_backup_root"
+
+
+# The client libraries each module imports when loaded: only those it talks to (each costs a module
+# run 0.06-0.2 s of CPU to import); boto3 waits until an S3 target is used.
+LIBRARIES_LOADED = {
+    "queue_drain": ["redis"],
+    "workshop_metrics": ["redis"],
+    "compose_services": ["docker"],
+    "compose_logs": ["docker"],
+    "workshop_state": ["docker", "redis"],
+    "archive_copy": [],
+    "retention_enforce": [],
+    "share_archives": [],
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), LIBRARIES_LOADED.items())
+def test_a_module_loads_only_the_client_libraries_it_talks_to(name, expected):
+    script = (
+        "import importlib.util, sys, ansible.module_utils\n"
+        f"ansible.module_utils.__path__.append({str(REPO / 'module_utils')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('m', {str(REPO / 'library' / (name + '.py'))!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(' '.join(n for n in ('boto3', 'botocore', 'docker', 'redis') if n in sys.modules))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == expected
+
+
+def test_an_s3_target_without_boto3_fails_naming_the_library(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what a host without boto3 has: its import fails
+    target = {"name": "offsite", "type": "s3", "bucket": "workshops", "endpoint_url": "http://127.0.0.1:9"}
+    result = run_main("archive_copy", {"target": target, "workshop_id": "w", "backup_dir": str(tmp_path)}, capsys)
+    assert result["failed"] and "boto3" in result["msg"]
