@@ -398,7 +398,6 @@ SLOWEST_FIRST = (
     "test_report.py",
     "test_check_mode.py",
     "test_fleet.py",
-    "test_post_workshop.py",
     "test_state.py",
     "test_staging_workshop.py",
     "test_lint.py",

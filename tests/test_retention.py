@@ -1,9 +1,9 @@
 """Retention and cleanup at the end of the whole checklist on the staging workshop (Docker tier).
 
-No test of its own here (a full run costs minutes): tests/test_post_workshop.py runs post_workshop.yml
-twice on a played workshop with RETENTION_VARS (retention enabled, two years ahead, so every class is
-due) and calls check_retention_and_cleanup after the first run; its second run proves both phases
-idempotent (changed=0).
+No test of its own here (a full run costs minutes): tests/test_check_mode.py runs post_workshop.yml over
+SSH, in check mode then twice, on a played workshop with RETENTION_VARS (retention enabled, two years
+ahead, so every class is due) and calls check_retention_and_cleanup after the first real run; the
+second proves both phases idempotent (changed=0).
 """
 
 import json
