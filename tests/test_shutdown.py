@@ -307,7 +307,7 @@ def test_a_failed_verify_in_the_run_record_refuses_down_volumes(workshop_id, eng
     fault_case.observed(f"refused: backup {folder.name} failed its verification; project unchanged")
 
 
-# --- down keeps the volumes, and the logs need a backup ----------------------------------------------
+# --- down needs a backup of the logs ------------------------------------------------------------------
 
 
 def test_down_without_a_verified_logs_backup_is_refused_unless_confirmed(workshop_id, rdb, engine):
@@ -325,27 +325,13 @@ def test_down_without_a_verified_logs_backup_is_refused_unless_confirmed(worksho
         back_up_and_running(rdb)
 
 
-def test_down_keeps_the_volumes_and_the_second_down_changes_nothing(workshop_id, rdb, engine):
-    backup(workshop_id)
-    try:
-        first = shutdown(workshop_id, "down")
-        assert first.changed() > 0
-        assert project_state(engine) == dict(containers={}, networks=[], volumes=[f"{COMPOSE_PROJECT}_redis-data"])
-        record = record_of(workshop_id)["shutdown"]
-        assert record["mode"] == "down" and record["volumes_deleted"] == [] and record["backup"] == backups(workshop_id)[-1].name
-
-        again = shutdown(workshop_id, "down")
-
-        assert again.changed() == 0, again.output
-        assert record_of(workshop_id)["shutdown"] == record
-    finally:
-        back_up_and_running(rdb)
+# --- check mode, then down ---------------------------------------------------------------------------
 
 
-# --- check mode ------------------------------------------------------------------------------------
-
-
-def test_check_mode_shows_exactly_what_each_mode_would_do_and_changes_nothing(workshop_id, engine):
+def test_check_mode_shows_exactly_what_each_mode_would_do_then_down_keeps_the_volumes_and_a_second_down_changes_nothing(
+    workshop_id, rdb, engine
+):
+    """One backup: the three modes previewed (nothing changes), then `down` for real, twice."""
     backup(workshop_id)
     before = project_state(engine)
     containers = ", ".join(sorted(before["containers"]))
@@ -367,3 +353,17 @@ def test_check_mode_shows_exactly_what_each_mode_would_do_and_changes_nothing(wo
         elif mode == "down":
             assert f"Volumes kept: {COMPOSE_PROJECT}_redis-data" in preview.output
         assert "shutdown" not in record_of(workshop_id), mode
+
+    try:
+        first = shutdown(workshop_id, "down")
+        assert first.changed() > 0
+        assert project_state(engine) == dict(containers={}, networks=[], volumes=[f"{COMPOSE_PROJECT}_redis-data"])
+        record = record_of(workshop_id)["shutdown"]
+        assert record["mode"] == "down" and record["volumes_deleted"] == [] and record["backup"] == backups(workshop_id)[-1].name
+
+        again = shutdown(workshop_id, "down")
+
+        assert again.changed() == 0, again.output
+        assert record_of(workshop_id)["shutdown"] == record
+    finally:
+        back_up_and_running(rdb)
