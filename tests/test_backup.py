@@ -54,12 +54,30 @@ def workshop_id(played):
     shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
 
 
+# A participant folder that is a symbolic link to another disk (the sealed backup has it).
+LINKED_USER = "user099"
+
+
 @pytest.fixture(scope="module")
-def sealed(played):
+def elsewhere(tmp_path_factory):
+    """The folder on another disk LINKED_USER's outputs folder links to while `sealed` is made."""
+    folder = tmp_path_factory.mktemp("elsewhere")
+    (folder / "portrait.png").write_bytes(os.urandom(20000))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sealed(played, elsewhere):
     """One sealed, verified backup of the played workshop, in a workshop folder of its own, for the
-    tests that only read a backup or damage a copy of it."""
+    tests that only read a backup or damage a copy of it; made while LINKED_USER's outputs folder
+    was a symbolic link to `elsewhere`."""
     name = f"sealed-{uuid.uuid4().hex[:8]}"
-    backup(name)
+    link = PROJECT_DIR / "data" / "outputs" / LINKED_USER
+    os.symlink(elsewhere, link)
+    try:
+        backup(name)
+    finally:
+        link.unlink()
     yield BACKUP_ROOT / name
     shutil.rmtree(BACKUP_ROOT / name, ignore_errors=True)
 
@@ -321,21 +339,11 @@ def test_a_missing_source_folder_fails_naming_it(workshop_id):
     assert backups(workshop_id) == []
 
 
-def test_a_symlinked_participant_folder_is_in_the_archive(workshop_id, tmp_path):
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "portrait.png").write_bytes(os.urandom(20000))
-    link = PROJECT_DIR / "data" / "outputs" / "user099"
-    os.symlink(elsewhere, link)
-    try:
-        backup(workshop_id)
-    finally:
-        link.unlink()
-
-    [folder] = backups(workshop_id)
+def test_a_symlinked_participant_folder_is_in_the_archive(sealed, elsewhere):
+    [folder] = backups(sealed.name)
     with tarfile.open(folder / "outputs.tar") as archive:
-        assert archive.extractfile("outputs/user099/portrait.png").read() == (elsewhere / "portrait.png").read_bytes()
-    assert record_of(workshop_id)["backup"]["outputs"]["files"] == len(
+        assert archive.extractfile(f"outputs/{LINKED_USER}/portrait.png").read() == (elsewhere / "portrait.png").read_bytes()
+    assert record_of(sealed.name)["backup"]["outputs"]["files"] == len(
         [m for m in json.loads((folder / "outputs.tar.members.json").read_text()) if "sha256" in m]
     )
 
