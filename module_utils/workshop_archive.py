@@ -525,7 +525,8 @@ class SshTarget:
             self.run('rm -f "$1"', f"{folder}/{part}", what=f"removing {folder}/{part}")
             offset = 0
         if offset < size:
-            command = self._command('mkdir -p "$(dirname "$1")" && cat >> "$1"', f"{folder}/{part}")
+            # umask 077: the copy holds the workshop's .env and the participants' work; only the storage user reads it.
+            command = self._command('umask 077 && mkdir -p "$(dirname "$1")" && cat >> "$1"', f"{folder}/{part}")
             process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             stopped = False
             try:

@@ -16,7 +16,7 @@ from ansible.module_utils.workshop_record import read_record, record_backup, rec
 from ansible.module_utils.workshop_shutdown import offsite_problem
 from s3server import s3server  # noqa: F401 - a fixture
 
-from conftest import REPO, SSH_PORT, load_module
+from conftest import REPO, SSH_PORT, load_module, run_playbook
 
 WORKSHOP = "berlin"
 
@@ -310,9 +310,13 @@ def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys,
     backup_dir, name, record = make_backup(tmp_path)
     local = files_of(backup_dir / name)
     remote = tmp_path / "nas" / WORKSHOP / name
-    # A killed run's leftover: the first 3 MiB of outputs.tar in its .part file.
-    remote.mkdir(parents=True)
-    (remote / ".outputs.tar.part").write_bytes(local["outputs.tar"][: 3 << 20])
+    # A killed run's leftover: the first 3 MiB of outputs.tar in its .part file, made as that run made it (umask 077).
+    umask = os.umask(0o077)
+    try:
+        remote.mkdir(parents=True)
+        (remote / ".outputs.tar.part").write_bytes(local["outputs.tar"][: 3 << 20])
+    finally:
+        os.umask(umask)
 
     preview = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys, check=True)
     assert preview["changed"] is True and sorted(preview["uploaded"]) == sorted(local)
@@ -320,6 +324,9 @@ def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys,
     assert first["changed"] is True and first["done"] is True
     assert first["progress"]["bytes_sent"] == sum(map(len, local.values())) - (3 << 20)  # resumed, not resent
     assert files_of(remote) == local  # no .part left
+    # Only the storage user reads the copy (the workshop's .env is in it): folders 700, files 600.
+    copied = tmp_path / "nas" / WORKSHOP
+    assert {path.stat().st_mode & 0o077 for path in [copied, *copied.rglob("*")]} == {0}
     entry = read_record(record)["archive"]["targets"]["nas"]
     assert entry["verified"] is True and entry["where"] == f"ssh://root@127.0.0.1:{SSH_PORT}{tmp_path}/nas/{WORKSHOP}/{name}/"
 
@@ -383,3 +390,22 @@ def test_check_mode_before_any_backup_says_so_and_fails_nothing(tmp_path, s3serv
     preview = run_main(args, capsys, check=True)
     assert "failed" not in preview and preview["done"] is False and "No sealed backup" in preview["summary"]
     assert run_main(args, capsys)["failed"] is True  # a real run does fail
+
+
+@pytest.mark.playbook
+def test_the_targets_keys_never_show_when_the_preflight_refuses_a_target(tmp_path):
+    """A loop's item is part of the task's result, printed whole on failure or with -v: the archive
+    role's loops over archive_targets go by position, so no entry (with its keys) is ever printed."""
+    secrets = ["AKIAPREFLIGHTKEY0001", "PreflightSecretKey0001", "AKIAPREFLIGHTKEY0002", "PreflightSecretKey0002"]
+    targets = [
+        {"name": "good", "type": "s3", "bucket": "b", "access_key": secrets[0], "secret_key": secrets[1]},
+        {"name": "r2", "type": "s3", "endpoint_url": "http://127.0.0.1:9", "access_key": secrets[2], "secret_key": secrets[3]},
+    ]
+    run = run_playbook(
+        "playbooks/archive.yml",
+        "-vv",
+        extra_vars={"workshop_id": "keys", "workshop_backup_root": str(tmp_path), "archive_targets": targets},
+        expect_ok=False,
+    )
+    assert run.returncode != 0 and "archive_targets entry r2: give name, type (s3 or ssh)" in run.output, run.output[-3000:]
+    assert [secret for secret in secrets if secret in run.output] == []
