@@ -163,6 +163,7 @@ class CallbackModule(CallbackBase):
         self.entries = {}
         self.failures = {}
         self.workshop_ids = {}
+        self.workshop_id = None
         self.dest = ""
         self.basedir = None
 
@@ -175,12 +176,14 @@ class CallbackModule(CallbackBase):
         # the role's default (reports/ beside the playbook that was run).
         self.basedir = playbook._basedir
         self.dest = _extra_var("fleet_summary_dest", "reports")
+        self.workshop_id = _extra_var("workshop_id", None)
 
     def v2_playbook_on_play_start(self, play):
         self.play = play.get_name().strip()
 
     def _failed(self, result, prefix=""):
-        workshop_id = result._host.vars.get("workshop_id")  # as the inventory's host line sets it
+        # A failed host's workshop: -e workshop_id, which wins over the inventory as in Ansible, else its host line's.
+        workshop_id = self.workshop_id or result._host.vars.get("workshop_id")
         if isinstance(workshop_id, str) and "{" not in workshop_id:
             self.workshop_ids.setdefault(result._host.get_name(), workshop_id)
         self.failures[result._host.get_name()] = {

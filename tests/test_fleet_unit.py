@@ -151,7 +151,7 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     reports = tmp_path / "reports"
 
     # Check mode, and only a host that fails: Ansible runs no play after the one where the last host
-    # failed, and the summary still comes, with the failure.
+    # failed, and the summary still comes, with the failure, under the workshop id -e gave.
     preview = run_playbook(
         str(playbook),
         "-i",
@@ -159,13 +159,13 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
         "--check",
         "--limit",
         "ws-loop",
-        extra_vars={"fleet_summary_dest": str(reports)},
+        extra_vars={"fleet_summary_dest": str(reports), "workshop_id": "madrid"},
         expect_ok=False,
     )
     assert "PLAY [Fleet summary]" not in preview.output
     screen = preview.output[preview.output.index("FLEET SUMMARY") :]
     assert "1 workshop: 0 went through the run, 1 failed." in screen and "not written (check mode)" in screen
-    assert '- lisbon (ws-loop): FAILED in play "A phase that fails on some hosts"' in screen
+    assert '- madrid (ws-loop): FAILED in play "A phase that fails on some hosts"' in screen
     assert not reports.exists()  # check mode prints and writes nothing
 
     run = run_playbook(str(playbook), "-i", str(inventory), extra_vars={"fleet_summary_dest": str(reports)}, expect_ok=False)
