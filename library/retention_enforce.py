@@ -229,7 +229,7 @@ def run(module):
     try:
         stores = [make_target(target, known_hosts=params["known_hosts"]) for target in params["targets"]]
         if params["share_target"]:
-            share_store = make_target(params["share_target"])
+            share_store = make_target(params["share_target"], use="share")
         plan = make_plan(
             dict(
                 schedule=schedule,

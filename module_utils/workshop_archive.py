@@ -32,7 +32,7 @@ from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import fsync_dir
 from ansible.module_utils.workshop_record import read_record, save_record
-from ansible.module_utils.workshop_s3 import s3_call_errors, s3_error
+from ansible.module_utils.workshop_s3 import s3_call_errors, s3_client, s3_error
 from ansible.module_utils.workshop_time import utc_iso
 
 CHUNK = 1 << 20
@@ -169,8 +169,9 @@ class S3Target:
     def close(self):
         pass
 
-    def __init__(self, target, client, part_size=64 * MIB, threshold=64 * MIB, concurrency=3):
+    def __init__(self, target, client, part_size=64 * MIB, threshold=64 * MIB, concurrency=3, use="archive"):
         self.target = target
+        self.use = use
         self.concurrency = max(concurrency, 1)
         self.client = client
         self.errors = s3_call_errors()
@@ -189,7 +190,7 @@ class S3Target:
         try:
             return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
         except self.errors as exc:
-            raise s3_error(self.target, action, key, exc) from None
+            raise s3_error(self.target, action, key, exc, use=self.use) from None
 
     def stat(self, key):
         """{size, sha256, etag} of the object at `key`, None when there is none."""
@@ -198,7 +199,7 @@ class S3Target:
         except self.errors as exc:
             if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise s3_error(self.target, "reading", key, exc) from None
+            raise s3_error(self.target, "reading", key, exc, use=self.use) from None
         metadata = {name.lower(): value for name, value in (head.get("Metadata") or {}).items()}
         return {
             "size": head.get("ContentLength"),
@@ -255,7 +256,7 @@ class S3Target:
         except self.errors as exc:
             # Some servers (rclone) answer NoSuchUpload when the bucket has no upload open.
             if getattr(exc, "response", {}).get("Error", {}).get("Code") != "NoSuchUpload":
-                raise s3_error(self.target, "listing uploads of", key, exc) from None
+                raise s3_error(self.target, "listing uploads of", key, exc, use=self.use) from None
             listed = {}
         uploads = sorted((u for u in listed.get("Uploads") or [] if u["Key"] == key), key=lambda u: u["Initiated"])
         for stale in uploads[:-1]:
@@ -340,7 +341,7 @@ class S3Target:
             try:
                 answer = future.result()
             except self.errors as exc:
-                raise s3_error(self.target, f"uploading part {number} of", key, exc) from None
+                raise s3_error(self.target, f"uploading part {number} of", key, exc, use=self.use) from None
             if answer["ETag"].strip('"') != part_md5:
                 raise WorkshopError(
                     f"Archive target '{self.target['name']}': part {number} of s3://{self.bucket}/{key} arrived damaged "
@@ -386,7 +387,7 @@ class S3Target:
                     if dest:
                         out.write(block)
             except self.errors as exc:
-                raise s3_error(self.target, "reading", key, exc) from None
+                raise s3_error(self.target, "reading", key, exc, use=self.use) from None
             if dest:
                 out.flush()
                 os.fsync(out.fileno())
@@ -599,11 +600,11 @@ def _part_name(relpath):
     return os.path.join(head, f".{tail}.part")
 
 
-def make_target(target, known_hosts=None, part_size=64 * MIB, threshold=64 * MIB, concurrency=3):
+def make_target(target, known_hosts=None, part_size=64 * MIB, threshold=64 * MIB, concurrency=3, use="archive"):
+    """The store of an archive target; `use`: what the target is for, as its messages name it (workshop_s3.USES)."""
     if target["type"] == "s3":
-        from ansible.module_utils.workshop_s3 import s3_client
-
-        return S3Target(target, s3_client(target), part_size=part_size, threshold=threshold, concurrency=concurrency)
+        client = s3_client(target, use=use)
+        return S3Target(target, client, part_size=part_size, threshold=threshold, concurrency=concurrency, use=use)
     return SshTarget(target, known_hosts=known_hosts)
 
 

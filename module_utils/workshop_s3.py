@@ -44,10 +44,16 @@ def target_argument_spec(required=True):
     )
 
 
-def s3_client(target):
-    """A boto3 S3 client for an s3 target; raises WorkshopError naming the target when it is incomplete."""
+# What a target is called in messages, and the setting that holds it, by what it is used for.
+USES = {"archive": ("Archive target", "archive_targets"), "share": ("Share target", "share_target")}
+
+
+def s3_client(target, use="archive"):
+    """A boto3 S3 client for an s3 target (`use`: a key of USES); raises WorkshopError naming the target
+    and its setting when it is incomplete."""
     if not target.get("bucket"):
-        raise WorkshopError(f"Archive target '{target['name']}' (s3) has no bucket: set bucket in archive_targets")
+        called, setting = USES[use]
+        raise WorkshopError(f"{called} '{target['name']}' (s3) has no bucket: set bucket in {setting}")
     import boto3
     import botocore.config
 
@@ -73,8 +79,8 @@ def s3_call_errors():
     return (exceptions.BotoCoreError, exceptions.ClientError)
 
 
-def s3_error(target, action, key, exc):
-    """A WorkshopError for a failed S3 call: which target, bucket, key and what the server said."""
+def s3_error(target, action, key, exc, use="archive"):
+    """A WorkshopError for a failed S3 call: which target (`use`: a key of USES), bucket, key and what the server said."""
     if isinstance(exc, s3_call_errors()[1]):
         code = exc.response.get("Error", {}).get("Code", "?")
         said = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
@@ -83,7 +89,7 @@ def s3_error(target, action, key, exc):
     where = f"s3://{target.get('bucket')}/{key}" if key else f"s3://{target.get('bucket')}"
     hint = " Check access_key/secret_key (or AWS_ACCESS_KEY_ID)." if "Access" in said or "Signature" in said else ""
     return WorkshopError(
-        f"Archive target '{target['name']}' ({target.get('endpoint_url') or 'AWS'}): {action} {where} failed: {said}.{hint}",
+        f"{USES[use][0]} '{target['name']}' ({target.get('endpoint_url') or 'AWS'}): {action} {where} failed: {said}.{hint}",
         target=target["name"],
         key=key,
     )

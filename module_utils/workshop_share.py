@@ -330,7 +330,7 @@ def s3_deliver(client, target, archive, key, sha256, check_mode):
     except Exception as exc:  # noqa: BLE001 - a missing object answers 404; anything else is reported below
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code not in ("404", "NoSuchKey", "NotFound"):
-            raise s3_error(target, "HEAD", key, exc) from None
+            raise s3_error(target, "HEAD", key, exc, use="share") from None
     if check_mode:
         return True
     extra = {"Metadata": {"sha256": sha256}, "ContentType": "application/zip"}
@@ -339,7 +339,7 @@ def s3_deliver(client, target, archive, key, sha256, check_mode):
     try:
         client.upload_file(archive, target["bucket"], key, ExtraArgs=extra)
     except Exception as exc:  # noqa: BLE001 - boto3's S3UploadFailedError wraps the ClientError
-        raise s3_error(target, "PUT", key, exc) from None
+        raise s3_error(target, "PUT", key, exc, use="share") from None
     return True
 
 
@@ -351,7 +351,7 @@ def presign(client, target, key, seconds):
             "get_object", Params={"Bucket": target["bucket"], "Key": key}, ExpiresIn=int(seconds)
         )
     except Exception as exc:  # noqa: BLE001
-        raise s3_error(target, "presign GET", key, exc) from None
+        raise s3_error(target, "presign GET", key, exc, use="share") from None
 
 
 # ---------------------------------------------------------------- the phase
@@ -525,4 +525,4 @@ def share(params, check_mode, now=None, client_factory=None):
 def _s3_client(target):
     from ansible.module_utils.workshop_s3 import s3_client
 
-    return s3_client(target)
+    return s3_client(target, use="share")

@@ -220,10 +220,16 @@ def test_s3_delivery_links_download_the_archive_and_expire(workshop, tmp_path, s
 @pytest.mark.fault
 def test_a_wrong_s3_secret_names_the_target(workshop, tmp_path, s3, fault_case):  # noqa: F811 - the fixture
     fault_case("Object storage refusing the keys (share)", expected="share fails naming the target, bucket and prefix")
-    with pytest.raises(WorkshopError, match=r"Archive target 'test-s3'.*s3://workshop-test/share/ws/"):
+    with pytest.raises(WorkshopError, match=r"Share target 'test-s3'.*s3://workshop-test/share/ws/"):
         share(params(workshop, tmp_path, target={**s3, "secret_key": "nope"}, folder=None), check_mode=False)
     assert not list(Path(params(workshop, tmp_path)["share_dir"]).rglob("*.partial"))  # nothing half-written
     fault_case.observed("WorkshopError naming target 'test-s3' and s3://workshop-test/share/ws/; no .partial left")
+
+
+def test_a_share_target_without_a_bucket_names_the_share_target_setting(workshop, tmp_path):
+    target = {"name": "links", "type": "s3", "endpoint_url": "http://127.0.0.1:9"}
+    with pytest.raises(WorkshopError, match=r"^Share target 'links' \(s3\) has no bucket: set bucket in share_target$"):
+        share(params(workshop, tmp_path, target=target, folder=None), check_mode=False)
 
 
 def messages_for(result, survey="https://survey.example.org/ws"):
