@@ -49,4 +49,8 @@ def test_retention_is_off_unless_enabled_then_check_lists_what_the_run_deletes(t
     applied = run_playbook("playbooks/retention.yml", "-e", on)
     assert line in flat(applied.output) and not snapshot.exists()
     assert [e["path"] for e in json.loads(record.read_text())["retention"]["deleted"]] == [str(snapshot)]
+    # Nothing due any more: the head line alone, no empty template printed as "None".
+    again = run_playbook("playbooks/retention.yml", "-e", on)
+    assert "Deleted 0 files and objects" in again.output and "nothing is due" in flat(again.output)
+    assert "- None" not in again.output and "'None'" not in again.output
     # (A second run changing nothing is proven on the module: tests/test_retention_unit.py.)
