@@ -76,10 +76,11 @@ def _gc_paused():
 
     Job records form no reference cycles, yet every few hundred new containers the collector
     re-walks all the records built so far: measured, it made reading and computing about three
-    times slower. On leaving, what was made meanwhile is frozen (gc.freeze), or the next few
-    collections would walk it all again to find nothing (0.3 s for 100,000 records, measured);
-    reference counting still frees it, only a cycle made meanwhile would stay. The collector's
-    previous state is restored.
+    times slower. On leaving, every object of the process is frozen (gc.freeze), or the next few
+    collections would walk the records again to find nothing (0.3 s for 100,000 records, measured):
+    reference counting still frees what is frozen, only a reference cycle among it is never
+    collected, which a module's one-shot process does not mind. The collector's previous state is
+    restored.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -532,8 +533,8 @@ def records(jobs, invalid=()):
     invalid_keys}). `jobs`: a reader's JobRecords, whose jobs it already checked and whose invalid keys
     are counted, or a list whose every job record_problem checks here, a refused one named `job:<id>`
     (or `#<position>` without an id). `invalid`: more keys the reader skipped."""
-    if isinstance(jobs, JobRecords):
-        valid, skipped = jobs.jobs, [str(key) for key in (*jobs.invalid, *invalid)]
+    if isinstance(jobs, JobRecords):  # a key given in both (records and records.invalid) counts once
+        valid, skipped = jobs.jobs, list(dict.fromkeys(str(key) for key in (*jobs.invalid, *invalid)))
     else:
         valid, skipped = [], [str(key) for key in invalid]
         for position, job in enumerate(jobs):

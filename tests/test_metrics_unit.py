@@ -365,8 +365,9 @@ def test_the_readers_skip_records_without_user_id_or_status():
     assert _parse_records(pairs) == JobRecords([job("a", "amy", "pending", 0)], ["job:b", "job:c", "job:d"])
     result = compute_metrics(*_parse_records(pairs)[:1], [], invalid=_parse_records(pairs).invalid)
     assert result["records"] == {"read": 4, "valid": 1, "invalid": 3, "invalid_keys": ["job:b", "job:c", "job:d"]}
-    # A reader's JobRecords as they come: its jobs are not checked again, its invalid keys counted.
+    # A reader's JobRecords as they come: its jobs are not checked again, its invalid keys counted once.
     assert compute_metrics(_parse_records(pairs), []) == result
+    assert compute_metrics(_parse_records(pairs), [], invalid=_parse_records(pairs).invalid) == result
 
 
 def test_the_result_is_plain_json():
