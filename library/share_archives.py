@@ -243,12 +243,12 @@ def main():
     params = dict(module.params, pattern=module.params["participant_pattern"])
     if not HAS_PYZIPPER:
         module.fail_json(msg=missing_required_lib("pyzipper"), exception=PYZIPPER_IMPORT_ERROR)
-    if params["target"]:
-        require_libraries(module, "boto3")
     if params["target"] and params["target"]["type"] != "s3":
         module.fail_json(
             msg=f"share_target '{params['target']['name']}' is of type {params['target']['type']}: only s3 targets serve links"
         )
+    if params["target"]:
+        require_libraries(module, "boto3")
     if not 1 <= params["link_lifetime"] <= MAX_LINK_SECONDS:
         module.fail_json(msg=f"link_lifetime must be 1..{MAX_LINK_SECONDS} seconds (SigV4 allows 7 days at most)")
     try:
