@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_backup import backup, backups, played, sealed, tree  # noqa: F401 - played and sealed are fixtures used here
+from test_backup import backup, backups, elsewhere, played, sealed, tree  # noqa: F401 - elsewhere, played and sealed are fixtures used here
 from test_rdb import build_rdb
 
 from conftest import BACKUP_ROOT, COMPOSE_PROJECT, PROJECT_DIR, run_playbook
