@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import atomic_file, sha256_file, walk_tree, write_atomically
+from ansible.module_utils.workshop_s3 import s3_client, s3_error
 from ansible.module_utils.workshop_time import utc_iso
 
 try:
@@ -320,8 +321,6 @@ def s3_key(target, workshop_id, token, name):
 
 def s3_deliver(client, target, archive, key, sha256, check_mode):
     """Upload the archive under `key` unless an object with the same sha256 is there; returns changed."""
-    from ansible.module_utils.workshop_s3 import s3_error
-
     try:
         head = client.head_object(Bucket=target["bucket"], Key=key)
         # Some servers (rclone) return metadata names capitalised.
@@ -344,8 +343,6 @@ def s3_deliver(client, target, archive, key, sha256, check_mode):
 
 
 def presign(client, target, key, seconds):
-    from ansible.module_utils.workshop_s3 import s3_error
-
     try:
         return client.generate_presigned_url(
             "get_object", Params={"Bucket": target["bucket"], "Key": key}, ExpiresIn=int(seconds)
@@ -523,6 +520,4 @@ def share(params, check_mode, now=None, client_factory=None):
 
 
 def _s3_client(target):
-    from ansible.module_utils.workshop_s3 import s3_client
-
     return s3_client(target, use="share")
