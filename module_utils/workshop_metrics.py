@@ -340,25 +340,25 @@ def job_counts(jobs):
     return counts
 
 
-def durations(jobs, times=None):
-    """Run time (completed_at - started_at, seconds) of the completed jobs."""
+def _completed_runs(jobs, times):
+    """(run time in seconds: completed_at - started_at, job) of every completed job with both times."""
     times = job_times(jobs) if times is None else times
-    measured = [
+    return [
         ((when.completed - when.started).total_seconds(), job)
         for job, when in zip(jobs, times)
         if job.get("status") == "completed" and when.started is not None and when.completed is not None
     ]
+
+
+def durations(jobs, times=None):
+    """Run time (completed_at - started_at, seconds) of the completed jobs."""
+    measured = _completed_runs(jobs, times)
     return _durations_of([seconds for seconds, _dummy in measured], [job for _dummy, job in measured])
 
 
 def run_times(jobs, times=None):
     """Run time of every completed job (durations' values, to the millisecond), shortest first: the report's histogram."""
-    times = job_times(jobs) if times is None else times
-    return _run_times_of(
-        (when.completed - when.started).total_seconds()
-        for job, when in zip(jobs, times)
-        if job.get("status") == "completed" and when.started is not None and when.completed is not None
-    )
+    return _run_times_of(seconds for seconds, _dummy in _completed_runs(jobs, times))
 
 
 def _run_times_of(values):
