@@ -22,6 +22,7 @@ from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import (  # pylint: disable=unused-import
     CHUNK,
+    Sha256,
     atomic_file,
     fsync_dir,
     sha256_file,  # noqa: F401 - re-exported: other helpers import it from here
@@ -37,6 +38,9 @@ PARTIAL_PREFIX = ".partial-backup-"
 READ_TRIES = 3
 # Space kept free beyond the estimate, for file system overhead and the manifests.
 SPACE_MARGIN = 64 << 20
+# A file read in a pass over a whole backup has its pages dropped from the page cache behind the
+# reader every this many bytes (DiskReader).
+DROP_BEHIND = 8 << 20
 
 
 def backup_name(now=None):
@@ -86,6 +90,7 @@ def write_archive(dest, sources, min_files=0):
         with atomic_file(dest) as target:
             # Mode "w" on a plain file, not the stream mode "w|", whose small internal buffer is slow.
             raw = open(target.tmp, "wb")  # noqa: SIM115 - closed by the with below
+            written_out = 0
             with raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
                 for prefix in sorted(sources):
                     for entry in walk_tree(sources[prefix]):
@@ -98,6 +103,10 @@ def write_archive(dest, sources, min_files=0):
                             vanished.append(entry.path)
                         else:
                             members.append(member)
+                        if tar.offset - written_out >= DROP_BEHIND:
+                            # Start writing what is written so far out to disk now, rather than all at the fsync.
+                            drop_cache(raw.fileno(), written_out, tar.offset - written_out)
+                            written_out = tar.offset
             files = sum(1 for member in members if "sha256" in member)
             if files < min_files:
                 raise WorkshopError(
@@ -128,7 +137,7 @@ class _HashingReader:
 
     def __init__(self, stream, size):
         self.stream, self.left = stream, size
-        self.digest = hashlib.sha256()
+        self.digest = Sha256()
 
     def read(self, size=-1):
         try:
@@ -208,22 +217,29 @@ class DiskReader:
 
     Opening it asks the kernel to drop the file's cached pages (posix_fadvise DONTNEED: only clean
     pages go, so the file must be fsynced first, as every backup file is), so a check that reads it
-    reads what the disk holds, not what was just written. tarfile reads an archive in order and
-    seeks only forward (over the padding of a member): the skipped bytes are read and hashed too,
-    so checking the members also gives the whole file's sha256. A seek backwards ends the whole-file
-    hash (sha256() then reads the file once more)."""
+    reads what the disk holds, not what was just written. What has been read is dropped behind the
+    reader every DROP_BEHIND bytes: the kernel then reuses those pages for the next ones instead of
+    taking fresh ones (reading a just-written 2 GiB archive back: 2.0 s instead of 5, README "Speed").
 
-    def __init__(self, path):
+    tarfile reads an archive in order and seeks only forward (over the padding of a member): the
+    skipped bytes are read and hashed too, so checking the members also gives the whole file's
+    sha256. A seek backwards ends the whole-file hash (sha256() then reads the file once more).
+    With whole_file False (a check of the members alone), nothing is hashed here."""
+
+    def __init__(self, path, whole_file=True):
         self.path = path
         self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         drop_cache(self.file.fileno())
-        self.digest, self.position, self.in_order = hashlib.sha256(), 0, True
+        self.digest, self.position, self.in_order, self.dropped_to = Sha256(), 0, whole_file, 0
 
     def read(self, size=-1):
         block = self.file.readall() if size is None or size < 0 else self.file.read(size)
         if self.in_order:
             self.digest.update(block)
         self.position += len(block)
+        if self.position - self.dropped_to >= DROP_BEHIND:
+            drop_cache(self.file.fileno(), self.dropped_to, self.position - self.dropped_to)
+            self.dropped_to = self.position
         return block
 
     def seek(self, offset, whence=os.SEEK_SET):
@@ -236,6 +252,7 @@ class DiskReader:
         if target != self.position:
             self.in_order = False
             self.position = self.file.seek(target)
+            self.dropped_to = min(self.dropped_to, self.position)
         return self.position
 
     def tell(self):
@@ -244,9 +261,9 @@ class DiskReader:
     def sha256(self):
         """sha256 (hex) of the whole file: the rest read on to its end (or all of it again if it was read out of order)."""
         if not self.in_order:
-            self.file.seek(0)
+            self.seek(0)
             drop_cache(self.file.fileno())
-            return sha256_stream(self.file)
+            return sha256_stream(self)
         self.seek(0, os.SEEK_END)
         while self.read(CHUNK):
             pass
@@ -256,10 +273,11 @@ class DiskReader:
         self.file.close()
 
 
-def drop_cache(fd):
-    """Drop a file's clean pages from the page cache (where the platform can), so its next read comes from disk."""
+def drop_cache(fd, offset=0, length=0):
+    """Drop a file's clean pages (of a range; all by default) from the page cache, where the platform can,
+    so its next read comes from disk. Linux also starts writing out the range's dirty pages."""
     if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def file_sha256(path):
@@ -276,7 +294,7 @@ def archive_failures(path, members):
 
     The tar is read from disk (see DiskReader)."""
     try:
-        reader = DiskReader(path)
+        reader = DiskReader(path, whole_file=False)
     except OSError as exc:
         return [{"member": None, "reason": f"not a readable tar archive ({exc})"}]
     try:
@@ -304,7 +322,7 @@ def _archive_failures(reader, path, members):
                 elif not info.isfile():
                     failures.append({"member": info.name, "reason": "is not a file in the archive"})
                 else:
-                    digest = sha256_stream(tar.extractfile(info))
+                    digest = _member_sha256(reader, info)
                     if (info.size, digest) != (want["size"], want["sha256"]):
                         failures.append({"member": info.name, "reason": "content differs from the manifest"})
                 current = None
@@ -313,6 +331,20 @@ def _archive_failures(reader, path, members):
         return failures
     failures += [{"member": name, "reason": "missing from the archive"} for name in sorted(set(expected) - seen)]
     return failures
+
+
+def _member_sha256(reader, info):
+    """sha256 (hex) of a regular member's bytes, read straight from the DiskReader (tarfile's own file
+    object would copy every block once more); None when the archive ends inside it."""
+    reader.seek(info.offset_data)
+    digest, left = Sha256(), info.size
+    while left:
+        block = reader.read(min(CHUNK, left))
+        if not block:
+            return None
+        digest.update(block)
+        left -= len(block)
+    return digest.hexdigest()
 
 
 def check_archive(path, members):

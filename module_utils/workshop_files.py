@@ -1,14 +1,18 @@
 """Plain helpers over the workshop's files."""
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_errors import WorkshopError
 
 # Bytes read at a time when streaming a file (hashing, archiving).
 CHUNK = 1 << 20
+# Blocks shorter than this are hashed on the caller's thread: handing them over would cost more.
+HAND_OVER_MIN = 64 << 10
 # The workshop folder (<workshop_backup_root>/<workshop_id>): one mode wherever it is created or touched.
 WORKSHOP_FOLDER_MODE = 0o700
 
@@ -28,9 +32,41 @@ def make_workshop_folder(folder):
         ) from None
 
 
+@functools.lru_cache(maxsize=None)
+def _hashing_threads():
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
+
+
+class Sha256:
+    """sha256 of a stream of blocks, each hashed on a worker thread while the caller reads (or writes) the next.
+
+    hashlib lets go of the GIL while it hashes a block, so reading a big file and hashing it take
+    the time of the slower of the two rather than their sum (two cores: ~1.3 GB/s each way here).
+    A block must not change once given (bytes, as read() returns them)."""
+
+    def __init__(self):
+        self._digest, self._pending = hashlib.sha256(), None
+
+    def update(self, block):
+        self._wait()
+        if len(block) < HAND_OVER_MIN:
+            self._digest.update(block)
+        else:
+            self._pending = _hashing_threads().submit(self._digest.update, block)
+
+    def _wait(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def hexdigest(self):
+        self._wait()
+        return self._digest.hexdigest()
+
+
 def sha256_stream(stream):
     """sha256 (hex) of what a binary stream holds from where it stands, read CHUNK bytes at a time."""
-    digest = hashlib.sha256()
+    digest = Sha256()
     for block in iter(lambda: stream.read(CHUNK), b""):
         digest.update(block)
     return digest.hexdigest()

@@ -209,14 +209,14 @@ def test_records_read_by_orjson_where_it_is_installed():
 
 @pytest.fixture
 def fadvise_calls(monkeypatch):
-    """Every posix_fadvise(DONTNEED) call, as the size the file had then (the real call still runs)."""
+    """Every posix_fadvise(DONTNEED) call, as (file name, offset, length) (the real call still runs)."""
     import os
 
     calls, real = [], os.posix_fadvise
 
     def recording(fd, offset, length, advice):
         if advice == os.POSIX_FADV_DONTNEED:
-            calls.append(os.fstat(fd).st_size)
+            calls.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length))
         return real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", recording)
@@ -230,7 +230,55 @@ def test_the_archive_is_read_back_from_disk_not_the_page_cache(tmp_path, fadvise
     (source / "user001").mkdir(parents=True)
     (source / "user001" / "a.png").write_bytes(random.Random(1).randbytes(300_000))
     write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source)})
-    assert fadvise_calls == [(tmp_path / "outputs.tar").stat().st_size]
+    assert fadvise_calls == [("outputs.tar.partial", 0, 0)]
+
+
+def test_a_big_archive_is_written_out_and_read_back_a_stretch_at_a_time(tmp_path, fadvise_calls, monkeypatch):
+    """While the tar is written, each DROP_BEHIND stretch goes out to disk; the read-back drops the whole
+    file, then what it has read behind it, and still checks every member."""
+    from ansible.module_utils import workshop_backup
+
+    monkeypatch.setattr(workshop_backup, "DROP_BEHIND", 100_000)
+    source = tmp_path / "outputs"
+    rng = random.Random(3)
+    for number in range(6):
+        (source / f"user00{number}").mkdir(parents=True)
+        (source / f"user00{number}" / "a.png").write_bytes(rng.randbytes(60_000))
+    members, _ = workshop_backup.write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source)})
+    size = (tmp_path / "outputs.tar").stat().st_size
+    calls = [(offset, length) for name, offset, length in fadvise_calls if name == "outputs.tar.partial"]
+    read_back = calls.index((0, 0))
+    written, read = calls[:read_back], calls[read_back + 1 :]
+    assert len(written) >= 2 and len(read) >= 2
+    for stretches in (written, read):
+        # Contiguous from the start, each at least DROP_BEHIND long, never past the end.
+        assert [offset for offset, _length in stretches] == [0] + [offset + length for offset, length in stretches[:-1]]
+        assert all(length >= 100_000 for _offset, length in stretches)
+        assert stretches[-1][0] + stretches[-1][1] <= size
+    assert workshop_backup.archive_failures(str(tmp_path / "outputs.tar"), members) == []
+
+
+def test_sha256_hands_big_blocks_to_a_thread_and_equals_hashlib(monkeypatch):
+    import hashlib
+
+    from ansible.module_utils import workshop_files
+
+    submitted = []
+    real = workshop_files._hashing_threads()
+
+    class Counting:
+        def submit(self, function, block):
+            submitted.append(len(block))
+            return real.submit(function, block)
+
+    monkeypatch.setattr(workshop_files, "_hashing_threads", Counting)
+    rng = random.Random(4)
+    blocks = [rng.randbytes(size) for size in (10, 1 << 20, 100, 300_000, 0, 1 << 16, 5)]
+    digest = workshop_files.Sha256()
+    for block in blocks:
+        digest.update(block)
+    assert digest.hexdigest() == hashlib.sha256(b"".join(blocks)).hexdigest()
+    assert submitted == [1 << 20, 300_000, 1 << 16]
 
 
 def test_sealing_reads_each_archive_once_and_still_names_a_damaged_member(tmp_path, monkeypatch):
@@ -253,9 +301,9 @@ def test_sealing_reads_each_archive_once_and_still_names_a_damaged_member(tmp_pa
     opened = []
     real = workshop_backup.DiskReader.__init__
 
-    def counting(self, path):
+    def counting(self, path, whole_file=True):
         opened.append(path)
-        real(self, path)
+        real(self, path, whole_file)
 
     monkeypatch.setattr(workshop_backup.DiskReader, "__init__", counting)
     manifest = seal(str(partial), str(final), {"workshop_id": "t"})
