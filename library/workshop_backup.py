@@ -93,8 +93,9 @@ options:
     default: 120
   reuse_unchanged:
     description:
-      - For V(verified), take the passed verification O(record) holds for this backup instead of reading it
-        again, when no file of the backup changed since that verification read it (same paths, sizes,
+      - For V(verified), take the passed verification O(record) holds for this backup (its seal's, which read
+        every file from disk, or an earlier V(verified)'s) instead of reading it again, when no file of the
+        backup changed since that verification read it (same paths, sizes,
         modification and change times and inodes; any write to a file changes its change time).
       - Off, every byte is read again.
     type: bool
@@ -324,7 +325,9 @@ def seal_backup(params, check_mode):
         facts = dict(params["facts"], name=name, record=params["record_data"])
         manifest = seal(partial, final, facts, check_rdb=verify_rdb)
     if params["record"]:
-        record_backup(params["record"], name, final, len(manifest["files"]), params["record_data"])
+        record_backup(
+            params["record"], name, final, len(manifest["files"]), params["record_data"], signature=folder_signature(final)
+        )
     return dict(result, files=len(manifest["files"]))
 
 

@@ -53,10 +53,11 @@ def verify_entry(name, failures, now=None, signature=None):
     return entry
 
 
-def record_backup(path, name, folder, files, data, adopted=False):
-    """Replace the record's backup section with a newly sealed (or adopted) backup, verified by its seal."""
+def record_backup(path, name, folder, files, data, adopted=False, signature=None):
+    """Replace the record's backup section with a newly sealed (or adopted) backup, verified by its seal
+    (which read every file from disk: with the folder's signature, a verification right after takes it)."""
     record = read_record(path)
-    section = dict(data, name=name, path=folder, files=files, verify=verify_entry(name, []))
+    section = dict(data, name=name, path=folder, files=files, verify=verify_entry(name, [], signature=signature))
     if adopted:
         section["adopted"] = True
     save_record(path, {**record, "backup": section})

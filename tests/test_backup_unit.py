@@ -349,7 +349,7 @@ def test_an_unchanged_backup_verified_before_is_not_read_again_and_any_write_mak
     record_backup(str(record), "backup-1", str(folder), 2, {})
     params = dict(backup_dir=str(folder.parent), name=None, record=str(record), reuse_unchanged=True)
 
-    first = verify(params, check_mode=False)  # the seal's verification carries no signature: read
+    first = verify(params, check_mode=False)  # recorded without a signature (as before the seals kept one): read
     again = verify(params, check_mode=False)
     asked = verify(dict(params, reuse_unchanged=False), check_mode=False)
 
@@ -371,6 +371,32 @@ def test_an_unchanged_backup_verified_before_is_not_read_again_and_any_write_mak
     assert damaged["reused"] is False
     assert damaged["problems"] == ["outputs.tar member outputs/user003/img.png: content differs from the manifest"]
     assert read_record(str(record))["backup"]["verify"]["ok"] is False
+
+
+def test_the_verification_right_after_the_seal_takes_the_seals_and_a_write_since_makes_it_read(tmp_path):
+    """The seal read every file from disk: the phase's verification just after it reads nothing again."""
+    from conftest import load_module
+
+    module = load_module("workshop_backup")
+    source = tmp_path / "src" / "user003"
+    source.mkdir(parents=True)
+    (source / "img.png").write_bytes(os.urandom(5000))
+    backup_dir, record = tmp_path / "ws", tmp_path / "ws" / "run-record.json"
+    partial = backup_dir / ".partial-backup-1"
+    partial.mkdir(parents=True)
+    members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source.parent)})
+    write_members(str(partial / "outputs.tar"), members)
+    sealed = dict(backup_dir=str(backup_dir), name="backup-1", partial=str(partial), facts={}, record=str(record), record_data={})
+    module.seal_backup(sealed, check_mode=False)
+    sealed_at = read_record(str(record))["backup"]["verify"]["at"]
+    params = dict(backup_dir=str(backup_dir), name=None, record=str(record), reuse_unchanged=True)
+
+    after_the_seal = module.verify(params, check_mode=False)
+    os.utime(backup_dir / "backup-1" / "outputs.tar")  # a change time moved, no byte changed
+    after_a_write = module.verify(params, check_mode=False)
+
+    assert (after_the_seal["reused"], after_the_seal["verified_at"], after_the_seal["problems"]) == (True, sealed_at, [])
+    assert after_a_write["reused"] is False and after_a_write["problems"] == []
 
 
 def test_seal_fsyncs_and_leaves_no_partial(tmp_path):
