@@ -4,6 +4,7 @@
 Makes a few GB of PNG/MP4-like incompressible outputs (as a workshop's are), then times, side by
 side on the same files, alternated, --rounds times, each from a cold page cache (medians reported):
   - plain copy:              tar -cf outputs.tar data/outputs/   (reads and writes every byte once)
+  - the same copy on disk:   tar -cf, then sync outputs.tar      (what tar -cf leaves for the kernel to write)
   - backup_archive, now:     the module, run by ansible: stored tar + sha256 of every file while it is
                              written + the read-back check of every member, from disk (not the page cache)
   - backup_archive, before:  the same module as of --baseline (the commit before the speed work)
@@ -55,6 +56,12 @@ def main():
     quiet = {"cwd": REPO, "stdout": subprocess.DEVNULL}
     contenders = [
         ("plain copy: tar -cf", ["tar", "-cf", str(work / "outputs.tar"), "-C", str(work), "data/outputs/"], {}),
+        # The same copy waited for until it is on the disk (sync FILE fsyncs it), as a backup must be.
+        (
+            "on disk: tar -cf; sync",
+            ["sh", "-c", 'tar -cf "$1" -C "$2" data/outputs/ && sync "$1"', "sh", str(work / "outputs.tar"), str(work)],
+            {},
+        ),
         ("backup_archive, now", module_command(work, outputs), {**quiet, "env": env}),
         (
             f"backup_archive, before ({args.baseline})",
