@@ -258,6 +258,42 @@ def test_a_big_archive_is_written_out_and_read_back_a_stretch_at_a_time(tmp_path
     assert workshop_backup.archive_failures(str(tmp_path / "outputs.tar"), members) == []
 
 
+def test_the_kernel_reads_the_next_file_while_one_is_archived(tmp_path, monkeypatch):
+    """Before each file is archived, the next one is asked for (posix_fadvise WILLNEED); links are not."""
+    import os
+
+    from ansible.module_utils import workshop_backup
+
+    asked, real = [], os.posix_fadvise
+
+    def recording(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            asked.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length))
+        return real(fd, offset, length, advice)
+
+    source = tmp_path / "outputs" / "user001"
+    source.mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        (source / name).write_bytes(random.Random(name).randbytes(10_000))
+    (source / "d.png").symlink_to("a.png")
+    real_add = workshop_backup._add_file
+    archived = []
+
+    def adding(tar, raw, entry, arcname):
+        archived.append((entry.relpath, list(asked)))
+        return real_add(tar, raw, entry, arcname)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    monkeypatch.setattr(workshop_backup, "_add_file", adding)
+    workshop_backup.write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(tmp_path / "outputs")})
+    ahead = workshop_backup.READ_AHEAD
+    assert archived == [
+        ("user001/a.png", [("b.png", 0, ahead)]),
+        ("user001/b.png", [("b.png", 0, ahead), ("c.png", 0, ahead)]),
+        ("user001/c.png", [("b.png", 0, ahead), ("c.png", 0, ahead)]),
+    ]
+
+
 def test_sha256_hands_big_blocks_to_a_thread_and_equals_hashlib(monkeypatch):
     import hashlib
 
