@@ -387,26 +387,38 @@ def ssh_inventory(tmp_path, client_key, host_vars=""):
     return inventory
 
 
-# The files that take longest, longest first (measured with --durations on 2 cores): pytest-xdist
-# hands files to the workers in collection order, so these start first and the fast tier fills the
-# gaps at the end, instead of one long file starting last and running alone.
+# The files that take longest, longest first (each file's total, measured with --junitxml on 2 cores,
+# 2026-11-30): pytest-xdist hands files to the workers in collection order (pytest_configure turns
+# off its own reordering by number of tests), so these start first and the fast tier fills the gaps
+# at the end, instead of one long file starting last and running alone.
 SLOWEST_FIRST = (
     "test_shutdown.py",
     "test_drain.py",
     "test_backup.py",
     "test_archive.py",
-    "test_report.py",
     "test_check_mode.py",
+    "test_restore.py",
+    "test_report.py",
+    "test_staging_workshop.py",
     "test_fleet.py",
     "test_state.py",
-    "test_staging_workshop.py",
     "test_lint.py",
-    "test_restore.py",
     "test_staging_role.py",
-    "test_share.py",
     "test_faults.py",
+    "test_archive_unit.py",
+    "test_share.py",
     "test_roles.py",
+    "test_share_playbook_unit.py",
+    "test_retention_playbook_unit.py",
 )
+
+
+def pytest_configure(config):
+    """pytest-xdist's --dist loadfile would hand out the files with the most tests first
+    (--loadscope-reorder, on by default): test_lint's 185 quick ones before test_check_mode's one of
+    2.5 minutes, which then ran last and alone. Files go in SLOWEST_FIRST's order instead."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
