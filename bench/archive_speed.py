@@ -46,7 +46,7 @@ def main():
     (partial / "redis" / "dump.rdb").write_bytes(os.urandom(4 << 20))
     name = backup_name()
     folder = work / "backups" / "bench" / name
-    manifest = seal(str(partial), str(folder), {"workshop_id": "bench"})
+    manifest = seal(str(partial), str(folder), {"workshop_id": "bench"}).manifest
     record = work / "backups" / "bench" / "run-record.json"
     record_backup(str(record), name, str(folder), len(manifest["files"]), {})
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

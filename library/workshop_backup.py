@@ -323,12 +323,11 @@ def seal_backup(params, check_mode):
         raise WorkshopError(f"No partial backup at {partial} to seal: run the backup from its start", path=partial)
     with Busy(partial):
         facts = dict(params["facts"], name=name, record=params["record_data"])
-        manifest = seal(partial, final, facts, check_rdb=verify_rdb)
+        sealed = seal(partial, final, facts, check_rdb=verify_rdb)
+    files = len(sealed.manifest["files"])
     if params["record"]:
-        record_backup(
-            params["record"], name, final, len(manifest["files"]), params["record_data"], signature=folder_signature(final)
-        )
-    return dict(result, files=len(manifest["files"]))
+        record_backup(params["record"], name, final, files, params["record_data"], signature=sealed.signature)
+    return dict(result, files=files)
 
 
 def verify(params, check_mode):

@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import time
 from datetime import datetime, timezone
+from typing import NamedTuple, Optional
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
@@ -144,6 +145,10 @@ def _read_ahead(entry):
         os.close(fd)
 
 
+def _times(info):
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 class _Changed(Exception):
     """The source file changed while it was read."""
 
@@ -160,11 +165,12 @@ class _HashingReader:
         self.digest = Sha256()
 
     def read(self, size=-1):
+        wanted = self.left if size is None or size < 0 else min(size, self.left)
         try:
-            block = self.stream.read(self.left if size is None or size < 0 else min(size, self.left))
+            block = self.stream.read(wanted)
         except OSError as exc:
             raise _SourceError(exc) from None
-        if not block and self.left:
+        if len(block) < wanted:  # a buffered read of a file comes up short only at its end
             raise _Changed("shrank")
         self.left -= len(block)
         self.digest.update(block)
@@ -196,7 +202,8 @@ def _add_file(tar, raw, entry, arcname):
             try:
                 tar.addfile(info, reader)
                 after = os.fstat(stream.fileno())
-                changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+                # The change time too: a write whose modification time was put back still moves it.
+                changed = _times(after) != _times(before)
                 if stream.read(1):
                     changed = True
             except _Changed:
@@ -355,13 +362,13 @@ def _archive_failures(reader, path, members):
 
 def _member_sha256(reader, info):
     """sha256 (hex) of a regular member's bytes, read straight from the DiskReader (tarfile's own file
-    object would copy every block once more); None when the archive ends inside it."""
+    object would copy every block once more); an archive that ends inside it raises as tarfile would."""
     reader.seek(info.offset_data)
     digest, left = Sha256(), info.size
     while left:
         block = reader.read(min(CHUNK, left))
         if not block:
-            return None
+            raise tarfile.ReadError("unexpected end of data")
         digest.update(block)
         left -= len(block)
     return digest.hexdigest()
@@ -530,9 +537,13 @@ def seal(partial, final, manifest, check_rdb=None):
     snapshot checked with `check_rdb`. Every file (the logs too) and folder is fsynced before the
     rename, and the backup folder after it, so a power cut cannot turn a sealed backup back into a
     partial one.
+
+    Returns Sealed: the manifest, and the sealed folder's signature (folder_signature) when no file
+    was written since the read began (else None): a verification can take the seal's read for it.
     """
     if os.path.exists(final):
         raise WorkshopError(f"{final} exists already: a backup is never overwritten", path=final)
+    read_from = _file_stats(partial)  # before the read: a write during or after it shows below
     files, members_failed = read_folder(partial, archives_of(partial), sync=True)
     manifest = {**manifest, "files": files}
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
@@ -545,6 +556,7 @@ def seal(partial, final, manifest, check_rdb=None):
         for relpath, found in sorted(members_failed.items())
         for failure in found
     ]
+    written = _stat_line(MANIFEST, os.path.join(partial, MANIFEST))
     if read_manifest(partial, from_disk=True) != json.loads(text):
         failures.append({"file": MANIFEST, "member": None, "reason": "reads back different from what was written"})
     present = {relpath for relpath, _size, _dummy in list_tree(partial) if relpath != MANIFEST}
@@ -565,7 +577,17 @@ def seal(partial, final, manifest, check_rdb=None):
     _sync_folders(partial)
     os.rename(partial, final)
     fsync_dir(os.path.dirname(final))
-    return manifest
+    now = _file_stats(final)
+    unchanged = written in now and [line for line in now if line != written] == read_from
+    return Sealed(manifest, _signature_of(now) if unchanged else None)
+
+
+class Sealed(NamedTuple):
+    """What seal() made: the manifest it wrote, and the folder's signature as its read found it (None
+    when something wrote to the folder meanwhile)."""
+
+    manifest: dict
+    signature: Optional[str]
 
 
 def describe_failures(failures):
@@ -579,10 +601,21 @@ def folder_signature(folder):
     """The sha256 of every file's path, size, modification and change times and inode in a backup
     folder, walked as walk_tree walks (a folder it cannot list fails, naming it, rather than being
     left out): a write to any file, or a file added, removed or replaced, changes it; no content is read."""
+    return _signature_of(_file_stats(folder))
+
+
+def _stat_line(relpath, path):
+    info = os.lstat(path)
+    return f"{relpath}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0{info.st_ino}\n"
+
+
+def _file_stats(folder):
+    return [_stat_line(entry.relpath, entry.path) for entry in walk_tree(folder)]
+
+
+def _signature_of(lines):
     digest = hashlib.sha256()
-    for entry in walk_tree(folder):
-        info = os.lstat(entry.path)
-        line = f"{entry.relpath}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0{info.st_ino}\n"
+    for line in lines:
         digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 

@@ -32,7 +32,7 @@ def make_backup(root, big=12 << 20, when=1_790_000_000, seed=b"a"):
     (partial / "redis" / "dump.rdb").write_bytes(b"REDIS0012" + os.urandom(3000))
     (partial / "logs" / "redis.log.gz").write_bytes(os.urandom(700) + seed)
     name = backup_name(when)
-    manifest = seal(str(partial), str(backup_dir / name), {"workshop_id": WORKSHOP})
+    manifest = seal(str(partial), str(backup_dir / name), {"workshop_id": WORKSHOP}).manifest
     record = backup_dir / "run-record.json"
     record_backup(str(record), name, str(backup_dir / name), len(manifest["files"]), {})
     return backup_dir, name, record

@@ -1,6 +1,7 @@
 """Fast tier: the workshop lock, symlinks in participants' folders, files that change while read,
 verification down to the archive member, and snapshot completion read from Redis's own counters."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -182,7 +183,8 @@ def test_a_link_loop_fails_naming_it(outputs, tmp_path):
 # --- files that change while read ---------------------------------------------------------------
 
 
-def test_a_file_truncated_while_read_is_read_again_not_recorded_truncated(tmp_path):
+@pytest.mark.parametrize("cut_to", [1 << 20, (1 << 20) + 5000], ids=["at a block's end", "inside a block"])
+def test_a_file_truncated_while_read_is_read_again_not_recorded_truncated(tmp_path, cut_to):
     source = tmp_path / "src"
     (source / "user001").mkdir(parents=True)
     path = source / "user001" / "video.mp4"
@@ -195,7 +197,7 @@ def test_a_file_truncated_while_read_is_read_again_not_recorded_truncated(tmp_pa
         calls["n"] += 1
         if calls["n"] == 2:  # while the first copy is under way: the writer cuts the file short
             with open(path, "r+b") as cut:
-                cut.truncate(1 << 20)
+                cut.truncate(cut_to)
         return real_read(self, size)
 
     workshop_backup._HashingReader.read = truncating_read
@@ -205,10 +207,36 @@ def test_a_file_truncated_while_read_is_read_again_not_recorded_truncated(tmp_pa
         workshop_backup._HashingReader.read = real_read
 
     [member] = members
-    assert member["size"] == 1 << 20  # the file as it is now, read whole, not 4 MiB claimed with 1 MiB inside
+    assert member["size"] == cut_to  # the file as it is now, read whole, not 4 MiB claimed with 1 MiB inside
     with tarfile.open(dest) as tar:
         [info] = tar.getmembers()
         assert tar.extractfile(info).read() == path.read_bytes()
+
+
+def test_a_file_rewritten_while_read_with_its_time_put_back_is_read_again(tmp_path, monkeypatch):
+    """Same size, modification time put back (as rsync -t or a restore tool does): the change time still tells."""
+    source = tmp_path / "src" / "user001"
+    source.mkdir(parents=True)
+    path = source / "img.png"
+    path.write_bytes(os.urandom(3 << 20))
+    times = path.stat()
+    real_read = workshop_backup._HashingReader.read
+    calls = {"n": 0}
+
+    def rewriting_read(self, size=-1):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the last of its three blocks: the first two are read already
+            path.write_bytes(os.urandom(3 << 20))
+            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+        return real_read(self, size)
+
+    monkeypatch.setattr(workshop_backup._HashingReader, "read", rewriting_read)
+    members, _ = write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source.parent)})
+
+    [member] = members
+    assert member["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    with tarfile.open(tmp_path / "outputs.tar") as tar:
+        assert tar.extractfile(tar.getmembers()[0]).read() == path.read_bytes()
 
 
 def test_a_file_that_never_stops_changing_fails_naming_it(tmp_path):
@@ -397,6 +425,55 @@ def test_the_verification_right_after_the_seal_takes_the_seals_and_a_write_since
 
     assert (after_the_seal["reused"], after_the_seal["verified_at"], after_the_seal["problems"]) == (True, sealed_at, [])
     assert after_a_write["reused"] is False and after_a_write["problems"] == []
+
+
+@pytest.mark.parametrize("late", ["a file after the seal read it", "the manifest after its read-back"])
+def test_a_write_while_sealing_makes_the_verification_after_it_read_everything(tmp_path, monkeypatch, late):
+    """The seal's read stands for a verification only if nothing was written to the folder since it began."""
+    from conftest import load_module
+
+    module = load_module("workshop_backup")
+    source = tmp_path / "src" / "user003"
+    source.mkdir(parents=True)
+    (source / "img.png").write_bytes(os.urandom(5000))
+    backup_dir, record = tmp_path / "ws", tmp_path / "ws" / "run-record.json"
+    partial = backup_dir / ".partial-backup-1"
+    partial.mkdir(parents=True)
+    members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source.parent)})
+    write_members(str(partial / "outputs.tar"), members)
+    (partial / "redis.log").write_bytes(b"line\n" * 100)
+    if late == "a file after the seal read it":
+        real, target, reader = workshop_backup.read_folder, partial / "redis.log", "read_folder"
+    else:
+        real, target, reader = workshop_backup.read_manifest, partial / "MANIFEST.json", "read_manifest"
+
+    def read_then_write(*args, **kwargs):
+        found = real(*args, **kwargs)
+        with open(target, "ab") as late_writer:
+            late_writer.write(b"\n")
+        return found
+
+    monkeypatch.setattr(workshop_backup, reader, read_then_write)
+    sealed = dict(backup_dir=str(backup_dir), name="backup-1", partial=str(partial), facts={}, record=str(record), record_data={})
+    module.seal_backup(sealed, check_mode=False)
+    monkeypatch.undo()
+    after = module.verify(dict(backup_dir=str(backup_dir), name=None, record=str(record), reuse_unchanged=True), check_mode=False)
+
+    assert after["reused"] is False
+    # The manifest with a blank line added still says the same (it is not listed in itself).
+    assert after["problems"] == ([] if target.name == "MANIFEST.json" else ["redis.log: content differs from the manifest"])
+
+
+def test_an_archive_cut_inside_a_member_is_one_failure_naming_it(tmp_path):
+    source = tmp_path / "src" / "user001"
+    source.mkdir(parents=True)
+    (source / "a.png").write_bytes(os.urandom(300_000))
+    members, _ = write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(source.parent)})
+    os.truncate(tmp_path / "outputs.tar", 3 * 512 + 1000)
+
+    failures = workshop_backup.archive_failures(str(tmp_path / "outputs.tar"), members)
+
+    assert failures == [{"member": "outputs/user001/a.png", "reason": "not a readable tar archive (unexpected end of data)"}]
 
 
 def test_seal_fsyncs_and_leaves_no_partial(tmp_path):

@@ -342,7 +342,7 @@ def test_sealing_reads_each_archive_once_and_still_names_a_damaged_member(tmp_pa
         real(self, path, whole_file)
 
     monkeypatch.setattr(workshop_backup.DiskReader, "__init__", counting)
-    manifest = seal(str(partial), str(final), {"workshop_id": "t"})
+    manifest = seal(str(partial), str(final), {"workshop_id": "t"}).manifest
     assert sorted(opened) == sorted(str(partial / name) for name in ("outputs.tar", "outputs.tar.members.json"))
     tar = (final / "outputs.tar").read_bytes()
     assert manifest["files"]["outputs.tar"] == {"size": len(tar), "sha256": hashlib.sha256(tar).hexdigest()}
