@@ -324,7 +324,8 @@ def test_a_typo_in_the_outputs_folder_fails_naming_both_paths(tmp_path):
 # --- verification, recorded ---------------------------------------------------------------------
 
 
-def _sealed_backup(tmp_path):
+def _partial_backup(tmp_path):
+    """<tmp>/ws/.partial-backup-1 holding one participant's image archived, with its member list."""
     source = tmp_path / "src"
     (source / "user003").mkdir(parents=True)
     (source / "user003" / "img.png").write_bytes(os.urandom(5000))
@@ -332,9 +333,20 @@ def _sealed_backup(tmp_path):
     partial.mkdir(parents=True)
     members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source)})
     write_members(str(partial / "outputs.tar"), members)
+    return partial
+
+
+def _sealed_backup(tmp_path):
     final = tmp_path / "ws" / "backup-1"
-    seal(str(partial), str(final), {"name": "backup-1"})
+    seal(str(_partial_backup(tmp_path)), str(final), {"name": "backup-1"})
     return final
+
+
+def _seal_params(partial, record):
+    """workshop_backup's parameters for sealing _partial_backup's folder as backup-1, recorded in `record`."""
+    return dict(
+        backup_dir=str(partial.parent), name="backup-1", partial=str(partial), facts={}, record=str(record), record_data={}
+    )
 
 
 def test_a_flipped_byte_is_named_down_to_the_member_and_recorded_as_failed(tmp_path):
@@ -406,16 +418,9 @@ def test_the_verification_right_after_the_seal_takes_the_seals_and_a_write_since
     from conftest import load_module
 
     module = load_module("workshop_backup")
-    source = tmp_path / "src" / "user003"
-    source.mkdir(parents=True)
-    (source / "img.png").write_bytes(os.urandom(5000))
-    backup_dir, record = tmp_path / "ws", tmp_path / "ws" / "run-record.json"
-    partial = backup_dir / ".partial-backup-1"
-    partial.mkdir(parents=True)
-    members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source.parent)})
-    write_members(str(partial / "outputs.tar"), members)
-    sealed = dict(backup_dir=str(backup_dir), name="backup-1", partial=str(partial), facts={}, record=str(record), record_data={})
-    module.seal_backup(sealed, check_mode=False)
+    partial = _partial_backup(tmp_path)
+    backup_dir, record = partial.parent, partial.parent / "run-record.json"
+    module.seal_backup(_seal_params(partial, record), check_mode=False)
     sealed_at = read_record(str(record))["backup"]["verify"]["at"]
     params = dict(backup_dir=str(backup_dir), name=None, record=str(record), reuse_unchanged=True)
 
@@ -433,14 +438,8 @@ def test_a_write_while_sealing_makes_the_verification_after_it_read_everything(t
     from conftest import load_module
 
     module = load_module("workshop_backup")
-    source = tmp_path / "src" / "user003"
-    source.mkdir(parents=True)
-    (source / "img.png").write_bytes(os.urandom(5000))
-    backup_dir, record = tmp_path / "ws", tmp_path / "ws" / "run-record.json"
-    partial = backup_dir / ".partial-backup-1"
-    partial.mkdir(parents=True)
-    members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source.parent)})
-    write_members(str(partial / "outputs.tar"), members)
+    partial = _partial_backup(tmp_path)
+    backup_dir, record = partial.parent, partial.parent / "run-record.json"
     (partial / "redis.log").write_bytes(b"line\n" * 100)
     if late == "a file after the seal read it":
         real, target, reader = workshop_backup.read_folder, partial / "redis.log", "read_folder"
@@ -454,8 +453,7 @@ def test_a_write_while_sealing_makes_the_verification_after_it_read_everything(t
         return found
 
     monkeypatch.setattr(workshop_backup, reader, read_then_write)
-    sealed = dict(backup_dir=str(backup_dir), name="backup-1", partial=str(partial), facts={}, record=str(record), record_data={})
-    module.seal_backup(sealed, check_mode=False)
+    module.seal_backup(_seal_params(partial, record), check_mode=False)
     monkeypatch.undo()
     after = module.verify(dict(backup_dir=str(backup_dir), name=None, record=str(record), reuse_unchanged=True), check_mode=False)
 
