@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest, sealed_backups, sha256_file
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import fsync_dir
+from ansible.module_utils.workshop_files import Sha256, fsync_dir
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_s3 import s3_call_errors, s3_client, s3_error
 from ansible.module_utils.workshop_time import utc_iso
@@ -379,7 +379,7 @@ class S3Target:
     def read_sha256(self, key, dest=None):
         """sha256 of the object at `key`, read in full (written to `dest` as it is read, when given)."""
         body = self._call("reading", key, "get_object", Key=key)["Body"]
-        digest = hashlib.sha256()
+        digest = Sha256()
         with open(dest or os.devnull, "wb") as out:
             try:
                 for block in iter(lambda: body.read(CHUNK), b""):
@@ -578,7 +578,7 @@ class SshTarget:
             return completed.stdout.decode().strip()
         with open(dest, "wb") as out:
             process = subprocess.Popen(self._command('cat "$1"', path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            digest = hashlib.sha256()
+            digest = Sha256()
             for block in iter(lambda: process.stdout.read(CHUNK), b""):
                 digest.update(block)
                 out.write(block)

@@ -12,7 +12,6 @@ folder written into is checked, so a link created earlier cannot lead a later me
 """
 
 import contextlib
-import hashlib
 import io
 import os
 import re
@@ -30,7 +29,7 @@ from ansible.module_utils.workshop_backup import (
     sha256_file,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import atomic_file
+from ansible.module_utils.workshop_files import Sha256, atomic_file
 
 try:
     import docker.errors
@@ -184,7 +183,7 @@ def safe_extract(archive, dest):
 
 
 def _write_member(tar, info, path):
-    digest = hashlib.sha256()
+    digest = Sha256()
     size = 0
     source = tar.extractfile(info)
     with atomic_file(path) as target:
