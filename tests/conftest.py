@@ -350,11 +350,14 @@ def sshd(tmp_path):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / name], check=True)
     shutil.copy(tmp_path / "client_key.pub", tmp_path / "authorized_keys")
     config = tmp_path / "sshd_config"
+    # SHLVL=2: Debian's bash sources ~/.bashrc for every command sshd runs (SSH_SOURCE_BASHRC) unless it
+    # is a nested shell, and this machine image's root .bashrc runs `pyenv init`: 0.15 s and most of a
+    # core per command, every Ansible task and archive step over SSH, where a workshop host's costs 0.01 s.
     config.write_text(
         f"Port {SSH_PORT}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host_key'}\n"
         f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {tmp_path / 'sshd.pid'}\n"
+        f"PidFile {tmp_path / 'sshd.pid'}\nSetEnv SHLVL=2\n"
     )
     os.makedirs("/run/sshd", exist_ok=True)
     daemon = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
