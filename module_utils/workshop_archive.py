@@ -107,6 +107,7 @@ class Progress:
         self.done = set(resume.get("done") or [])
         self.sizes = {entry[0]: entry[1] for entry in entries}
         self.partial = 0
+        self.sent_here = 0  # by this slice
 
     def finish(self, relpath):
         self.done.add(relpath)
@@ -115,6 +116,13 @@ class Progress:
     def add(self, count):
         self.sent += count
         self.partial += count
+        self.sent_here += count
+
+    def out_of_time(self, deadline):
+        """Whether this slice stops here: past its deadline, once it has sent something. Its start can
+        outlast slice_seconds (a resumed upload reads again the parts already sent, on a busy host):
+        were it to stop before its first part, so would every slice, and the copy would never end."""
+        return deadline is not None and self.sent_here > 0 and time.time() >= deadline
 
     def state(self):
         return {"owner": self.owner, "started": self.started, "sent": self.sent, "done": sorted(self.done)}
@@ -303,7 +311,7 @@ class S3Target:
                         self._settle(key, inflight, progress, 0)
                         self._call("aborting", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
                         return self._fresh_multipart(key, local_path, size, sha256, progress, deadline)
-                    if deadline is not None and time.time() >= deadline:
+                    if progress.out_of_time(deadline):
                         stopped = True
                         break
                     if upload_id is None:
@@ -536,7 +544,7 @@ class SshTarget:
                     for block in iter(lambda: stream.read(CHUNK), b""):
                         process.stdin.write(block)
                         progress.add(len(block))
-                        if deadline is not None and time.time() >= deadline:
+                        if progress.out_of_time(deadline):
                             stopped = True
                             break
                 process.stdin.close()
@@ -654,7 +662,7 @@ def copy_backup(store, folder, workshop_id, backup, progress, deadline=None, che
         if check_mode:
             pending.append(relpath)
             continue
-        if deadline is not None and time.time() >= deadline:
+        if progress.out_of_time(deadline):
             pending.append(relpath)
             break
         if store.kind == "s3":

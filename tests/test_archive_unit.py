@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.workshop_archive import MANIFEST, record_archive, remote_key
+from ansible.module_utils.workshop_archive import (
+    MANIFEST,
+    Progress,
+    backup_entries,
+    copy_backup,
+    make_target,
+    record_archive,
+    remote_key,
+)
 from ansible.module_utils.workshop_backup import backup_name, seal
 from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 from ansible.module_utils.workshop_shutdown import offsite_problem
@@ -203,6 +211,39 @@ def test_slices_report_progress_until_done(tmp_path, s3server, capsys):  # noqa:
     assert result["progress"]["bytes_sent"] == total  # every byte sent once, whatever the slices
     assert bucket_files(s3server, name) == files_of(backup_dir / name)
     assert read_record(record)["archive"]["targets"]["s3test"]["verified"] is True
+
+
+@pytest.mark.parametrize("kind", ["s3", "ssh"])
+def test_every_slice_sends_something_even_when_its_time_is_gone_before_its_first_part(kind, tmp_path, request):
+    """A slice can spend its slice_seconds before its first part (a resumed upload reads again what was
+    sent, a busy host): it still sends, so a copy in slices always ends, every byte sent once."""
+    backup_dir, name, _record = make_backup(tmp_path)
+    folder = str(backup_dir / name)
+    if kind == "s3":
+        server = request.getfixturevalue("s3server")
+        store = make_target(server.target(), part_size=5 << 20, threshold=5 << 20)
+        copied = lambda: bucket_files(server, name)  # noqa: E731
+    else:
+        client_key = request.getfixturevalue("sshd")
+        store = make_target(ssh_args(client_key, tmp_path, backup_dir, None)["target"], known_hosts=str(tmp_path / "known_hosts"))
+        copied = lambda: files_of(tmp_path / "nas" / WORKSHOP / name)  # noqa: E731
+    entries = backup_entries(folder)
+    resume, slices = None, 0
+    try:
+        while True:
+            progress = Progress(entries, resume, owner=kind)
+            before = progress.sent
+            outcome = copy_backup(store, folder, WORKSHOP, name, progress, deadline=time.time() - 1)
+            slices += 1
+            assert progress.sent > before or outcome["done"], f"slice {slices} sent nothing"
+            resume = progress.state()
+            if outcome["done"]:
+                break
+            assert slices < 40
+    finally:
+        store.close()
+    assert copied() == files_of(backup_dir / name)
+    assert progress.sent == sum(entry[1] for entry in entries)  # every byte once
 
 
 @pytest.mark.fault
