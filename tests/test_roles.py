@@ -8,7 +8,7 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-from scratch_redis import port_of, running_redis
+from scratch_redis import free_port, port_of, running_redis
 
 from conftest import run_playbook
 
@@ -120,3 +120,29 @@ def test_the_checklist_in_check_mode_renders_the_report_preview_and_writes_nothi
     assert "Total jobs submitted: 3" in run.text and "Successfully completed: 2" in run.text
     assert f"Report: {report}/report.md and report.html (open it offline in any browser) - not written: check mode" in run.text
     assert not report.exists()
+
+
+def test_a_drain_slice_that_fails_fails_the_wait_with_its_own_message(tmp_path):
+    """The wait loop's break condition reads `drained`, which a failed slice does not return: the
+    task must end with the module's message (the fleet summary shows it), not a conditional's error."""
+    port = free_port()  # nothing answers there: the first slice fails
+    playbook = tmp_path / "wait.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "module_defaults": {"queue_drain": {"redis_port": port, "redis_password": PASSWORD}},
+                    "tasks": [{"ansible.builtin.include_role": {"name": "drain", "tasks_from": "wait"}}],
+                }
+            ]
+        )
+    )
+
+    run = run_playbook(str(playbook), extra_vars={"drain_progress_seconds": 1, "drain_timeout": 3}, expect_ok=False)
+
+    assert run.returncode != 0
+    fatal = run.output.split("fatal: [localhost]")[-1]
+    assert f"Cannot reach Redis at 127.0.0.1:{port}" in fatal, run.output[-3000:]
+    assert "Error while evaluating conditional" not in run.output
