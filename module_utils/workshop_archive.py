@@ -105,6 +105,8 @@ class Progress:
         self.started = resume.get("started") or time.time()
         self.sent = resume.get("sent", 0)
         self.done = set(resume.get("done") or [])
+        # {remote key: {part number: MD5}} of the parts this run's slices sent of an upload still open.
+        self.parts = resume.get("parts") or {}
         self.sizes = {entry[0]: entry[1] for entry in entries}
         self.partial = 0
         self.sent_here = 0  # by this slice
@@ -124,8 +126,23 @@ class Progress:
         were it to stop before its first part, so would every slice, and the copy would never end."""
         return deadline is not None and self.sent_here > 0 and time.time() >= deadline
 
+    def sent_part(self, key, number, md5):
+        self.parts.setdefault(key, {})[str(number)] = md5
+
+    def parts_sent(self, key):
+        return {int(number): md5 for number, md5 in (self.parts.get(key) or {}).items()}
+
+    def forget_parts(self, key):
+        self.parts.pop(key, None)
+
     def state(self):
-        return {"owner": self.owner, "started": self.started, "sent": self.sent, "done": sorted(self.done)}
+        return {
+            "owner": self.owner,
+            "started": self.started,
+            "sent": self.sent,
+            "done": sorted(self.done),
+            "parts": self.parts,
+        }
 
     def report(self):
         elapsed = max(time.time() - self.started, 1e-6)
@@ -149,15 +166,17 @@ class Progress:
         )
 
 
-def _md5s_of(path, part_size):
-    """(MD5 of the whole file, MD5 of each part) of a local file."""
+def _digests_of(path, part_size):
+    """(sha256, MD5 of the whole file, MD5 of each part) of a local file."""
+    digest = Sha256()
     whole = hashlib.md5()  # the ETag S3 computes, not a security checksum
     parts = []
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(part_size), b""):
+            digest.update(block)
             whole.update(block)
             parts.append(hashlib.md5(block).digest())
-    return whole.hexdigest(), parts
+    return digest.hexdigest(), whole.hexdigest(), parts
 
 
 def etags_of(whole_md5, part_md5s):
@@ -225,7 +244,7 @@ class S3Target:
         if found.get("checksum_sha256") and "-" not in found["checksum_sha256"]:
             return found["checksum_sha256"] == base64.b64encode(bytes.fromhex(sha256)).decode()
         # A server that lost the metadata: its ETag is the MD5 it computed of what it holds.
-        whole, parts = _md5s_of(local_path, self.part_size)
+        _sha256, whole, parts = _digests_of(local_path, self.part_size)
         return found["etag"] in etags_of(whole, parts)
 
     def _extra(self, sha256):
@@ -286,17 +305,25 @@ class S3Target:
     def _upload_multipart(self, key, local_path, size, sha256, progress, deadline):
         found = self.open_upload(key)
         upload_id, done = found if found else (None, {})
+        # The parts this run's earlier slices sent, which the server holds with their MD5, are not read
+        # again: every slice would read the whole start of the file (quadratic in its size). The slice
+        # that completes the upload reads the whole file once to check it against the manifest.
+        known = progress.parts_sent(key)
+        skipped = 0
+        while done.get(skipped + 1) == (known.get(skipped + 1), self.part_size):
+            skipped += 1
         digest = hashlib.sha256()
         whole = hashlib.md5()
-        md5s = []
-        etags = []
+        md5s = [bytes.fromhex(known[number]) for number in range(1, skipped + 1)]
+        etags = [known[number] for number in range(1, skipped + 1)]
         # Up to `concurrency` parts in flight (sent in part order): reading and hashing the next part
         # overlaps sending the previous ones. Memory: concurrency x part size.
         inflight = []
         stopped = False
         with open(local_path, "rb") as stream, ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             try:
-                number = 0
+                stream.seek(skipped * self.part_size)
+                number = skipped
                 for block in iter(lambda: stream.read(self.part_size), b""):
                     number += 1
                     digest.update(block)
@@ -328,9 +355,15 @@ class S3Target:
                 self._settle(key, inflight, progress, 0)
         if stopped:
             return False
-        if digest.hexdigest() != sha256:
+        digest_hex, whole_hex = digest.hexdigest(), whole.hexdigest()
+        if skipped:
+            digest_hex, whole_hex, read_md5s = _digests_of(local_path, self.part_size)
+            if read_md5s != md5s:
+                digest_hex = None  # the parts sent are not the file as it is now
+        if digest_hex != sha256:
             if upload_id:
                 self._call("aborting", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
+            progress.forget_parts(key)
             raise _local_differs(local_path, key)
         self._call(
             "completing the upload of",
@@ -340,7 +373,8 @@ class S3Target:
             UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n + 1, "ETag": f'"{etag}"'} for n, etag in enumerate(etags)]},
         )
-        return etags_of(whole.hexdigest(), md5s)
+        progress.forget_parts(key)
+        return etags_of(whole_hex, md5s)
 
     def _settle(self, key, inflight, progress, keep):
         """Wait for the oldest parts in flight until at most `keep` remain; each must come back with its MD5."""
@@ -356,9 +390,11 @@ class S3Target:
                     f"(ETag {answer['ETag']}, MD5 sent {part_md5}); run again to resend it",
                     key=key,
                 )
+            progress.sent_part(key, number, part_md5)
             progress.add(length)
 
     def _fresh_multipart(self, key, local_path, size, sha256, progress, deadline):
+        progress.forget_parts(key)
         found = self.open_upload(key)
         if found:
             self._call("aborting", key, "abort_multipart_upload", Key=key, UploadId=found[0])

@@ -2,6 +2,7 @@
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import workshop_archive
 from ansible.module_utils.workshop_archive import (
     MANIFEST,
     Progress,
@@ -20,6 +22,7 @@ from ansible.module_utils.workshop_archive import (
     remote_key,
 )
 from ansible.module_utils.workshop_backup import backup_name, seal
+from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 from ansible.module_utils.workshop_shutdown import offsite_problem
 from s3server import s3server  # noqa: F401 - a fixture
@@ -244,6 +247,66 @@ def test_every_slice_sends_something_even_when_its_time_is_gone_before_its_first
         store.close()
     assert copied() == files_of(backup_dir / name)
     assert progress.sent == sum(entry[1] for entry in entries)  # every byte once
+
+
+def _s3_slices(server, folder, name, entries, alter_after=None):
+    """copy_backup in slices that are all out of time from the start, as on a busy host; the number of
+    slices and the bytes read from outputs.tar. With alter_after=N, a byte of the file's first part
+    (sent by then) is changed after slice N."""
+    store = make_target(server.target(), part_size=5 << 20, threshold=5 << 20)
+    resume, slices = None, 0
+    while True:
+        progress = Progress(entries, resume, owner="s3")
+        outcome = copy_backup(store, folder, WORKSHOP, name, progress, deadline=time.time() - 1)
+        slices += 1
+        resume = progress.state()
+        if outcome["done"]:
+            return slices
+        if slices == alter_after:
+            with open(os.path.join(folder, "outputs.tar"), "r+b") as stream:
+                stream.write(b"\xff" if stream.read(1) != b"\xff" else b"\x00")
+        assert slices < 40
+
+
+def test_slices_of_a_resumed_upload_do_not_read_again_the_parts_already_sent(tmp_path, s3server, monkeypatch):  # noqa: F811
+    """Each slice read the file from its start to find where the upload stood: 20 GB would be read
+    dozens of times. The parts sent by the run's earlier slices are taken on the server's MD5; the
+    slice that completes reads the file once more to check it against the manifest."""
+    backup_dir, name, _record = make_backup(tmp_path, big=100 << 20)
+    folder = str(backup_dir / name)
+    size = (backup_dir / name / "outputs.tar").stat().st_size
+    read = []
+
+    class Counting(io.FileIO):
+        def readinto(self, buffer):
+            count = super().readinto(buffer)
+            if self.name.endswith("outputs.tar"):
+                read.append(count)
+            return count
+
+    monkeypatch.setattr(workshop_archive, "open", lambda path, mode="r": io.BufferedReader(Counting(path, mode)), raising=False)
+    slices = _s3_slices(s3server, folder, name, backup_entries(folder))
+
+    assert slices > 3  # a few parts a slice
+    # Once to send, once to check; and a slice that stops has read the part it stops before.
+    assert sum(read) <= 2 * size + slices * (5 << 20), (
+        f"{sum(read) >> 20} MiB read for a {size >> 20} MiB file in {slices} slices"
+    )
+    assert bucket_files(s3server, name) == files_of(backup_dir / name)
+
+
+def test_a_file_changed_under_the_parts_already_sent_is_not_completed(tmp_path, s3server):  # noqa: F811
+    backup_dir, name, _record = make_backup(tmp_path, big=30 << 20)
+    folder = str(backup_dir / name)
+    entries = backup_entries(folder)
+
+    with pytest.raises(WorkshopError, match="no longer matches its backup's manifest"):
+        _s3_slices(s3server, folder, name, entries, alter_after=1)
+
+    key = remote_key("comfy", WORKSHOP, name, "outputs.tar")
+    assert not s3server.path_of(key).exists()  # nothing under the final name
+    with contextlib.suppress(s3server.client().exceptions.NoSuchUpload):  # rclone's answer when none is open
+        assert not s3server.client().list_multipart_uploads(Bucket="workshops", Prefix=key).get("Uploads")
 
 
 @pytest.mark.fault
