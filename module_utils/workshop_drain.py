@@ -289,6 +289,7 @@ def new_state(resume, now, counts):
         deleted=sorted(set(resume.get("deleted") or [])),
         acted=sorted(set(resume.get("acted") or [])),
         cleared=sorted(set(resume.get("cleared") or [])),
+        open_at=resume.get("open_at"),  # the last look that saw jobs open
     )
 
 
@@ -375,14 +376,31 @@ def raise_lost(queues_lost, vanished):
 
 def wait_until_drained(queue, state, queues, until, poll_interval):
     """Look until drained or until the epoch `until`; returns (drained, counts, why, drained_at or None)."""
+    first = True
     while True:
         drained, counts, why = look(queue, state, queues)
+        now = time.time()
         if drained:
-            return True, counts, why, time.time()
-        left = until - time.time()
+            return True, counts, why, emptied_at(queue, state, now) if first else now
+        state["open_at"] = now
+        first = False
+        left = until - now
         if left <= 0:
             return False, counts, why, None
         queue.wait_for_change(min(poll_interval, left))
+
+
+def emptied_at(queue, state, now):
+    """When the queue emptied, found so by a call's first look. After a call that saw jobs open, it emptied
+    between the two calls (that call's end, Ansible's turn, this call's start: seconds on a busy host):
+    when the last of the jobs seen open finished (completed_at), kept between that call's last look and
+    now (a worker on another host writes its own clock's time). Else now."""
+    if state.get("open_at") is None:
+        return now
+    records = queue.records(state["seen"]).values()
+    finished = [epoch_of(record.get("completed_at")) for record in records if isinstance(record, dict)]
+    latest = max((moment for moment in finished if moment), default=now)
+    return min(max(latest, state["open_at"]), now)
 
 
 def classify(queue):

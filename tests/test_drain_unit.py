@@ -271,6 +271,32 @@ def test_wait_until_drained_wakes_on_the_platforms_event(client, platform, queue
     assert drained and drained_at and time.monotonic() - started < 1.5
 
 
+def test_a_queue_that_emptied_between_two_calls_drained_when_its_last_job_finished(client, platform, queue):
+    """A call sees the job running and ends (its slice is over); the job finishes; the next call starts
+    seconds later (Ansible's turn between slices, on a busy host). Drained when the job finished, not
+    at that call's first look; a completion time from a clock behind ours is kept after the last look
+    that saw the job open."""
+    job_id = platform.submit()
+    platform.run(platform.take())
+    state = fresh(queue)
+    assert wait_until_drained(queue, state, BOTH, time.time() + 0.2, 0.05)[0] is False
+    platform.run(platform.finish(job_id))
+    finished = time.time()
+    written = json.loads(client.get(f"job:{job_id}"))
+    client.set(f"job:{job_id}", json.dumps(dict(written, completed_at=workshop_drain.job_time(finished))))
+    time.sleep(1.2)
+
+    resumed = new_state(json.loads(json.dumps(state)), time.time(), queue.counts())
+    drained, _, _, drained_at = wait_until_drained(queue, resumed, BOTH, time.time() + 5, 0.05)
+
+    assert drained and abs(drained_at - finished) < 0.001
+    client.set(f"job:{job_id}", json.dumps(dict(written, completed_at=workshop_drain.job_time(finished - 3600))))
+    skewed = new_state(json.loads(json.dumps(state)), time.time(), queue.counts())
+    assert wait_until_drained(queue, skewed, BOTH, time.time() + 5, 0.05)[3] == state["open_at"]
+    before = time.time()
+    assert wait_until_drained(queue, fresh(queue), BOTH, time.time() + 5, 0.05)[3] >= before  # a new drain: now
+
+
 def stuck_jobs(client, platform):
     """One open job of every class; returns {class: id}."""
     ids = {}
