@@ -189,7 +189,10 @@ ended_at:
   returned: always
   type: str
 drained_at:
-  description: When the drained queue was confirmed, ISO-8601 UTC; null while not drained.
+  description:
+    - When the drained queue was confirmed, ISO-8601 UTC; null while not drained.
+    - When it emptied between two calls of a sliced wait, when the last job seen open finished (its
+      C(completed_at), not before the previous call's last look).
   returned: always
   type: str
 duration_seconds:
