@@ -121,20 +121,21 @@ class RedisQueue:
         scores = self.conn.call(pipe.execute)
         return sorted(job_id for job_id, score in zip(recent, scores) if score is None)
 
-    def memberships(self, job_ids):
-        """{id: [queues holding it]} for `job_ids`, one round trip."""
+    def scores(self, job_ids, queues=QUEUES):
+        """{id: {queue: its score there}} for `job_ids` in `queues`, one round trip."""
         job_ids = list(job_ids)
         if not job_ids:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            for queue in QUEUES:
+            for queue in queues:
                 pipe.zscore(queue_key(queue), job_id)
-        replies = self.conn.call(pipe.execute)
-        return {
-            job_id: [q for k, q in enumerate(QUEUES) if replies[i * len(QUEUES) + k] is not None]
-            for i, job_id in enumerate(job_ids)
-        }
+        replies = iter(self.conn.call(pipe.execute))
+        return {job_id: {q: score for q, score in zip(queues, replies) if score is not None} for job_id in job_ids}
+
+    def memberships(self, job_ids):
+        """{id: [queues holding it]} for `job_ids`, one round trip."""
+        return {job_id: list(found) for job_id, found in self.scores(job_ids).items()}
 
     def heartbeats(self, workers):
         """{worker: whether worker:<id>:heartbeat (TTL 60 s, refreshed on each poll) still exists}."""
@@ -381,7 +382,7 @@ def wait_until_drained(queue, state, queues, until, poll_interval):
         drained, counts, why = look(queue, state, queues)
         now = time.time()
         if drained:
-            return True, counts, why, emptied_at(queue, state, now) if first else now
+            return True, counts, why, emptied_at(queue, state, queues, now) if first else now
         state["open_at"] = now
         first = False
         left = until - now
@@ -390,17 +391,17 @@ def wait_until_drained(queue, state, queues, until, poll_interval):
         queue.wait_for_change(min(poll_interval, left))
 
 
-def emptied_at(queue, state, now):
+def emptied_at(queue, state, queues, now):
     """When the queue emptied, found so by a call's first look. After a call that saw jobs open, it emptied
     between the two calls (that call's end, Ansible's turn, this call's start: seconds on a busy host):
-    when the last of the jobs seen open finished (completed_at), kept between that call's last look and
-    now (a worker on another host writes its own clock's time). Else now."""
-    if state.get("open_at") is None:
+    when the last of the jobs seen open was filed as completed or failed (its score there, the platform's
+    time of the move, made after the record is written), if that is after the last look that saw jobs
+    open. Else now: a drain of the pending queue alone (a job taken leaves no time), a clock behind."""
+    if state.get("open_at") is None or "running" not in queues:
         return now
-    records = queue.records(state["seen"]).values()
-    finished = [epoch_of(record.get("completed_at")) for record in records if isinstance(record, dict)]
-    latest = max((moment for moment in finished if moment), default=now)
-    return min(max(latest, state["open_at"]), now)
+    filed = queue.scores(state["seen"], ("completed", "failed")).values()
+    latest = max((score for found in filed for score in found.values()), default=None)
+    return latest if latest is not None and state["open_at"] < latest <= now else now
 
 
 def classify(queue):
