@@ -191,8 +191,8 @@ ended_at:
 drained_at:
   description:
     - When the drained queue was confirmed, ISO-8601 UTC; null while not drained.
-    - When it emptied between two calls of a sliced wait, when the last job seen open finished (its
-      C(completed_at), not before the previous call's last look).
+    - When it emptied between two calls of a sliced wait, when the last job seen open was filed in
+      C(queue:completed) or C(queue:failed) (its score there), if after the previous call's last look.
   returned: always
   type: str
 duration_seconds:
