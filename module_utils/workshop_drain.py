@@ -113,13 +113,8 @@ class RedisQueue:
             for job_id, r in records.items()
             if r.get("status") in ("completed", "failed") and (epoch_of(r.get("completed_at")) or 0) >= since
         }
-        if not recent:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for job_id, status in recent.items():
-            pipe.zscore(queue_key(status), job_id)
-        scores = self.conn.call(pipe.execute)
-        return sorted(job_id for job_id, score in zip(recent, scores) if score is None)
+        filed = self.scores(recent, ("completed", "failed"))
+        return sorted(job_id for job_id, status in recent.items() if status not in filed[job_id])
 
     def scores(self, job_ids, queues=QUEUES):
         """{id: {queue: its score there}} for `job_ids` in `queues`, one round trip."""
