@@ -20,6 +20,11 @@ description:
     for the estimate, before anything is written. It removes folders left by an interrupted backup
     (never complete, never a backup) only when O(lock_run_id) holds the workshop's lock and no
     process still works in them (it waits O(partial_wait) seconds for one that does).
+  - V(opened) creates the partial folder the plan named (owner only, with C(redis/), C(logs/) and
+    C(config/) in it) and keeps the configuration files O(config_files) of O(project_dir) in C(config/),
+    mode 0600. A missing file of O(config_required_files) fails before anything is written; other
+    missing ones are a warning. With O(config_encrypted), the files are only looked for (the
+    controller writes them encrypted).
   - V(sealed) writes the manifest into the partial folder, fsyncs every file, verifies the folder
     against it (the Redis snapshot by its own checksum too), renames it to its final name, fsyncs the
     backup folder, and records the backup in O(record). A sealed backup is never written again.
@@ -36,7 +41,9 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: V(planned) and V(verified) only read; V(sealed) reports the rename it would make.
+    description: >-
+      V(planned) and V(verified) only read; V(opened) checks the configuration files and reports the
+      folder it would create; V(sealed) reports the rename it would make.
   diff_mode:
     support: none
     description: Returns no diff.
@@ -47,7 +54,7 @@ options:
   state:
     description: What to do.
     type: str
-    choices: [planned, sealed, verified]
+    choices: [planned, opened, sealed, verified]
     required: true
   backup_dir:
     description: The workshop's backup folder, holding its backups.
@@ -58,8 +65,22 @@ options:
     type: dict
     default: {}
   partial:
-    description: For V(sealed), the partial folder to seal (RV(partial) of V(planned)).
+    description: For V(opened) and V(sealed), the partial folder to create or seal (RV(partial) of V(planned)).
     type: path
+  config_files:
+    description: For V(opened), the configuration files to keep, relative to O(project_dir).
+    type: list
+    elements: str
+    default: []
+  config_required_files:
+    description: For V(opened), the files of O(config_files) whose absence fails the backup.
+    type: list
+    elements: str
+    default: []
+  config_encrypted:
+    description: For V(opened), only look for the configuration files; the controller keeps them encrypted.
+    type: bool
+    default: false
   name:
     description:
       - For V(sealed), the final name (RV(name) of V(planned)).
@@ -70,7 +91,9 @@ options:
     type: dict
     default: {}
   project_dir:
-    description: For V(planned), the workshop's project directory, to find its containers.
+    description:
+      - For V(planned), the workshop's project directory, to find its containers.
+      - For V(opened), the folder the configuration files are in.
     type: path
   outputs_dir:
     description:
@@ -114,6 +137,16 @@ EXAMPLES = r"""
       outputs: /home/dev/projects/comfyui/data/outputs
   register: plan
 
+- name: Create the backup's folder and keep the configuration in it
+  workshop_backup:
+    state: opened
+    backup_dir: /var/backups/comfy-wrapup/berlin
+    partial: "{{ plan.partial }}"
+    project_dir: /home/dev/projects/comfyui
+    config_files: [.env, docker-compose.yml]
+    config_required_files: [.env, docker-compose.yml]
+  when: plan.needed
+
 - name: Verify the newest backup
   workshop_backup:
     state: verified
@@ -133,13 +166,25 @@ needed:
   type: bool
 name:
   description: The backup's name (V(planned) - the one to make; V(sealed), V(verified) - the one sealed or verified).
-  returned: always
+  returned: state in (planned, sealed, verified)
   type: str
   sample: backup-20261129T170000Z
 partial:
-  description: V(planned) - the temporary folder to build the backup in.
-  returned: state=planned
+  description: V(planned) - the temporary folder to build the backup in; V(opened) - the folder created.
+  returned: state in (planned, opened)
   type: str
+config_present:
+  description: V(opened) - the configuration files found, kept in C(config/) unless O(config_encrypted).
+  returned: state=opened
+  type: list
+  elements: str
+  sample: [.env, docker-compose.yml]
+config_missing:
+  description: V(opened) - the optional configuration files not found (a warning says so).
+  returned: state=opened
+  type: list
+  elements: str
+  sample: [docker-compose.users.yml]
 latest:
   description: The newest sealed backup before this run, null when there is none.
   returned: always
@@ -216,6 +261,7 @@ from ansible.module_utils.workshop_backup import (
     describe_failures,
     folder_signature,
     free_space,
+    open_partial,
     read_manifest,
     seal,
     sealed_backups,
@@ -315,6 +361,32 @@ def _canonical(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+def open_backup(params, check_mode):
+    backup_dir = require_absolute(params["backup_dir"], "backup_dir")
+    config = open_partial(
+        backup_dir,
+        params["partial"],
+        params["project_dir"],
+        params["config_files"],
+        params["config_required_files"],
+        copy_config=not params["config_encrypted"],
+        check_mode=check_mode,
+    )
+    warnings = []
+    if config["missing"]:
+        warnings.append(
+            f"Not in {params['project_dir']}, so not in the backup: {', '.join(config['missing'])} "
+            "(optional: not in backup_config_required_files)"
+        )
+    return dict(
+        changed=True,
+        partial=params["partial"],
+        config_present=config["present"],
+        config_missing=config["missing"],
+        warnings=warnings,
+    )
+
+
 def seal_backup(params, check_mode):
     backup_dir, name, partial = require_absolute(params["backup_dir"], "backup_dir"), params["name"], params["partial"]
     final = os.path.join(backup_dir, name)
@@ -378,10 +450,13 @@ def verify(params, check_mode):
 def main():
     argument_spec = connection_argument_spec(
         project_dir_required=False,
-        state=dict(type="str", choices=["planned", "sealed", "verified"], required=True),
+        state=dict(type="str", choices=["planned", "opened", "sealed", "verified"], required=True),
         backup_dir=dict(type="path", required=True),
         sources=dict(type="dict", default={}),
         partial=dict(type="path"),
+        config_files=dict(type="list", elements="str", default=[]),
+        config_required_files=dict(type="list", elements="str", default=[]),
+        config_encrypted=dict(type="bool", default=False),
         name=dict(type="str"),
         facts=dict(type="dict", default={}),
         outputs_dir=dict(type="path"),
@@ -394,7 +469,11 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec,
         mutually_exclusive=CONNECTION_MUTUALLY_EXCLUSIVE,
-        required_if=[("state", "planned", ["project_dir"]), ("state", "sealed", ["partial", "name"])],
+        required_if=[
+            ("state", "planned", ["project_dir"]),
+            ("state", "opened", ["partial", "project_dir"]),
+            ("state", "sealed", ["partial", "name"]),
+        ],
         supports_check_mode=True,
     )
     state = module.params["state"]
@@ -402,6 +481,8 @@ def main():
     try:
         if state == "planned":
             result = plan(module.params, module.check_mode)
+        elif state == "opened":
+            result = open_backup(module.params, module.check_mode)
         elif state == "sealed":
             result = seal_backup(module.params, module.check_mode)
         else:

@@ -459,6 +459,75 @@ def stale_partials(backup_dir):
     return sorted(os.path.join(backup_dir, n) for n in os.listdir(backup_dir) if n.startswith(PARTIAL_PREFIX))
 
 
+# The folders of a backup that the backup modules write into, made when its partial folder is opened.
+BACKUP_FOLDERS = ("redis", "logs", "config")
+CONFIG_FOLDER = "config"
+CONFIG_MODE = 0o600
+
+
+def _config_name(name, project_dir):
+    """A configuration file's name, refused unless it is a path inside `project_dir` (relative, no "..")."""
+    parts = name.split("/")
+    if not name or os.path.isabs(name) or ".." in parts:
+        raise WorkshopError(
+            f"Configuration file '{name}' is not a path inside the project directory {project_dir}: "
+            "fix backup_config_files (names relative to the project directory); nothing was written",
+            path=name,
+        )
+    return os.path.normpath(name)
+
+
+def open_partial(backup_dir, partial, project_dir, config_files, required=(), copy_config=True, check_mode=False):
+    """Open a new backup's partial folder: `partial` (owner only) with BACKUP_FOLDERS in it, and the
+    configuration files of `project_dir` named in `config_files` kept in config/ with CONFIG_MODE.
+
+    A missing file of `required`, or a name that is not a file, fails before anything is written; other
+    missing files are listed. With copy_config false (the controller keeps them encrypted instead) the
+    files are only looked for. Returns {"present": [names], "missing": [names]}.
+    """
+    if os.path.dirname(partial) != backup_dir.rstrip("/") or not os.path.basename(partial).startswith(PARTIAL_PREFIX):
+        raise WorkshopError(
+            f"{partial} is not a partial backup folder of {backup_dir}: pass the plan's partial; nothing was written",
+            path=partial,
+        )
+    names = [_config_name(name, project_dir) for name in config_files]
+    present, missing = [], []
+    for name in names:
+        path = os.path.join(project_dir, name)
+        if os.path.isfile(path):
+            present.append(name)
+        elif os.path.lexists(path):
+            raise WorkshopError(
+                f"Configuration file {path} is not a file: fix backup_config_files; nothing was written", path=path
+            )
+        else:
+            missing.append(name)
+    missing_required = [name for name in missing if name in {os.path.normpath(n) for n in required}]
+    if missing_required:
+        raise WorkshopError(
+            f"Required configuration missing in {project_dir}: {', '.join(missing_required)} "
+            "(backup_config_required_files); nothing was written",
+            path=project_dir,
+        )
+    if not check_mode:
+        try:
+            for folder in ("", *BACKUP_FOLDERS):
+                os.makedirs(os.path.join(partial, folder), mode=0o700, exist_ok=True)
+                os.chmod(os.path.join(partial, folder), 0o700)
+        except OSError as exc:
+            raise _space_error(partial, exc) from None
+        for name in present if copy_config else ():
+            dest = os.path.join(partial, CONFIG_FOLDER, name)
+            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+            try:
+                with open(os.path.join(project_dir, name), "rb") as source:
+                    content = source.read()
+            except OSError as exc:
+                raise WorkshopError(f"Cannot read {os.path.join(project_dir, name)}: {exc.strerror}", path=name) from None
+            write_atomically(dest, content, CONFIG_MODE)
+    return {"present": present, "missing": missing}
+
+
 def free_space(backup_dir):
     """Free bytes on the disk that holds (or will hold) `backup_dir` (an absolute path)."""
     if not os.path.isabs(backup_dir):

@@ -321,6 +321,90 @@ def test_a_typo_in_the_outputs_folder_fails_naming_both_paths(tmp_path):
     check_outputs_dir(str(project / "data" / "outputs"), str(project), str(project / ".env"), [worker])
 
 
+# --- opening a backup's folder, with the configuration in it -------------------------------------
+
+
+def _open(tmp_path, capsys, check=False, **options):
+    """workshop_backup state=opened run in-process on <tmp>/ws/.partial-backup-1, project <tmp>/project; (rc, result)."""
+    from ansible.module_utils.testing import patch_module_args
+
+    from conftest import load_module
+
+    args = {
+        "state": "opened",
+        "backup_dir": str(tmp_path / "ws"),
+        "partial": str(tmp_path / "ws" / ".partial-backup-1"),
+        "project_dir": str(tmp_path / "project"),
+        "config_files": [".env", "docker-compose.yml", "docker-compose.users.yml"],
+        "config_required_files": [".env", "docker-compose.yml"],
+        "_ansible_check_mode": check,
+        **options,
+    }
+    with patch_module_args(args), pytest.raises(SystemExit) as ended:
+        load_module("workshop_backup").main()
+    return ended.value.code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def project(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / ".env").write_text("REDIS_PASSWORD=s3cret\n")
+    (folder / "docker-compose.yml").write_text("services: {}\n")
+    (tmp_path / "ws").mkdir(mode=0o700)
+    return folder
+
+
+def test_opening_creates_the_owner_only_folders_and_keeps_the_configuration_byte_for_byte(tmp_path, project, capsys):
+    rc, result = _open(tmp_path, capsys)
+
+    partial = tmp_path / "ws" / ".partial-backup-1"
+    assert rc == 0 and result["changed"] is True
+    assert sorted(p.name for p in partial.iterdir()) == ["config", "logs", "redis"]
+    assert {oct(p.stat().st_mode & 0o777) for p in (partial, *partial.iterdir())} == {"0o700"}
+    for name in (".env", "docker-compose.yml"):
+        assert (partial / "config" / name).read_bytes() == (project / name).read_bytes()
+        assert oct((partial / "config" / name).stat().st_mode & 0o777) == "0o600"
+    assert result["config_present"] == [".env", "docker-compose.yml"]
+    assert result["config_missing"] == ["docker-compose.users.yml"]
+    assert "so not in the backup: docker-compose.users.yml" in json.dumps(result["warnings"])
+    assert "s3cret" not in json.dumps(result)
+
+
+def test_a_missing_required_file_fails_naming_it_before_anything_is_written(tmp_path, project, capsys):
+    (project / "docker-compose.yml").unlink()
+
+    rc, result = _open(tmp_path, capsys)
+
+    assert rc == 1 and "Required configuration missing in " + str(project) + ": docker-compose.yml" in result["msg"]
+    assert not (tmp_path / "ws" / ".partial-backup-1").exists()
+
+
+def test_check_mode_and_encrypted_configuration_write_no_configuration(tmp_path, project, capsys):
+    rc, previewed = _open(tmp_path, capsys, check=True)
+    assert rc == 0 and previewed["changed"] is True and previewed["config_present"] == [".env", "docker-compose.yml"]
+    assert not (tmp_path / "ws" / ".partial-backup-1").exists()
+
+    rc, opened = _open(tmp_path, capsys, config_encrypted=True)
+    assert rc == 0 and opened["config_present"] == [".env", "docker-compose.yml"]
+    assert list((tmp_path / "ws" / ".partial-backup-1" / "config").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"config_files": ["../other/.env"]}, "'../other/.env' is not a path inside the project directory"),
+        ({"config_files": ["/etc/passwd"]}, "'/etc/passwd' is not a path inside the project directory"),
+        ({"partial": "/tmp/elsewhere"}, "/tmp/elsewhere is not a partial backup folder of"),
+    ],
+)
+def test_a_path_outside_the_project_or_the_backup_folder_is_refused(tmp_path, project, capsys, options, message):
+    rc, result = _open(tmp_path, capsys, **options)
+
+    assert rc == 1 and message in result["msg"]
+    assert not (tmp_path / "ws" / ".partial-backup-1").exists()
+
+
 # --- verification, recorded ---------------------------------------------------------------------
 
 
