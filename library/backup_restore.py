@@ -452,7 +452,7 @@ def recover(params, check_mode):
     config = [relpath for relpath in config if not relpath.endswith(".vault")]
     occupied = os.path.isdir(dest) and bool(os.listdir(dest))
     exists, same_volume = _volume_state(client, volume, image, manifest["files"][RDB_FILE]["sha256"])
-    if (occupied or exists) and params["confirm"] != params["workshop_id"]:
+    if (occupied or exists) and (not params["workshop_id"] or params["confirm"] != params["workshop_id"]):
         what = " and ".join(([f"{dest} is not empty"] if occupied else []) + ([f"the volume {volume} exists"] if exists else []))
         raise WorkshopError(
             f"{what}: a restore there overwrites what it holds. To confirm, set restore_confirm={params['workshop_id']}; "

@@ -258,7 +258,7 @@ def cleanup(params, check_mode, now=None):
     outputs = None
     outputs_kept = []
     if params.get("remove_outputs"):
-        if params.get("confirm") != params["workshop_id"]:
+        if not params["workshop_id"] or params.get("confirm") != params["workshop_id"]:  # nothing confirms nothing
             raise WorkshopError(
                 f"Removing the participants' outputs of {params['workshop_id']} needs cleanup_confirm={params['workshop_id']} "
                 f"(given: {params.get('confirm') or 'nothing'}). Nothing was removed"

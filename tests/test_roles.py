@@ -146,3 +146,27 @@ def test_a_drain_slice_that_fails_fails_the_wait_with_its_own_message(tmp_path):
     fatal = run.output.split("fatal: [localhost]")[-1]
     assert f"Cannot reach Redis at 127.0.0.1:{port}" in fatal, run.output[-3000:]
     assert "Error while evaluating conditional" not in run.output
+
+
+@pytest.mark.parametrize(
+    ("playbook", "workshop_id", "extra"),
+    [
+        ("post_workshop.yml", "../escape", {}),
+        ("post_workshop.yml", "a/b", {}),
+        # An empty id would equal an empty confirmation: down_volumes must not run unconfirmed.
+        ("playbooks/shutdown.yml", "", {"shutdown_mode": "down_volumes", "shutdown_confirm": ""}),
+        ("playbooks/cleanup.yml", "", {"cleanup_outputs": "true", "cleanup_confirm": ""}),
+    ],
+    ids=["dotdot", "slash", "shutdown-empty", "cleanup-empty"],
+)
+def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, playbook, workshop_id, extra):
+    inventory = ini_inventory(tmp_path, site.settings)
+    before = sorted(str(path) for path in site.root.rglob("*"))
+
+    run = run_playbook(playbook, "-i", str(inventory), extra_vars={"workshop_id": workshop_id, **extra}, expect_ok=False)
+
+    assert run.returncode != 0
+    assert f"workshop_id '{workshop_id}' on ws is not a safe folder name" in " ".join(run.output.split())
+    assert "TASK [workshop : Refuse a workshop id" in run.output
+    assert sorted(str(path) for path in site.root.rglob("*")) == before  # nothing written anywhere
+
