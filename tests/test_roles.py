@@ -170,3 +170,20 @@ def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, p
     assert "TASK [workshop : Refuse a workshop id" in run.output
     assert sorted(str(path) for path in site.root.rglob("*")) == before  # nothing written anywhere
 
+
+@pytest.mark.parametrize("playbook", ["playbooks/cleanup.yml", "playbooks/retention.yml"])
+def test_a_lock_held_by_another_run_is_named_not_lost_in_the_release(site, tmp_path, playbook):
+    """The release after a refused take must not run: its result (a file's owner, a user name) has no run id."""
+    from ansible.module_utils.workshop_lock import acquire, new_owner, release
+
+    inventory = ini_inventory(tmp_path, site.settings)
+    folder = str(site.backups / "ws")
+    acquire(folder, new_owner("held-by-a-test", purpose="another run"))  # this live process holds it
+    try:
+        run = run_playbook(playbook, "-i", str(inventory), extra_vars={"retention_enabled": "true"}, expect_ok=False)
+    finally:
+        release(folder, "held-by-a-test")
+
+    assert run.returncode != 0
+    assert "Another run holds the lock" in " ".join(run.output.split()), run.output[-3000:]
+    assert "has no attribute 'run_id'" not in run.output
