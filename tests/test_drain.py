@@ -153,7 +153,8 @@ def dead_worker(rdb):
 
 
 def test_fail_leaves_a_job_whose_worker_still_polls_and_the_worker_then_finishes_it(staging_workshop, rdb, cleanup_jobs):
-    slow = submit("user004", metadata={"staging": {"duration": 6, "succeed": True}})
+    # Long enough to still run once the ad hoc ansible run has started on a busy machine.
+    slow = submit("user004", metadata={"staging": {"duration": 15, "succeed": True}})
     wait_for_status(rdb, slow, {"running"})
 
     ok, result = run_module("queue_drain", {**REDIS_ARGS, "timeout": 1, "stuck_policy": "fail", "on_timeout": "return"})
@@ -163,7 +164,7 @@ def test_fail_leaves_a_job_whose_worker_still_polls_and_the_worker_then_finishes
     assert result["actions"] == [
         {"id": slow, "kind": "running_worker_alive", "action": "left: worker worker-1 still polls (force acts anyway)"}
     ]
-    wait_for_status(rdb, slow, {"completed"}, timeout=20)
+    wait_for_status(rdb, slow, {"completed"}, timeout=40)
     wait_for(lambda: where(rdb, slow) == ["completed"], what="the job filed")
     agrees(rdb, slow, "completed")
 
