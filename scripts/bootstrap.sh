@@ -42,6 +42,13 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
     echo "$want" >"$stamp"
 fi
+# Module payloads built once per version of the code across the tests' ansible runs, when they ask
+# for it (scripts/controller_payload_cache.py says why; other runs are left as Ansible makes them).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+if ! cmp -s scripts/controller_payload_cache.py "$site/controller_payload_cache.py"; then
+    cp scripts/controller_payload_cache.py "$site/"
+    echo "import controller_payload_cache" >"$site/controller_payload_cache.pth"
+fi
 
 # A workshop host's own Python for the modules in tests and the demo: Ubuntu 22.04's 3.10, from the
 # machine image's pyenv builds, with only the host libraries (no Ansible: modules bring their own).

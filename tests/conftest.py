@@ -4,6 +4,7 @@ The staging workshop is brought up once per test session through the project's o
 playbook (so the role is tested by every run) and torn down at the end.
 """
 
+import atexit
 import contextlib
 import fcntl
 import importlib.machinery
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -63,6 +65,12 @@ SLOT = int(os.environ.get("COMFY_WRAPUP_SLOT") or 0) + int(os.environ.get("PYTES
 os.environ["COMFY_WRAPUP_SLOT"] = str(SLOT)
 # Not passed on to ansible runs: unbuffered, Python reads a pipelined module one byte per read(2).
 os.environ.pop("PYTHONUNBUFFERED", None)
+# Module payloads built once per session instead of once per ansible run (scripts/controller_payload_cache.py);
+# set by the first process of the session (pytest-xdist's workers inherit it), removed when it ends. Set to
+# nothing, the session builds them as Ansible does.
+if "COMFY_WRAPUP_PAYLOAD_CACHE" not in os.environ:
+    os.environ["COMFY_WRAPUP_PAYLOAD_CACHE"] = tempfile.mkdtemp(prefix="comfy-wrapup-payloads-")
+    atexit.register(shutil.rmtree, os.environ["COMFY_WRAPUP_PAYLOAD_CACHE"], True)
 SLOT_SUFFIX = f"-s{SLOT}" if SLOT else ""
 
 
