@@ -1,5 +1,6 @@
 """Optional phase: shut the workshop down. One project, quiesce, then check, then delete."""
 
+import gzip
 import json
 import os
 import re
@@ -61,6 +62,11 @@ def shutdown(workshop_id, mode, expect_ok=True, check=False, **extra):
 def flat(output):
     """The output with the YAML callback's line wrapping and quote doubling undone, to search in."""
     return " ".join(output.split()).replace("''", "'")
+
+
+def log_text(path):
+    with gzip.open(path, "rt") as log:
+        return log.read()
 
 
 def record_of(workshop_id):
@@ -133,6 +139,8 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
         assert shutdown_record["networks_removed"] == [f"{COMPOSE_PROJECT}_default"]
         assert shutdown_record["final_state"]["keys_compared"] > completed
         assert shutdown_record["final_state"]["ttl_keys_left_out"] == ["worker:worker-1:heartbeat"]
+        # Every log, the stop's lines too (kept after the quiesce), outlives the containers.
+        assert "ready to exit" in log_text(f"{shutdown_record['logs_kept_in']}/redis.log.gz")
         again = shutdown(workshop_id, "down_volumes")
         assert again.changed() == 0, again.output
     finally:
@@ -352,14 +360,24 @@ def test_check_mode_shows_exactly_what_each_mode_would_do_then_down_keeps_the_vo
             assert f"Volumes that would be DELETED: {COMPOSE_PROJECT}_redis-data" in preview.output
         elif mode == "down":
             assert f"Volumes kept: {COMPOSE_PROJECT}_redis-data" in preview.output
+        if mode != "stop":  # the containers' every log line, since the backup too, kept before they are removed
+            assert f"since the backup too, would be kept in {BACKUP_ROOT / workshop_id}/shutdown-logs-" in preview.output, mode
         assert "shutdown" not in record_of(workshop_id), mode
+    assert not list((BACKUP_ROOT / workshop_id).glob("shutdown-logs-*"))
 
+    # A job after the backup: its lines are in no backup, and must not die with the containers.
+    late = submit("user002", metadata={"staging": {"duration": 0.1, "succeed": True}})
+    wait_for_status(rdb, late, {"completed"})
     try:
         first = shutdown(workshop_id, "down")
         assert first.changed() > 0
         assert project_state(engine) == dict(containers={}, networks=[], volumes=[f"{COMPOSE_PROJECT}_redis-data"])
         record = record_of(workshop_id)["shutdown"]
         assert record["mode"] == "down" and record["volumes_deleted"] == [] and record["backup"] == backups(workshop_id)[-1].name
+        [kept] = (BACKUP_ROOT / workshop_id).glob("shutdown-logs-*")
+        assert record["logs_kept_in"] == str(kept)
+        assert late in log_text(kept / "worker-1.log.gz")
+        assert late not in log_text(backups(workshop_id)[-1] / "logs" / "worker-1.log.gz")
 
         again = shutdown(workshop_id, "down")
 
