@@ -87,13 +87,14 @@ class ComposeProject:
     def containers(self, missing_ok=False):
         """Every container of the project, running or not; an unknown project raises, naming the known
         ones, unless `missing_ok` (a project already taken down has none)."""
+        # Listing inspects every container found: one removed meanwhile (another project going down) is
+        # skipped, not an error; the other projects' names need no inspection at all (sparse).
         try:
-            found = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"})
+            found = self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"}, ignore_removed=True)
             if found or missing_ok:
                 return found
-            known = sorted(
-                {c.labels.get(PROJECT_LABEL) for c in self.client.containers.list(all=True, filters={"label": PROJECT_LABEL})}
-            )
+            others = self.client.containers.list(all=True, filters={"label": PROJECT_LABEL}, sparse=True)
+            known = sorted({(c.attrs.get("Labels") or {}).get(PROJECT_LABEL) for c in others})  # a sparse one has no .labels
         except docker.errors.DockerException as exc:
             raise WorkshopError(f"Docker at {self.engine} failed listing containers: {exc}", docker_host=self.engine) from None
         raise WorkshopUnreachable(
