@@ -374,9 +374,11 @@ def test_reading_the_depth_over_http_with_jmespath(staging_workshop, rdb, cleanu
     assert not ok and "depth_query 'mode'" in result["msg"]
 
 
-def test_reopen_brings_the_frontends_back(staging_workshop, fresh_record):
+def test_reopen_brings_the_frontends_back_and_the_next_drain_records_its_own_times(staging_workshop, rdb, fresh_record):
     run_playbook("playbooks/drain.yml")
     assert set(frontend_states().values()) == {"exited"}
+
+    first = json.loads(RECORD.read_text())
 
     reopened = run_playbook("playbooks/drain.yml", extra_vars={"drain_reopen": True})
 
@@ -384,6 +386,16 @@ def test_reopen_brings_the_frontends_back(staging_workshop, fresh_record):
     assert set(frontend_states().values()) == {"running"}
     with urllib.request.urlopen(f"http://127.0.0.1:{FRONTEND_BASE_PORT}/", timeout=10) as page:
         assert b"user001" in page.read()
+    assert json.loads(RECORD.read_text())["drain"]["drained"] is False
+
+    # The next drain is a drain of its own: its cut-off, its final time, its totals with the new job.
+    job = submit("user003", metadata={"staging": {"duration": 0.1, "succeed": True}})
+    wait_for_status(rdb, job, {"completed"})
+    run_playbook("playbooks/drain.yml", extra_vars={"drain_cutoff_minutes": 30})
+    again = json.loads(RECORD.read_text())
+    assert again["drain"]["drained"] is True and again["drain"]["final_time"] > first["drain"]["final_time"]
+    assert again["drain"]["total_jobs"] >= first["drain"]["total_jobs"] + 1  # not the first drain's, kept
+    assert again["announcement"]["cutoff"] != first["announcement"]["cutoff"]
 
 
 def test_an_unknown_frontend_pattern_is_named(staging_workshop, fresh_record):
