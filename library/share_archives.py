@@ -255,6 +255,8 @@ def main():
         result = share(params, module.check_mode)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
+    for warning in result.pop("warnings"):
+        module.warn(warning)
     module.exit_json(**result)
 
 

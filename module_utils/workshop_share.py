@@ -496,6 +496,20 @@ def share(params, check_mode, now=None, client_factory=None):
         )
     absent = [p["user"] for p in participants if not p["files"]]
     no_email = [p["user"] for p in participants if p["files"] and not p["email"]]
+    warnings = []
+    generated = [
+        plan["participant"]["user"]
+        for plan in plans
+        if password_source(params["encryption"], credentials, plan["participant"]["user"]) == "generated"
+    ]
+    if generated and params["encryption"] == "workshop":
+        # The admin chose the workshop passwords: say whose are not there, and where the ones made instead are.
+        source = params.get("credentials_file") or "no credentials_file given"
+        found = "" if credentials else " (no such file, or no password in it)"
+        warnings.append(
+            f"No workshop password in {source}{found} for {', '.join(generated)}: their archives are encrypted with "
+            f"generated passwords, kept in {os.path.join(share_dir, PASSWORDS_NAME)} (owner only); send each their own"
+        )
     changed = bool(built or uploaded or linked) or (new_state != state and bool(plans))
     if changed and not check_mode:
         write_json(state_path, new_state)
@@ -516,6 +530,7 @@ def share(params, check_mode, now=None, client_factory=None):
         "uploaded": uploaded,
         "linked": linked,
         "roster": [{"user": p["user"], "name": p["name"], "email": p["email"], "files": len(p["files"])} for p in participants],
+        "warnings": warnings,
     }
 
 

@@ -147,6 +147,24 @@ def test_a_second_run_on_unchanged_outputs_changes_nothing_and_a_new_file_rebuil
     assert [p["link"] for p in third["participants"]] == [p["link"] for p in first["participants"]]
 
 
+def test_participants_without_a_workshop_password_are_named_with_where_their_generated_ones_are(workshop, tmp_path):
+    (workshop / "USER_CREDENTIALS.txt").write_text("user001:" + PASSWORDS["user001"] + "\n")
+
+    result = share(params(workshop, tmp_path), check_mode=False)
+
+    passwords = Path(params(workshop, tmp_path)["share_dir"]) / "share-passwords.json"
+    [warning] = result["warnings"]
+    assert f"No workshop password in {workshop / 'USER_CREDENTIALS.txt'} for user002, user003, user004" in warning
+    assert str(passwords) in warning and sorted(json.loads(passwords.read_text())) == ["user002", "user003", "user004"]
+    assert PASSWORDS["user001"] not in warning
+    (workshop / "USER_CREDENTIALS.txt").unlink()
+    assert (
+        "(no such file, or no password in it) for user001, user002"
+        in share(params(workshop, tmp_path), check_mode=True)["warnings"][0]
+    )
+    assert share(params(workshop, tmp_path, encryption="generated"), check_mode=True)["warnings"] == []  # the admin's choice
+
+
 def test_generated_passwords_are_kept_and_none_builds_plain_zips(workshop, tmp_path):
     result = share(params(workshop, tmp_path, encryption="generated"), check_mode=False)
     kept = json.loads((Path(params(workshop, tmp_path)["share_dir"]) / "share-passwords.json").read_text())
