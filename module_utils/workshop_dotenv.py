@@ -41,7 +41,8 @@ def read_dotenv(path):
             return parse_dotenv(env_file.read())
     except FileNotFoundError:
         raise WorkshopError(
-            f"No .env at {path}: set workshop_project_dir (or env_file) to the workshop's project directory",
+            f"No .env at {path}: set workshop_project_dir to the workshop's project directory, or workshop_env_file "
+            "(a module's env_file) to its .env",
             path=path,
         ) from None
     except OSError as exc:
