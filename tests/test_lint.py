@@ -351,7 +351,7 @@ def _jinja_reads(text, expression=False):
 def _yaml_reads(document):
     reads = set()
     for key, text in _strings(document):
-        if key in CONDITION_KEYS:
+        if key in CONDITION_KEYS and "{{" not in text:  # a bare expression (a module's option may share the name: until)
             reads |= _jinja_reads(text, expression=True)
         elif "{{" in text or "{%" in text:
             reads |= _jinja_reads(text)

@@ -377,6 +377,7 @@ def test_check_mode_shows_exactly_what_each_mode_would_do_then_down_keeps_the_vo
         [kept] = (BACKUP_ROOT / workshop_id).glob("shutdown-logs-*")
         assert record["logs_kept_in"] == str(kept)
         assert late in log_text(kept / "worker-1.log.gz")
+        assert "ready to exit" in log_text(kept / "redis.log.gz")  # stopped first: the stop's own lines too
         assert late not in log_text(backups(workshop_id)[-1] / "logs" / "worker-1.log.gz")
 
         again = shutdown(workshop_id, "down")
