@@ -396,6 +396,7 @@ def test_reopen_brings_the_frontends_back_and_the_next_drain_records_its_own_tim
     assert again["drain"]["drained"] is True and again["drain"]["final_time"] > first["drain"]["final_time"]
     assert again["drain"]["total_jobs"] >= first["drain"]["total_jobs"] + 1  # not the first drain's, kept
     assert again["announcement"]["cutoff"] != first["announcement"]["cutoff"]
+    assert again["drain"]["reopened_at"] is None  # announced: a re-run keeps this cut-off, even after a timeout
 
 
 def test_an_unknown_frontend_pattern_is_named(staging_workshop, fresh_record):
