@@ -1,12 +1,12 @@
 #!/usr/bin/python
 # Copyright: (c) 2026, comfy-wrapup contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Ansible module: plan, seal and verify the workshop's backups."""
+"""Ansible module: plan, open, seal and verify the workshop's backups."""
 
 DOCUMENTATION = r"""
 ---
 module: workshop_backup
-short_description: Plan, seal and verify a ComfyUI workshop's backups
+short_description: Plan, open, seal and verify a ComfyUI workshop's backups
 description:
   - A backup is one folder C(backup-<UTC time>) in the workshop's backup folder, built under a
     temporary name (C(.partial-backup-<time>)) by the other backup modules and renamed only when
@@ -187,7 +187,7 @@ config_missing:
   sample: [docker-compose.users.yml]
 latest:
   description: The newest sealed backup before this run, null when there is none.
-  returned: always
+  returned: state in (planned, sealed, verified)
   type: str
 fingerprint:
   description: V(planned) - the fingerprint of the workshop's data now.

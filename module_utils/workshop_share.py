@@ -504,11 +504,12 @@ def share(params, check_mode, now=None, client_factory=None):
     ]
     if generated and params["encryption"] == "workshop":
         # The admin chose the workshop passwords: say whose are not there, and where the ones made instead are.
-        source = params.get("credentials_file") or "no credentials_file given"
-        found = "" if credentials else " (no such file, or no password in it)"
+        source = params.get("credentials_file")
+        source = (source + ("" if credentials else " (no such file, or no password in it)")) if source else "no credentials file"
+        kept = "would be kept" if check_mode else "kept"
         warnings.append(
-            f"No workshop password in {source}{found} for {', '.join(generated)}: their archives are encrypted with "
-            f"generated passwords, kept in {os.path.join(share_dir, PASSWORDS_NAME)} (owner only); send each their own"
+            f"No workshop password in {source} for {', '.join(generated)}: their archives are encrypted with "
+            f"generated passwords, {kept} in {os.path.join(share_dir, PASSWORDS_NAME)} (owner only); send each their own"
         )
     changed = bool(built or uploaded or linked) or (new_state != state and bool(plans))
     if changed and not check_mode:

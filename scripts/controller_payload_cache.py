@@ -57,12 +57,11 @@ def _share_the_payload_folder(module_common):
 
     def find_module_utils(**kwargs):
         own = os.path.join(C.DEFAULT_LOCAL_TMP, "ansiballz_cache")
-        if not os.path.lexists(own):
-            if not shared:
-                shared.append(os.path.join(CACHE, code_digest()))
-                os.makedirs(shared[0], exist_ok=True)
-            with contextlib.suppress(FileExistsError):  # another fork of this run linked it first
-                os.symlink(shared[0], own)
+        if not shared:
+            shared.append(os.path.join(CACHE, code_digest()))
+        os.makedirs(shared[0], exist_ok=True)  # every time: a link to a folder removed meanwhile would fail the build
+        with contextlib.suppress(FileExistsError):  # linked already, by this process or another fork of this run
+            os.symlink(shared[0], own)
         return build(**kwargs)
 
     module_common._find_module_utils = find_module_utils
