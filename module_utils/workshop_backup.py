@@ -502,7 +502,8 @@ def open_partial(backup_dir, partial, project_dir, config_files, required=(), co
             )
         else:
             missing.append(name)
-    missing_required = [name for name in missing if name in {os.path.normpath(n) for n in required}]
+    required = {os.path.normpath(name) for name in required}
+    missing_required = [name for name in missing if name in required]
     if missing_required:
         raise WorkshopError(
             f"Required configuration missing in {project_dir}: {', '.join(missing_required)} "
