@@ -18,7 +18,8 @@ description:
     temporary name, re-read (sha256 of every member) and only then renamed; then the loose exports go.
   - With O(remove_outputs) and O(confirm) equal to O(workshop_id), removes the participants' outputs once the
     share period has ended (run record C(share.period_ends)), each file only when a backup verified off-host
-    holds it with the same size and sha256.
+    holds it with the same size and sha256, and one of O(targets) still holds that backup now (every file
+    there with its size, and on S3 its recorded sha256), since the run record says what was true when it was copied.
   - Writes the run record section C(cleanup) = C({at, done, removed, logs_rolled, outputs_removed}).
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
@@ -29,6 +30,8 @@ attributes:
   diff_mode:
     support: full
     description: The paths that would be removed, as the before list.
+extends_documentation_fragment:
+  - workshop_targets.targets
 options:
   workshop_id:
     description: The workshop's id (the yearly archive's member folder).
@@ -98,7 +101,7 @@ outputs_removed:
   returned: always
   type: dict
 outputs_kept:
-  description: Outputs kept, and why (share period not over, not in a backup verified off-host).
+  description: Outputs kept, and why (share period not over, not in a backup a target holds now).
   returned: always
   type: list
   elements: dict
@@ -109,9 +112,12 @@ done:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.workshop_archive import make_target
 from ansible.module_utils.workshop_cleanup import cleanup
+from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_record import read_record, save_record
+from ansible.module_utils.workshop_s3 import target_argument_spec
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
 
 
@@ -125,19 +131,28 @@ def run(module):
             now = epoch_of(params["now"])
             if now is None:
                 raise WorkshopError(f"now={params['now']!r} is neither ISO-8601 nor epoch seconds") from None
-    result = cleanup(
-        dict(
-            workshop_id=params["workshop_id"],
-            backup_dir=params["backup_dir"],
-            backup_root=params["backup_root"],
-            project_dir=params["project_dir"],
-            outputs_dir=params["outputs_dir"],
-            remove_outputs=params["remove_outputs"],
-            confirm=params["confirm"],
-        ),
-        module.check_mode,
-        now=now,
-    )
+    # The targets are reached only to remove outputs (their copies must still be there).
+    stores = []
+    try:
+        if params["remove_outputs"]:
+            stores = [make_target(target, known_hosts=params["known_hosts"]) for target in params["targets"]]
+        result = cleanup(
+            dict(
+                workshop_id=params["workshop_id"],
+                backup_dir=params["backup_dir"],
+                backup_root=params["backup_root"],
+                project_dir=params["project_dir"],
+                outputs_dir=params["outputs_dir"],
+                remove_outputs=params["remove_outputs"],
+                confirm=params["confirm"],
+                stores=stores,
+            ),
+            module.check_mode,
+            now=now,
+        )
+    finally:
+        for store in stores:
+            store.close()
     if params["record"]:
         import time
 
@@ -174,9 +189,13 @@ def main():
             remove_outputs=dict(type="bool", default=False),
             confirm=dict(type="str", default=""),
             now=dict(type="str", default=""),
+            targets=dict(type="list", elements="dict", default=[], options=target_argument_spec()["options"]),
+            known_hosts=dict(type="path"),
         ),
         supports_check_mode=True,
     )
+    if module.params["remove_outputs"] and any(target["type"] == "s3" for target in module.params["targets"]):
+        require_libraries(module, "boto3")
     try:
         result = run(module)
     except WorkshopError as exc:

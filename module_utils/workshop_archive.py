@@ -723,6 +723,29 @@ def copy_backup(store, folder, workshop_id, backup, progress, deadline=None, che
     }
 
 
+def check_present(store, folder, workshop_id, backup, entries=None):
+    """A quick look at the copy, without reading it: is every file of the backup there, with its size
+    (and, on S3, the sha256 recorded with the object)? Returns failures [{file, reason}].
+
+    `entries`: the files to look at ([(relpath, size, sha256)], default every file of the backup)."""
+    entries = backup_entries(folder) if entries is None else entries
+    failures = []
+    if store.kind == "s3":
+        found = {relpath: store.stat(store.key(workshop_id, backup, relpath)) for relpath, _size, _sha256 in entries}
+    else:
+        copy = store.key(workshop_id, backup, "").rstrip("/")
+        found = store.survey(copy, [relpath for relpath, _size, _sha256 in entries], ())
+    for relpath, size, sha256 in entries:
+        there = found.get(relpath) or {}
+        if there.get("size") is None:
+            failures.append({"file": relpath, "reason": f"missing on the target ({store.key(workshop_id, backup, relpath)})"})
+        elif there["size"] != size:
+            failures.append({"file": relpath, "reason": f"size {there['size']} on the target, {size} in the manifest"})
+        elif there.get("sha256") and there["sha256"] != sha256:
+            failures.append({"file": relpath, "reason": f"sha256 {there['sha256']} on the target, {sha256} in the manifest"})
+    return failures
+
+
 def verify_copy(store, folder, workshop_id, backup, mode="all", sample=3, seed=None):
     """Read the copy back from the target and compare each file's sha256 with the local manifest.
 
@@ -730,17 +753,13 @@ def verify_copy(store, folder, workshop_id, backup, mode="all", sample=3, seed=N
     """
     entries = backup_entries(folder)
     chosen = entries if mode == "all" else sample_of(entries, sample, seed)
-    failures = []
-    for relpath, size, sha256 in chosen:
+    failures = check_present(store, folder, workshop_id, backup, chosen)
+    failed = {failure["file"] for failure in failures}
+    for relpath, _size, sha256 in chosen:
+        if relpath in failed:
+            continue
         key = store.key(workshop_id, backup, relpath)
         if store.kind == "s3":
-            found = store.stat(key)
-            if found is None:
-                failures.append({"file": relpath, "reason": f"missing on the target ({key})"})
-                continue
-            if found["size"] != size:
-                failures.append({"file": relpath, "reason": f"size {found['size']} on the target, {size} in the manifest"})
-                continue
             got = store.read_sha256(key)
         else:
             completed = store.run('[ -f "$1" ] || exit 5; sha256sum < "$1" | cut -d" " -f1', key, check=False)

@@ -35,6 +35,7 @@ from ansible.module_utils.workshop_retention import (
     LOGS_DIR,
     LOOSE_LOG_PATTERN,
     YEARLY_PATTERN,
+    OffsiteCheck,
     archive_digests,
     backup_epoch,
     outputs_in_offsite_backup,
@@ -220,7 +221,8 @@ def yearly_archives_with(backup_root, workshop_id):
 def cleanup(params, check_mode, now=None):
     """The cleanup phase; returns the module's result (removed, logs_rolled, outputs ...).
 
-    params: workshop_id, backup_dir, backup_root, project_dir, outputs_dir, remove_outputs, confirm.
+    params: workshop_id, backup_dir, backup_root, project_dir, outputs_dir, remove_outputs, confirm, stores (the
+    archive targets, workshop_archive.make_target: an output goes only when one of them holds its backup now).
     """
     now = time.time() if now is None else now
     facts = workshop_facts(params["backup_dir"])
@@ -267,7 +269,8 @@ def cleanup(params, check_mode, now=None):
             ends = (facts["record"].get("share") or {}).get("period_ends") or "not recorded"
             outputs_kept.append({"path": params["outputs_dir"], "why": f"the share period has not ended (ends: {ends})"})
         else:
-            kept, not_kept = outputs_in_offsite_backup(params["outputs_dir"], facts)
+            check = OffsiteCheck(params.get("stores") or ())
+            kept, not_kept = outputs_in_offsite_backup(params["outputs_dir"], facts, check)
             outputs_kept += [{"path": path, "why": why} for path, why in not_kept]
             outputs = {"files": len(kept), "bytes": sum(f[2] for f in kept)}
             removed += [

@@ -15,6 +15,7 @@ import re
 import shutil
 import tarfile
 
+from ansible.module_utils.workshop_archive import check_present
 from ansible.module_utils.workshop_backup import MANIFEST, sealed_backups
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
@@ -138,10 +139,57 @@ def workshop_folders(backup_root):
     return found
 
 
-def offsite_members(facts):
-    """{outputs member path: (size, sha256)} of the workshop's backups verified off-host and still on the host."""
+class OffsiteCheck:
+    """Whether a backup the run record says verified off-host is still on a target now.
+
+    The record says what was true when the archive phase ran; since then a bucket's lifecycle rule, an
+    admin or a failed disk may have taken the copy. Host data is deleted on the strength of an off-host
+    copy only when one of this run's targets holds it now: every file there with its size (and, on S3,
+    its recorded sha256). Each backup is looked at once, when a deletion depends on it. (A copy the
+    schedule itself retires in this run, older than its limit, counts: the schedule retires the host's too.)
+    """
+
+    def __init__(self, stores=()):
+        self.stores = {store.target["name"]: store for store in stores}
+        self.seen = {}
+
+    def why_not(self, facts, backup):
+        """None when a target holds the backup's copy now; else why no target does (a phrase)."""
+        key = (facts["folder"], backup)
+        if key not in self.seen:
+            self.seen[key] = self._look(facts, backup)
+        return self.seen[key]
+
+    def _look(self, facts, backup):
+        workshop = os.path.basename(facts["folder"].rstrip("/"))
+        reasons = []
+        for name in facts["offsite"].get(backup, ()):
+            store = self.stores.get(name)
+            if store is None:
+                reasons.append(f"{name} is not among this run's targets, so its copy cannot be checked")
+            else:
+                failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup)
+                if not failures:
+                    return None
+                more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+                reasons.append(f"on {name}, {failures[0]['file']}: {failures[0]['reason']}{more}")
+        return "; ".join(reasons) or "not verified off-host on any target (run record archive.targets.*)"
+
+    def confirmed(self, facts):
+        """The workshop's backups on the host, verified off-host, that a target holds now."""
+        return [backup for backup in on_host_offsite(facts) if self.why_not(facts, backup) is None]
+
+
+def on_host_offsite(facts):
+    """The workshop's backups still on the host that its run record says verified off-host."""
+    return [backup for backup in facts["offsite"] if backup in facts["sealed"]]
+
+
+def offsite_members(facts, check):
+    """{outputs member path: (size, sha256)} of the workshop's backups a target holds now (OffsiteCheck `check`)
+    and still on the host."""
     found = {}
-    for backup in facts["offsite"]:
+    for backup in check.confirmed(facts):
         path = os.path.join(facts["folder"], backup, "outputs.tar.members.json")
         try:
             with open(path, encoding="utf-8") as listing:
@@ -154,9 +202,9 @@ def offsite_members(facts):
     return found
 
 
-def outputs_in_offsite_backup(outputs_dir, facts):
-    """([(path, relpath, size, mtime)] of outputs held identically by a verified off-host backup), [(path, why)])."""
-    known = offsite_members(facts)
+def outputs_in_offsite_backup(outputs_dir, facts, check):
+    """([(path, relpath, size, mtime)] of outputs held identically by a backup a target holds now), [(path, why)])."""
+    known = offsite_members(facts, check)
     kept, not_kept = [], []
     if not os.path.isdir(outputs_dir):
         return kept, not_kept
@@ -171,12 +219,21 @@ def outputs_in_offsite_backup(outputs_dir, facts):
             size = os.path.getsize(path)
             entry = known.get(f"outputs/{relpath}")
             if entry is None:
-                not_kept.append((path, "not in a backup verified off-host"))
+                not_kept.append((path, _not_offsite(facts, check)))
             elif entry[0] != size or entry[1] != sha256_file(path):
                 not_kept.append((path, "changed since the backup verified off-host"))
             else:
                 kept.append((path, relpath, size, os.path.getmtime(path)))
     return kept, not_kept
+
+
+def _not_offsite(facts, check):
+    unconfirmed = [
+        f"{backup}: {check.why_not(facts, backup)}" for backup in on_host_offsite(facts) if check.why_not(facts, backup)
+    ]
+    if unconfirmed:
+        return "not in a backup a target holds now (" + "; ".join(unconfirmed) + ")"
+    return "not in a backup verified off-host"
 
 
 def yearly_members(backup_root):
@@ -222,11 +279,10 @@ def _files_of(folder):
     return found
 
 
-def plan_host(params, now, plan):
-    """The host's part: every workshop folder under the backup root, the project's loose exports, outputs."""
-    schedule = params["schedule"]
-    backup_root = params["backup_root"]
-    folders = workshop_folders(backup_root)
+def host_facts(params, plan):
+    """{folder: workshop_facts} of every workshop folder under the backup root (and this workshop's);
+    a folder whose lock another run holds is left out, and said so."""
+    folders = workshop_folders(params["backup_root"])
     current = params.get("backup_dir")
     if current and os.path.isdir(current) and current not in folders:
         folders.append(current)
@@ -239,19 +295,25 @@ def plan_host(params, now, plan):
                 "host", folder + "/", f"another run holds the workshop's lock ({owner.get('run_id', 'unreadable lock')})"
             )
             continue
-        facts = workshop_facts(folder)
-        facts_of[folder] = facts
-        _plan_workshop(facts, schedule, now, plan)
-    _plan_loose(params, schedule, now, plan)
-    current_facts = facts_of.get(current) if current else None
-    if current_facts and params.get("outputs_dir"):
-        _plan_outputs(params["outputs_dir"], current_facts, schedule, now, plan)
-    if current_facts and params.get("share_folder"):
-        _plan_share_folder(params["share_folder"], current_facts, schedule, now, plan)
+        facts_of[folder] = workshop_facts(folder)
     return facts_of
 
 
-def _plan_workshop(facts, schedule, now, plan):
+def plan_host(params, facts_of, now, plan, check):
+    """The host's part: every workshop folder under the backup root, the project's loose exports, outputs."""
+    schedule = params["schedule"]
+    for facts in facts_of.values():
+        _plan_workshop(facts, schedule, now, plan, check)
+    _plan_loose(params, schedule, now, plan)
+    current = params.get("backup_dir")
+    current_facts = facts_of.get(current) if current else None
+    if current_facts and params.get("outputs_dir"):
+        _plan_outputs(params["outputs_dir"], current_facts, schedule, now, plan, check)
+    if current_facts and params.get("share_folder"):
+        _plan_share_folder(params["share_folder"], current_facts, schedule, now, plan)
+
+
+def _plan_workshop(facts, schedule, now, plan, check):
     folder = facts["folder"]
     # Kept forever, whatever the schedule says: named so a reader sees they were considered.
     for name in (REPORT_DIR, RECORD_NAME, CONFIG_KEEP):
@@ -288,6 +350,10 @@ def _plan_workshop(facts, schedule, now, plan):
             continue
         if backup not in facts["offsite"]:
             plan.protect("host", path, "not verified off-host on any target (run record archive.targets.*): the host copy stays")
+            continue
+        why_not = check.why_not(facts, backup)
+        if why_not:
+            plan.protect("host", path, f"verified off-host, but no target holds it now ({why_not}): the host copy stays")
             continue
         rule = f"full backups: {limit} days"
         files = [f for f in _files_of(os.path.join(folder, backup)) if not f[1].startswith(CONFIG_DIR + "/")]
@@ -357,7 +423,7 @@ def _plan_loose(params, schedule, now, plan):
             _plan_aged_file(path, "logs", schedule, now, plan, needs=needs)
 
 
-def _plan_outputs(outputs_dir, facts, schedule, now, plan):
+def _plan_outputs(outputs_dir, facts, schedule, now, plan, check):
     limit = schedule["outputs"]
     if facts["end"] is None:
         if os.path.isdir(outputs_dir):
@@ -366,7 +432,7 @@ def _plan_outputs(outputs_dir, facts, schedule, now, plan):
     age = age_days(now, facts["end"])
     if age <= limit:
         return
-    kept, not_kept = outputs_in_offsite_backup(outputs_dir, facts)
+    kept, not_kept = outputs_in_offsite_backup(outputs_dir, facts, check)
     for path, why in not_kept:
         plan.protect("host", path, why)
     rule = f"output files: {limit} days from the workshop's end"
@@ -592,7 +658,8 @@ def make_plan(params, now, stores=(), share_store=None):
     schedule (checked).
     """
     plan = Plan()
-    facts_of = plan_host(params, now, plan)
+    facts_of = host_facts(params, plan)
+    plan_host(params, facts_of, now, plan, OffsiteCheck(stores))
     facts_by_id = {os.path.basename(folder.rstrip("/")): facts for folder, facts in facts_of.items()}
     for store in stores:
         plan_target(store, facts_by_id, params["schedule"], now, plan)

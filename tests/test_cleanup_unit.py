@@ -7,10 +7,12 @@ import os
 import tarfile
 
 import pytest
+from ansible.module_utils.workshop_archive import make_target
 from ansible.module_utils.workshop_lock import Busy
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_time import utc_iso
-from test_retention_unit import NOW, W, days_ago, files_under, run_main, workshop
+from s3server import s3  # noqa: F401 - a fixture
+from test_retention_unit import NOW, W, days_ago, files_under, nas, run_main, workshop  # noqa: F401 - nas: a fixture
 
 
 def cleanup_args(root, folder, project, record, **extra):
@@ -145,11 +147,11 @@ def shared(record, ends):
     save_record(str(record), data)
 
 
-def test_outputs_need_the_confirmation_the_end_of_the_share_and_a_verified_off_host_copy(tmp_path, capsys):
-    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)})
+def test_outputs_need_the_confirmation_the_end_of_the_share_and_a_verified_off_host_copy(tmp_path, nas, capsys):  # noqa: F811
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)}, target=nas)
     (outputs / "user003").mkdir()
     (outputs / "user003" / "late.png").write_bytes(b"never backed up")
-    base = cleanup_args(root, folder, project, record, outputs_dir=str(outputs), remove_outputs=True)
+    base = cleanup_args(root, folder, project, record, outputs_dir=str(outputs), remove_outputs=True, targets=[nas])
     files = sorted(str(p) for p in outputs.rglob("*.png"))
 
     unconfirmed = run_main("cleanup_workshop", base, capsys)
@@ -161,6 +163,17 @@ def test_outputs_need_the_confirmation_the_end_of_the_share_and_a_verified_off_h
     assert sorted(str(p) for p in outputs.rglob("*.png")) == files
 
     shared(record, days_ago(1))
+    # The run record says the backup is verified on nas, but its copy there lost a file: nothing goes.
+    store = make_target(nas)
+    key = store.key(W, _names[0], "outputs.tar")
+    copy = store.client.get_object(Bucket=nas["bucket"], Key=key)
+    store.client.delete_object(Bucket=nas["bucket"], Key=key)
+    lost = run_main("cleanup_workshop", dict(base, confirm=W), capsys)
+    assert lost["outputs_removed"] is None and sorted(str(p) for p in outputs.rglob("*.png")) == files
+    assert {entry["why"] for entry in lost["outputs_kept"]} == {
+        f"not in a backup a target holds now ({_names[0]}: on nas, outputs.tar: missing on the target ({key}))"
+    }
+    store.client.put_object(Bucket=nas["bucket"], Key=key, Body=copy["Body"].read(), Metadata=copy["Metadata"])
     preview = run_main("cleanup_workshop", dict(base, confirm=W), capsys, check=True)
     backed = sorted(f for f in files if "user003" not in f)
     assert sorted(r["path"] for r in preview["removed"]) == backed

@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.workshop_archive import record_archive
+from ansible.module_utils.workshop_archive import Progress, backup_entries, copy_backup, make_target, record_archive
 from ansible.module_utils.workshop_backup import backup_name, seal, write_archive, write_members
 from ansible.module_utils.workshop_cleanup import write_yearly
 from ansible.module_utils.workshop_record import read_record, record_backup, save_record
 from ansible.module_utils.workshop_retention import DEFAULT_SCHEDULE, check_schedule
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
-from s3server import s3server  # noqa: F401 - a fixture
+from s3server import s3, s3server  # noqa: F401 - fixtures
 
 from conftest import SSH_PORT, load_module
 
@@ -52,11 +52,24 @@ def seal_backup(folder, when, outputs, config=b"REDIS_PASSWORD=secret\n"):
     return name
 
 
-def workshop(tmp_path, backups, verified, offsite, failed=None, end=END):
+@pytest.fixture
+def nas(s3, tmp_path):  # noqa: F811
+    """The off-host target "nas" of this test: the module's S3 server, under a prefix of the test's own."""
+    return dict(s3, name="nas", prefix=tmp_path.name)
+
+
+def copy_off_host(target, folder, backup):
+    """The archive phase's own copy of a sealed backup to `target`."""
+    store = make_target(target)
+    outcome = copy_backup(store, str(folder / backup), W, backup, Progress(backup_entries(str(folder / backup))))
+    assert outcome["done"]
+
+
+def workshop(tmp_path, backups, verified, offsite, failed=None, end=END, target=None):
     """A workshop folder with sealed backups at the given days ago, and its run record.
 
     verified: the backup the record says verified ok (index), failed: the one whose verify failed,
-    offsite: {target name: (backup index, verified)}.
+    offsite: {target name: (backup index, verified)}; a verified one named as `target` is copied there.
     """
     root = tmp_path / "backups"
     folder = root / W
@@ -74,8 +87,10 @@ def workshop(tmp_path, backups, verified, offsite, failed=None, end=END):
             "verify": {"ok": False, "at": utc_iso(NOW), "backup": names[failed], "failures": [{"file": "outputs.tar"}]},
         }
         save_record(str(record), data)
-    for target, (index, ok) in offsite.items():
-        record_archive(str(record), target, {"where": "x", "backup": names[index], "files": 5, "bytes": 1, "verified": ok})
+    for name, (index, ok) in offsite.items():
+        if ok and target is not None and name == target["name"]:
+            copy_off_host(target, folder, names[index])
+        record_archive(str(record), name, {"where": "x", "backup": names[index], "files": 5, "bytes": 1, "verified": ok})
     data = read_record(str(record))
     data["drain"] = {"final_time": utc_iso(end)}
     save_record(str(record), data)
@@ -132,15 +147,15 @@ def test_schedule_defaults_to_the_checklists_table_and_refuses_nonsense():
             check_schedule(wrong)
 
 
-def test_an_old_backup_verified_off_host_goes_check_lists_exactly_that_and_a_second_run_does_nothing(tmp_path, capsys):
+def test_an_old_backup_verified_off_host_goes_check_lists_exactly_that_and_a_second_run_does_nothing(tmp_path, nas, capsys):
     # 577 days (verified on nas) and 489 days (only an unverified copy) old, and the newest (12 days).
     root, folder, project, outputs, names, record = workshop(
-        tmp_path, [577, 489, 12], verified=2, offsite={"nas": (0, True), "r2": (1, False)}
+        tmp_path, [577, 489, 12], verified=2, offsite={"nas": (0, True), "r2": (1, False)}, target=nas
     )
     old_config = (folder / names[0] / "config" / ".env").read_bytes()
     old_manifest = (folder / names[0] / "MANIFEST.json").read_bytes()
     kept_before = {name: files_under(folder / name) for name in names[1:]}
-    args = args_for(root, folder, project, outputs, record, outputs_dir=str(outputs))
+    args = args_for(root, folder, project, outputs, record, outputs_dir=str(outputs), targets=[nas])
 
     preview = run_main("retention_enforce", args, capsys, check=True, diff=True)
     expected = sorted(
@@ -175,6 +190,7 @@ def test_an_old_backup_verified_off_host_goes_check_lists_exactly_that_and_a_sec
 
     record_bytes = record.read_bytes()
     again = run_main("retention_enforce", args, capsys)
+    assert again.get("msg") is None
     assert again["changed"] is False and again["deleted"] == []
     assert record.read_bytes() == record_bytes
     assert run_main("retention_enforce", args, capsys, check=True)["changed"] is False
@@ -197,11 +213,15 @@ def test_a_deletion_a_crash_interrupted_is_finished_and_its_configuration_kept(t
     assert (folder / "config-snapshots" / names[0] / "config" / ".env").read_bytes() == config
 
 
-def test_ages_count_from_now_not_from_the_newest_backup(tmp_path, capsys):
+def test_ages_count_from_now_not_from_the_newest_backup(tmp_path, nas, capsys):
     # Two old backups and no newer one: restic's --keep-within would keep both (they are "recent" relative to each
     # other); counted from now, the older is past 365 days and goes.
-    root, folder, project, outputs, names, record = workshop(tmp_path, [400, 399], verified=1, offsite={"nas": (0, True)})
-    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, state="planned"), capsys)
+    root, folder, project, outputs, names, record = workshop(
+        tmp_path, [400, 399], verified=1, offsite={"nas": (0, True)}, target=nas
+    )
+    result = run_main(
+        "retention_enforce", args_for(root, folder, project, outputs, record, state="planned", targets=[nas]), capsys
+    )
     assert result["changed"] is False
     assert {item["path"][len(str(folder)) + 1 :].split("/")[0] for item in result["deleted"]} == {names[0]}
     assert {item["age_days"] for item in result["deleted"]} == {400.0}
@@ -229,12 +249,14 @@ def test_a_failed_backup_is_kept_named_and_never_counted_as_the_newest_verified(
     assert (folder / names[0] / "MANIFEST.json").exists() and (folder / names[1] / "MANIFEST.json").exists()
 
 
-def test_another_workshop_whose_lock_another_run_holds_is_left_alone(tmp_path, capsys):
-    root, folder, project, outputs, names, _record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)})
+def test_another_workshop_whose_lock_another_run_holds_is_left_alone(tmp_path, nas, capsys):
+    root, folder, project, outputs, names, _record = workshop(
+        tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)}, target=nas
+    )
     (folder / ".lock").write_text(json.dumps({"run_id": "ctl-4242-backup", "host": "ctl", "pid": 4242}))
     other = root / "paris"
     other.mkdir()
-    args = args_for(root, other, project, outputs, other / "run-record.json", state="planned")
+    args = args_for(root, other, project, outputs, other / "run-record.json", state="planned", targets=[nas])
     result = run_main("retention_enforce", args, capsys)
     assert result["deleted"] == []
     assert protected(result, folder) == ["another run holds the workshop's lock (ctl-4242-backup)"]
@@ -250,11 +272,13 @@ def test_a_backup_not_verified_off_host_stays_on_the_host(tmp_path, capsys):
     assert "not verified off-host" in protected(result, folder / names[0])[0]
 
 
-def test_reports_run_records_and_configuration_snapshots_are_never_deleted(tmp_path, capsys):
-    root, folder, project, outputs, names, record = workshop(tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)})
+def test_reports_run_records_and_configuration_snapshots_are_never_deleted(tmp_path, nas, capsys):
+    root, folder, project, outputs, names, record = workshop(
+        tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)}, target=nas
+    )
     zero = {"logs": 0, "outputs": 0, "snapshots": 0, "backups": 0, "reports": 0, "configuration": 0}
     report = (folder / "report" / "report.md").read_bytes()
-    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, schedule=zero), capsys)
+    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, schedule=zero, targets=[nas]), capsys)
     assert result["deleted"]  # the schedule did run: the old backup's files went
     assert not any("/report/" in i["path"] or i["path"].endswith("run-record.json") for i in result["deleted"])
     assert not any("/config/" in i["path"] for i in result["deleted"])
@@ -262,20 +286,22 @@ def test_reports_run_records_and_configuration_snapshots_are_never_deleted(tmp_p
     assert protected(result, folder / "report") == ["reports are kept forever"]
     assert protected(result, record) == ["run records are kept forever"]
     # A second run finds the kept configuration snapshot and keeps it.
-    again = run_main("retention_enforce", args_for(root, folder, project, outputs, record, schedule=zero), capsys)
+    again = run_main("retention_enforce", args_for(root, folder, project, outputs, record, schedule=zero, targets=[nas]), capsys)
     assert protected(again, folder / "config-snapshots") == ["configuration snapshots are kept forever"]
     assert (folder / "config-snapshots" / names[0] / "config" / ".env").exists()
 
 
-def test_outputs_go_30_days_after_the_workshops_end_only_when_held_identically_off_host(tmp_path, capsys):
-    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)})
+def test_outputs_go_30_days_after_the_workshops_end_only_when_held_identically_off_host(tmp_path, nas, capsys):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={"nas": (0, True)}, target=nas)
     # Dated today by their files, but the workshop ended 489 days ago: age counts from the end.
     for path in outputs.rglob("*.png"):
         os.utime(path, (NOW, NOW))
     (outputs / "user002" / "img0.png").write_bytes(b"changed after the backup")
     (outputs / "user003").mkdir()
     (outputs / "user003" / "late.png").write_bytes(b"never backed up")
-    result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, outputs_dir=str(outputs)), capsys)
+    result = run_main(
+        "retention_enforce", args_for(root, folder, project, outputs, record, outputs_dir=str(outputs), targets=[nas]), capsys
+    )
     outputs_deleted = [i for i in result["deleted"] if i["path"].startswith(str(outputs))]
     assert sorted(i["path"] for i in outputs_deleted) == [
         str(outputs / "user001" / "img0.png"),
@@ -286,6 +312,69 @@ def test_outputs_go_30_days_after_the_workshops_end_only_when_held_identically_o
     assert protected(result, outputs / "user002" / "img0.png") == ["changed since the backup verified off-host"]
     assert protected(result, outputs / "user003" / "late.png") == ["not in a backup verified off-host"]
     assert (outputs / "user002" / "img0.png").exists() and not (outputs / "user001" / "img0.png").exists()
+
+
+def test_host_data_goes_only_while_a_target_still_holds_its_copy(tmp_path, nas, sshd, capsys):
+    # The run record says the 577-day-old backup was verified on nas; what nas holds now decides.
+    root, folder, project, outputs, names, record = workshop(
+        tmp_path, [577, 12], verified=1, offsite={"nas": (0, True)}, target=nas
+    )
+    before = files_under(folder / names[0])
+    outputs_before = files_under(outputs)
+    store = make_target(nas)
+    key = store.key(W, names[0], "outputs.tar")
+    copy = store.client.get_object(Bucket=nas["bucket"], Key=key)["Body"].read()
+
+    def planned(**extra):
+        args = args_for(root, folder, project, outputs, record, outputs_dir=str(outputs), state="planned", **extra)
+        result = run_main("retention_enforce", args, capsys)
+        assert result.get("failed") is not True, result.get("msg")
+        return result
+
+    def kept_because(result):
+        return protected(result, folder / names[0])[0], protected(result, outputs / "user001" / "img0.png")[0]
+
+    # nas not among this run's targets: nothing can be checked, nothing goes.
+    result = planned()
+    assert result["deleted"] == []
+    held, output = kept_because(result)
+    assert "nas is not among this run's targets" in held and "the host copy stays" in held
+    assert f"{names[0]}: nas is not among this run's targets" in output
+    # The copy lost a file (a lifecycle rule, a hand): its key is named, nothing goes.
+    store.client.delete_object(Bucket=nas["bucket"], Key=key)
+    result = planned(targets=[nas])
+    assert result["deleted"] == []
+    assert f"outputs.tar: missing on the target ({key})" in kept_because(result)[0]
+    assert f"missing on the target ({key})" in kept_because(result)[1]
+    # A different object of another size under the key: named too.
+    store.client.put_object(Bucket=nas["bucket"], Key=key, Body=b"truncated")
+    assert f"size 9 on the target, {len(copy)} in the manifest" in kept_because(planned(targets=[nas]))[0]
+    # Another target that holds the copy (over SSH) is enough.
+    nas_ssh = dict(
+        name="nas-ssh", type="ssh", host="127.0.0.1", port=SSH_PORT, user="root", path=str(tmp_path / "ssh"), key_file=str(sshd)
+    )
+    known_hosts = str(tmp_path / "known_hosts")
+    ssh_store = make_target(nas_ssh, known_hosts=known_hosts)
+    try:
+        assert copy_backup(ssh_store, str(folder / names[0]), W, names[0], Progress(backup_entries(str(folder / names[0]))))[
+            "done"
+        ]
+    finally:
+        ssh_store.close()
+    record_archive(str(record), "nas-ssh", {"where": "x", "backup": names[0], "files": 5, "bytes": 1, "verified": True})
+    (tmp_path / "ssh" / W / names[0] / "outputs.tar").unlink()
+    held = kept_because(planned(targets=[nas, nas_ssh], known_hosts=known_hosts))[0]
+    assert "on nas, outputs.tar: size 9 on the target" in held
+    assert f"on nas-ssh, outputs.tar: missing on the target ({tmp_path}/ssh/{W}/{names[0]}/outputs.tar)" in held
+    assert files_under(folder / names[0]) == before and files_under(outputs) == outputs_before
+    # The copy whole again on nas: the old backup and the outputs go.
+    store.client.put_object(Bucket=nas["bucket"], Key=key, Body=copy, Metadata={"sha256": hashlib.sha256(copy).hexdigest()})
+    args = args_for(
+        root, folder, project, outputs, record, outputs_dir=str(outputs), targets=[nas, nas_ssh], known_hosts=known_hosts
+    )
+    applied = run_main("retention_enforce", args, capsys)
+    assert not (folder / names[0]).exists() and not list(outputs.rglob("*.png"))
+    assert {item["where"] for item in applied["deleted"]} == {"host"}
 
 
 def test_outputs_are_not_aged_before_30_days_from_the_end_however_old_their_files(tmp_path, capsys):
