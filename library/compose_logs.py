@@ -52,7 +52,7 @@ options:
     description: Only lines from this time on (epoch seconds, or ISO-8601).
     type: str
   until:
-    description: Only lines before this time (epoch seconds, or ISO-8601).
+    description: Only lines before this time (epoch seconds, or ISO-8601); unset - the module's start, to the microsecond.
     type: str
 """
 
@@ -130,7 +130,8 @@ def export(params, check_mode):
     since, until = docker_time(params["since"]), docker_time(params["until"])
     if until is None:
         # A fixed end: lines a running container writes meanwhile cannot move the end the export is checked against.
-        until = int(time.time())
+        # Now to the microsecond, not the whole second: a container stopped within this second keeps its last lines.
+        until = time.time()
     # A dry run writes the same files into a scratch folder and compares them with dest's.
     work = tempfile.mkdtemp(prefix="compose-logs-check-") if check_mode else params["dest"]
     entries, parts, changed = [], [], False

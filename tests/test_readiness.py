@@ -24,7 +24,7 @@ def test_readiness_runs_a_missing_restore_test_then_keeps_its_lines_and_a_second
     if rdb.zcard("queue:pending") or rdb.zcard("queue:running"):  # left by an earlier test of this worker
         empty_staging(rdb)
     folder = BACKUP_ROOT / workshop_id
-    folder.mkdir(mode=0o700)
+    folder.mkdir(mode=0o700, parents=True)  # the backup root too, in a session whose other tests made none
     with running_redis(tmp_path) as client:  # the snapshot: a few keys, saved by a real redis-server
         client.set("job:j1", json.dumps({"id": "j1", "status": "completed"}))
         client.zadd("queue:completed", {"j1": 1.0})
@@ -62,3 +62,12 @@ def test_readiness_runs_a_missing_restore_test_then_keeps_its_lines_and_a_second
     assert again.changed() == 0
     assert "✓ Restore test passed recently" in again.text and "not written: check mode" in again.text
     assert stamps == {path.name: path.stat().st_mtime_ns for path in folder.iterdir() if path.is_file()}
+
+    # A next workshop past the certificate's end: not ready, and the run says so by its exit status.
+    late = dict(extra, readiness_next_workshop=(datetime.now(timezone.utc) + timedelta(days=200)).date().isoformat())
+    refused = run_playbook("playbooks/readiness.yml", extra_vars=late, expect_ok=False)
+    assert refused.returncode == 2, refused.output[-3000:]
+    assert "is not ready for the next workshop: TLS certificate valid failed" in refused.text
+    assert json.loads((folder / "readiness.json").read_text())["ok"] is False  # written before the failure
+    reported = run_playbook("playbooks/readiness.yml", "-e", "readiness_fail_when_not_ready=false", extra_vars=late)
+    assert "NOT READY" in reported.text
