@@ -40,14 +40,69 @@ attributes:
   diff_mode:
     support: none
     description: Returns no diff.
-extends_documentation_fragment:
-  - workshop_targets.target
 options:
   state:
     description: V(present) copies, V(verified) re-reads the copy, V(fetched) downloads it.
     type: str
     choices: [present, verified, fetched]
     default: present
+  target:
+    description: One entry of C(archive_targets).
+    type: dict
+    required: true
+    suboptions:
+      name:
+        description: The target's name (the run record's key).
+        type: str
+        required: true
+      type:
+        description: V(s3) or V(ssh).
+        type: str
+        choices: [s3, ssh]
+        required: true
+      endpoint_url:
+        description: S3 endpoint URL (empty - AWS).
+        type: str
+      region:
+        description: S3 region.
+        type: str
+        default: us-east-1
+      bucket:
+        description: S3 bucket.
+        type: str
+      prefix:
+        description: Key prefix in the bucket.
+        type: str
+        default: ""
+      storage_class:
+        description: S3 storage class of the objects (a cold tier, e.g. C(GLACIER_IR), C(STANDARD_IA)).
+        type: str
+      access_key:
+        description: S3 access key (from a vault); unset - C(AWS_ACCESS_KEY_ID) of the host's environment.
+        type: str
+      secret_key:
+        description: S3 secret key (from a vault); unset - C(AWS_SECRET_ACCESS_KEY) of the host's environment.
+        type: str
+      validate_certs:
+        description: Check the endpoint's TLS certificate.
+        type: bool
+        default: true
+      host:
+        description: SSH storage host.
+        type: str
+      port:
+        description: SSH port.
+        type: int
+        default: 22
+      user:
+        description: SSH user.
+        type: str
+      path:
+        description: Folder on the storage host (absolute).
+        type: path
+      key_file:
+        description: Private key on the workshop host for the storage host.
+        type: path
   workshop_id:
     description: The workshop's id (the second level of the copy's path).
     type: str
@@ -92,6 +147,9 @@ options:
   resume:
     description: RV(resume) of the previous slice of this run.
     type: dict
+  known_hosts:
+    description: For ssh targets, the known_hosts file (a new host key is accepted and stored, a changed one refused).
+    type: path
 """
 
 EXAMPLES = r"""

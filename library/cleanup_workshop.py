@@ -23,6 +23,9 @@ description:
   - Writes the run record section C(cleanup) = C({at, done, removed, logs_rolled, outputs_removed}).
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
+requirements:
+  - boto3 (Python library, for s3 targets, with O(remove_outputs))
+  - ssh (OpenSSH client, for ssh targets, with O(remove_outputs); sh and wc on the storage host)
 attributes:
   check_mode:
     support: full
@@ -31,7 +34,7 @@ attributes:
     support: full
     description: The paths that would be removed, as the before list.
 extends_documentation_fragment:
-  - workshop_targets.targets
+  - workshop_targets
 options:
   workshop_id:
     description: The workshop's id (the yearly archive's member folder).
@@ -135,7 +138,8 @@ def run(module):
     stores = []
     try:
         if params["remove_outputs"]:
-            stores = [make_target(target, known_hosts=params["known_hosts"]) for target in params["targets"]]
+            for target in params["targets"]:  # one by one: those made are closed if a later one fails
+                stores.append(make_target(target, known_hosts=params["known_hosts"]))
         result = cleanup(
             dict(
                 workshop_id=params["workshop_id"],

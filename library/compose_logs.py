@@ -52,7 +52,9 @@ options:
     description: Only lines from this time on (epoch seconds, or ISO-8601).
     type: str
   until:
-    description: Only lines before this time (epoch seconds, or ISO-8601); unset - the module's start, to the microsecond.
+    description:
+      - Only lines before this time (epoch seconds, or ISO-8601).
+      - Unset - the module's start; a stopped container's lines of the current second too.
     type: str
 """
 
@@ -88,6 +90,7 @@ project:
   sample: comfyui
 """
 
+import math
 import os
 import shutil
 import tempfile
@@ -118,6 +121,14 @@ def docker_time(value):
     return parsed
 
 
+def export_end(container, now):
+    """Where an export without `until` ends, in whole seconds (docker-py before 6.0 takes no fraction): for a
+    running container the current second, a fixed end that lines it writes meanwhile cannot move (the
+    completeness check reads the window again); for a stopped one the next second, so lines written
+    within the current second, its last ones, are in."""
+    return int(now) if container.status in ("running", "restarting") else math.ceil(now)
+
+
 def export(params, check_mode):
     project = ComposeProject.from_params(params)
     containers = project.containers()
@@ -128,10 +139,7 @@ def export(params, check_mode):
         service = container.labels.get(SERVICE_LABEL, container.name)
         services_seen[service] = services_seen.get(service, 0) + 1
     since, until = docker_time(params["since"]), docker_time(params["until"])
-    if until is None:
-        # A fixed end: lines a running container writes meanwhile cannot move the end the export is checked against.
-        # Now to the microsecond, not the whole second: a container stopped within this second keeps its last lines.
-        until = time.time()
+    now = time.time()
     # A dry run writes the same files into a scratch folder and compares them with dest's.
     work = tempfile.mkdtemp(prefix="compose-logs-check-") if check_mode else params["dest"]
     entries, parts, changed = [], [], False
@@ -144,7 +152,8 @@ def export(params, check_mode):
             entry = dict(
                 service=service, container=container.name, file=name, restart_count=container.attrs.get("RestartCount", 0)
             )
-            entry["lines"], entry["bytes"], written = export_container(container, path, since, until, project.engine)
+            end = until if until is not None else export_end(container, now)
+            entry["lines"], entry["bytes"], written = export_container(container, path, since, end, project.engine)
             changed = changed or (not same_content(os.path.join(params["dest"], name), path) if check_mode else written)
             parts.append((service if services_seen[service] == 1 else container.name, path))
             entries.append(entry)

@@ -33,8 +33,7 @@ attributes:
     support: full
     description: Every path or key that would be deleted, as the before and after lists.
 extends_documentation_fragment:
-  - workshop_targets.targets
-  - workshop_targets.share_target
+  - workshop_targets
 options:
   state:
     description: V(planned) computes and returns the plan only; V(applied) deletes what it lists and records it.
@@ -71,6 +70,62 @@ options:
   share_folder:
     description: The folder share archives were delivered to (share_folder of the share role), when not S3.
     type: path
+  share_target:
+    description: The share role's S3 target, when it is not one of O(targets) (its share archives only).
+    type: dict
+    suboptions:
+      name:
+        description: The target's name (the run record's key).
+        type: str
+        required: true
+      type:
+        description: V(s3) or V(ssh).
+        type: str
+        choices: [s3, ssh]
+        required: true
+      endpoint_url:
+        description: S3 endpoint URL (empty - AWS).
+        type: str
+      region:
+        description: S3 region.
+        type: str
+        default: us-east-1
+      bucket:
+        description: S3 bucket.
+        type: str
+      prefix:
+        description: Key prefix in the bucket.
+        type: str
+        default: ""
+      storage_class:
+        description: S3 storage class of the objects (a cold tier, e.g. C(GLACIER_IR), C(STANDARD_IA)).
+        type: str
+      access_key:
+        description: S3 access key (from a vault); unset - C(AWS_ACCESS_KEY_ID) of the host's environment.
+        type: str
+      secret_key:
+        description: S3 secret key (from a vault); unset - C(AWS_SECRET_ACCESS_KEY) of the host's environment.
+        type: str
+      validate_certs:
+        description: Check the endpoint's TLS certificate.
+        type: bool
+        default: true
+      host:
+        description: SSH storage host.
+        type: str
+      port:
+        description: SSH port.
+        type: int
+        default: 22
+      user:
+        description: SSH user.
+        type: str
+      path:
+        description: Folder on the storage host (absolute).
+        type: path
+      key_file:
+        description: Private key on the workshop host for the storage host.
+        type: path
 """
 
 EXAMPLES = r"""
@@ -165,7 +220,8 @@ def run(module):
     stores = []
     share_store = None
     try:
-        stores = [make_target(target, known_hosts=params["known_hosts"]) for target in params["targets"]]
+        for target in params["targets"]:  # one by one: those made are closed if a later one fails
+            stores.append(make_target(target, known_hosts=params["known_hosts"]))
         if params["share_target"]:
             share_store = make_target(params["share_target"], use="share")
         plan = make_plan(

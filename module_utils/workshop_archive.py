@@ -241,8 +241,8 @@ class S3Target:
             return False
         if found.get("sha256"):
             return found["sha256"] == sha256
-        if found.get("checksum_sha256") and "-" not in found["checksum_sha256"]:
-            return found["checksum_sha256"] == base64.b64encode(bytes.fromhex(sha256)).decode()
+        if _single_part_sha256(found.get("checksum_sha256")):
+            return _single_part_sha256(found["checksum_sha256"]) == sha256
         # A server that lost the metadata: its ETag is the MD5 it computed of what it holds.
         _sha256, whole, parts = _digests_of(local_path, self.part_size)
         return found["etag"] in etags_of(whole, parts)
@@ -723,6 +723,13 @@ def copy_backup(store, folder, workshop_id, backup, progress, deadline=None, che
     }
 
 
+def _single_part_sha256(checksum):
+    """The hex sha256 of an object's ChecksumSHA256 (base64), None when unset or a multipart one ("...-N")."""
+    if not checksum or "-" in checksum:
+        return None
+    return base64.b64decode(checksum).hex()
+
+
 def check_present(store, folder, workshop_id, backup, entries=None):
     """A quick look at the copy, without reading it: is every file of the backup there, with its size
     (and, on S3, the sha256 recorded with the object)? Returns failures [{file, reason}].
@@ -741,8 +748,11 @@ def check_present(store, folder, workshop_id, backup, entries=None):
             failures.append({"file": relpath, "reason": f"missing on the target ({store.key(workshop_id, backup, relpath)})"})
         elif there["size"] != size:
             failures.append({"file": relpath, "reason": f"size {there['size']} on the target, {size} in the manifest"})
-        elif there.get("sha256") and there["sha256"] != sha256:
-            failures.append({"file": relpath, "reason": f"sha256 {there['sha256']} on the target, {sha256} in the manifest"})
+        else:
+            # S3 keeps the manifest's sha256 with the object, or the server's own checksum of a single-part upload.
+            got = there.get("sha256") or _single_part_sha256(there.get("checksum_sha256"))
+            if got and got != sha256:
+                failures.append({"file": relpath, "reason": f"sha256 {got} on the target, {sha256} in the manifest"})
     return failures
 
 

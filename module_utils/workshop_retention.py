@@ -162,17 +162,24 @@ class OffsiteCheck:
 
     def _look(self, facts, backup):
         workshop = os.path.basename(facts["folder"].rstrip("/"))
+        recorded = facts["offsite"].get(backup, ())
+        # This run's targets first, in their order; a target that fails to answer is one reason, not the end.
+        names = [name for name in self.stores if name in recorded] + [name for name in recorded if name not in self.stores]
         reasons = []
-        for name in facts["offsite"].get(backup, ()):
+        for name in names:
             store = self.stores.get(name)
             if store is None:
                 reasons.append(f"{name} is not among this run's targets, so its copy cannot be checked")
-            else:
+                continue
+            try:
                 failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup)
-                if not failures:
-                    return None
-                more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-                reasons.append(f"on {name}, {failures[0]['file']}: {failures[0]['reason']}{more}")
+            except WorkshopError as exc:
+                reasons.append(f"{name} could not be asked ({exc.msg})")
+                continue
+            if not failures:
+                return None
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            reasons.append(f"on {name}, {failures[0]['file']}: {failures[0]['reason']}{more}")
         return "; ".join(reasons) or "not verified off-host on any target (run record archive.targets.*)"
 
     def confirmed(self, facts):
@@ -185,20 +192,23 @@ def on_host_offsite(facts):
     return [backup for backup in facts["offsite"] if backup in facts["sealed"]]
 
 
+def backup_members(facts, backup):
+    """{outputs member path: (size, sha256)} of one of the workshop's backups on the host ({} when unreadable)."""
+    path = os.path.join(facts["folder"], backup, "outputs.tar.members.json")
+    try:
+        with open(path, encoding="utf-8") as listing:
+            members = json.load(listing)
+    except (OSError, ValueError):
+        return {}
+    return {member["path"]: (member["size"], member["sha256"]) for member in members if "sha256" in member}
+
+
 def offsite_members(facts, check):
     """{outputs member path: (size, sha256)} of the workshop's backups a target holds now (OffsiteCheck `check`)
     and still on the host."""
     found = {}
     for backup in check.confirmed(facts):
-        path = os.path.join(facts["folder"], backup, "outputs.tar.members.json")
-        try:
-            with open(path, encoding="utf-8") as listing:
-                members = json.load(listing)
-        except (OSError, ValueError):
-            continue
-        for member in members:
-            if "sha256" in member:
-                found[member["path"]] = (member["size"], member["sha256"])
+        found.update(backup_members(facts, backup))
     return found
 
 
@@ -219,7 +229,7 @@ def outputs_in_offsite_backup(outputs_dir, facts, check):
             size = os.path.getsize(path)
             entry = known.get(f"outputs/{relpath}")
             if entry is None:
-                not_kept.append((path, _not_offsite(facts, check)))
+                not_kept.append((path, _not_offsite(facts, check, f"outputs/{relpath}")))
             elif entry[0] != size or entry[1] != sha256_file(path):
                 not_kept.append((path, "changed since the backup verified off-host"))
             else:
@@ -227,12 +237,15 @@ def outputs_in_offsite_backup(outputs_dir, facts, check):
     return kept, not_kept
 
 
-def _not_offsite(facts, check):
+def _not_offsite(facts, check, member):
+    """Why an output is in no backup a target holds: the targets' trouble when a backup verified off-host has it."""
     unconfirmed = [
-        f"{backup}: {check.why_not(facts, backup)}" for backup in on_host_offsite(facts) if check.why_not(facts, backup)
+        f"{backup}: {check.why_not(facts, backup)}"
+        for backup in on_host_offsite(facts)
+        if check.why_not(facts, backup) and member in backup_members(facts, backup)
     ]
     if unconfirmed:
-        return "not in a backup a target holds now (" + "; ".join(unconfirmed) + ")"
+        return "its backup verified off-host is on no target now (" + "; ".join(unconfirmed) + ")"
     return "not in a backup verified off-host"
 
 

@@ -7,7 +7,7 @@ import os
 import tarfile
 
 import pytest
-from ansible.module_utils.workshop_archive import make_target
+from ansible.module_utils.workshop_archive import make_target, record_archive
 from ansible.module_utils.workshop_lock import Busy
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_time import utc_iso
@@ -163,19 +163,26 @@ def test_outputs_need_the_confirmation_the_end_of_the_share_and_a_verified_off_h
     assert sorted(str(p) for p in outputs.rglob("*.png")) == files
 
     shared(record, days_ago(1))
+    backed = sorted(f for f in files if "user003" not in f)
     # The run record says the backup is verified on nas, but its copy there lost a file: nothing goes.
     store = make_target(nas)
     key = store.key(W, _names[0], "outputs.tar")
     copy = store.client.get_object(Bucket=nas["bucket"], Key=key)
     store.client.delete_object(Bucket=nas["bucket"], Key=key)
+    # Also recorded on a target that does not answer now: asked, named, and the others still asked.
+    offline = dict(name="a-offline", type="ssh", host="127.0.0.1", port=1, user="root", path="/nonexistent")
+    record_archive(str(record), "a-offline", {"where": "x", "backup": _names[0], "files": 5, "bytes": 1, "verified": True})
+    base["targets"] = [offline, nas]
     lost = run_main("cleanup_workshop", dict(base, confirm=W), capsys)
     assert lost["outputs_removed"] is None and sorted(str(p) for p in outputs.rglob("*.png")) == files
-    assert {entry["why"] for entry in lost["outputs_kept"]} == {
-        f"not in a backup a target holds now ({_names[0]}: on nas, outputs.tar: missing on the target ({key}))"
-    }
+    kept = {entry["path"]: entry["why"] for entry in lost["outputs_kept"]}
+    assert kept.pop(str(outputs / "user003" / "late.png")) == "not in a backup verified off-host"
+    assert set(kept) == set(backed)
+    (why,) = set(kept.values())
+    assert why.startswith(f"its backup verified off-host is on no target now ({_names[0]}: a-offline could not be asked (")
+    assert f"on nas, outputs.tar: missing on the target ({key})" in why
     store.client.put_object(Bucket=nas["bucket"], Key=key, Body=copy["Body"].read(), Metadata=copy["Metadata"])
     preview = run_main("cleanup_workshop", dict(base, confirm=W), capsys, check=True)
-    backed = sorted(f for f in files if "user003" not in f)
     assert sorted(r["path"] for r in preview["removed"]) == backed
     assert preview["outputs_removed"] == {"files": 3, "bytes": sum(os.path.getsize(f) for f in backed)}
     assert preview["outputs_kept"] == [

@@ -33,6 +33,9 @@ def test_readiness_runs_a_missing_restore_test_then_keeps_its_lines_and_a_second
     next_day = (datetime.now(timezone.utc) + timedelta(days=10)).date().isoformat()
     extra = {"workshop_id": workshop_id, "readiness_next_workshop": next_day}
 
+    # A preview: the restore test is due and would run, which is no reason to fail the preview.
+    preview = run_playbook("playbooks/readiness.yml", extra_vars=extra, check=True)
+    assert "NOT READY" in preview.text and not (folder / "readiness.json").exists()
     first = run_playbook("playbooks/readiness.yml", "--tags", "readiness", extra_vars=extra)
     kept = json.loads((folder / "readiness.json").read_text())
     record = json.loads((folder / "run-record.json").read_text())

@@ -1,11 +1,18 @@
 # Copyright: (c) 2026, comfy-wrapup contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Documentation of an off-host target (an `archive_targets` entry, workshop_s3.target_argument_spec), one
-place for every module that takes one: archive_copy its `target`, retention_enforce and cleanup_workshop
-their `targets`."""
+"""Documentation of the off-host targets (`archive_targets` entries, workshop_s3.target_argument_spec) of the
+modules that take several: retention_enforce and cleanup_workshop."""
 
-# The suboptions of one target, indented for an option's `suboptions:`.
-_TARGET_SUBOPTIONS = r"""
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  targets:
+    description: The off-host targets (C(archive_targets) entries).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
       name:
         description: The target's name (the run record's key).
         type: str
@@ -58,49 +65,7 @@ _TARGET_SUBOPTIONS = r"""
       key_file:
         description: Private key on the workshop host for the storage host.
         type: path
-"""
-
-_KNOWN_HOSTS = r"""
   known_hosts:
     description: For ssh targets, the known_hosts file (a new host key is accepted and stored, a changed one refused).
     type: path
 """
-
-
-class ModuleDocFragment:
-    # One target: archive_copy's `target`.
-    TARGET = (
-        r"""
-options:
-  target:
-    description: One entry of C(archive_targets).
-    type: dict
-    required: true
-    suboptions:"""
-        + _TARGET_SUBOPTIONS
-        + _KNOWN_HOSTS
-    )
-
-    # Several: `targets` (retention_enforce, cleanup_workshop) and retention_enforce's `share_target`.
-    TARGETS = (
-        r"""
-options:
-  targets:
-    description: The off-host targets (C(archive_targets) entries).
-    type: list
-    elements: dict
-    default: []
-    suboptions:"""
-        + _TARGET_SUBOPTIONS
-        + _KNOWN_HOSTS
-    )
-
-    SHARE_TARGET = (
-        r"""
-options:
-  share_target:
-    description: The share role's S3 target, when it is not one of O(targets) (its share archives only).
-    type: dict
-    suboptions:"""
-        + _TARGET_SUBOPTIONS
-    )
