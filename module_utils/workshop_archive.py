@@ -730,22 +730,27 @@ def _single_part_sha256(checksum):
     return base64.b64decode(checksum).hex()
 
 
-def check_present(store, folder, workshop_id, backup, entries=None):
-    """A quick look at the copy, without reading it: is every file of the backup there, with its size
-    (and, on S3, the sha256 recorded with the object)? Returns failures [{file, reason}].
+def check_present(store, folder, workshop_id, backup, entries=None, content=False):
+    """Is every file of the backup in the copy, with its size (and, on S3, the sha256 recorded with the
+    object)? Returns failures [{file, reason}].
 
-    `entries`: the files to look at ([(relpath, size, sha256)], default every file of the backup)."""
+    `entries`: the files to look at ([(relpath, size, sha256)], default every file of the backup).
+    `content`: vouch for the content too, without downloading it: over SSH the storage host hashes each
+    file; on S3 the recorded sha256, else the server's checksum, else its ETag against the local file's
+    MD5s (an object replaced without the metadata is not taken on its size)."""
     entries = backup_entries(folder) if entries is None else entries
     failures = []
     if store.kind == "s3":
         found = {relpath: store.stat(store.key(workshop_id, backup, relpath)) for relpath, _size, _sha256 in entries}
     else:
         copy = store.key(workshop_id, backup, "").rstrip("/")
-        found = store.survey(copy, [relpath for relpath, _size, _sha256 in entries], ())
+        relpaths = [relpath for relpath, _size, _sha256 in entries]
+        found = store.survey(copy, relpaths, set(relpaths) if content else ())
     for relpath, size, sha256 in entries:
         there = found.get(relpath) or {}
+        key = store.key(workshop_id, backup, relpath)
         if there.get("size") is None:
-            failures.append({"file": relpath, "reason": f"missing on the target ({store.key(workshop_id, backup, relpath)})"})
+            failures.append({"file": relpath, "reason": f"missing on the target ({key})"})
         elif there["size"] != size:
             failures.append({"file": relpath, "reason": f"size {there['size']} on the target, {size} in the manifest"})
         else:
@@ -753,6 +758,8 @@ def check_present(store, folder, workshop_id, backup, entries=None):
             got = there.get("sha256") or _single_part_sha256(there.get("checksum_sha256"))
             if got and got != sha256:
                 failures.append({"file": relpath, "reason": f"sha256 {got} on the target, {sha256} in the manifest"})
+            elif content and not got and not store.same(key, there, os.path.join(folder, relpath), size, sha256):
+                failures.append({"file": relpath, "reason": f"its ETag {there['etag']} is not the MD5 of the backup's file"})
     return failures
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 
 from ansible.module_utils.workshop_archive import check_present
 from ansible.module_utils.workshop_backup import MANIFEST, sealed_backups
@@ -144,8 +145,9 @@ class OffsiteCheck:
 
     The record says what was true when the archive phase ran; since then a bucket's lifecycle rule, an
     admin or a failed disk may have taken the copy. Host data is deleted on the strength of an off-host
-    copy only when one of this run's targets holds it now: every file there with its size (and, on S3,
-    its recorded sha256). Each backup is looked at once, when a deletion depends on it. (A copy the
+    copy only when one of this run's targets holds it now: every file there with its size and content
+    (check_present with content: hashed on the SSH host, S3's checksums or ETag; nothing downloaded).
+    Each backup is looked at once, when a deletion depends on it. (A copy the
     schedule itself retires in this run, older than its limit, counts: the schedule retires the host's too.)
     """
 
@@ -172,7 +174,7 @@ class OffsiteCheck:
                 reasons.append(f"{name} is not among this run's targets, so its copy cannot be checked")
                 continue
             try:
-                failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup)
+                failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup, content=True)
             except WorkshopError as exc:
                 reasons.append(f"{name} could not be asked ({exc.msg})")
                 continue
@@ -498,17 +500,25 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
         if not backups:
             continue
         newest = backups[-1]
+        facts = facts_by_id.get(workshop)
+        newest_broken = []  # why the newest copy is not whole, once asked (only when an older copy is due)
         for backup in backups:
             where = store.where(workshop, backup)
             created = backup_epoch(backup)
             if backup == newest:
                 plan.protect(name, where, "the newest backup of the workshop on this target: never the only copy gone")
                 continue
-            facts = facts_by_id.get(workshop)
             if facts and backup == facts["newest_verified"]:
                 plan.protect(name, where, "the newest verified backup of the workshop")
                 continue
             if created is None or age_days(now, created) <= limit:
+                continue
+            if not newest_broken:
+                newest_broken.append(_copy_not_whole(store, workshop, newest, facts))
+            if newest_broken[0]:
+                plan.protect(
+                    name, where, f"the newest copy on this target, {newest}, is not whole ({newest_broken[0]}): older copies stay"
+                )
                 continue
             age = age_days(now, created)
             files = target_files(store, workshop, backup)
@@ -523,6 +533,24 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
             plan.unit(name, "target", (store, [entry["path"] for entry in items], folder), items)
     if store.kind == "s3":
         _plan_s3_share(store, facts_by_id, schedule, now, plan)
+
+
+def _copy_not_whole(store, workshop, backup, facts):
+    """Why a copy on a target is not whole (a phrase), None when it is: checked against the host's backup when
+    the host still has it (content too), else against the copy's own MANIFEST.json (files and sizes)."""
+    if facts and backup in facts["sealed"]:
+        failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup, content=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="retention-manifest-") as scratch:
+            try:
+                store.read_sha256(store.key(workshop, backup, MANIFEST), dest=os.path.join(scratch, MANIFEST))
+                failures = check_present(store, scratch, workshop, backup)
+            except WorkshopError as exc:
+                return f"its {MANIFEST} cannot be read: {exc.msg}"
+    if not failures:
+        return None
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return f"{failures[0]['file']}: {failures[0]['reason']}{more}"
 
 
 def _is_config(store, workshop, backup, key):

@@ -347,6 +347,10 @@ def test_host_data_goes_only_while_a_target_still_holds_its_copy(tmp_path, nas, 
     assert result["deleted"] == []
     assert f"outputs.tar: missing on the target ({key})" in kept_because(result)[0]
     assert f"missing on the target ({key})" in kept_because(result)[1]
+    # Other bytes of the same size, put without the sha256 the archive keeps with its objects: not taken on
+    # their size (the server's ETag is the MD5 of what it holds).
+    store.client.put_object(Bucket=nas["bucket"], Key=key, Body=b"\0" * len(copy))
+    assert "on nas, outputs.tar: its ETag " in kept_because(planned(targets=[nas]))[0]
     # A different object of another size under the key: named too.
     store.client.put_object(Bucket=nas["bucket"], Key=key, Body=b"truncated")
     assert f"size 9 on the target, {len(copy)} in the manifest" in kept_because(planned(targets=[nas]))[0]
@@ -487,6 +491,29 @@ def test_ssh_target_old_copies_go_the_newest_and_configuration_stay(tmp_path, ss
     assert again["changed"] is False and again["deleted"] == []
 
 
+def test_older_copies_on_a_target_stay_while_its_newest_copy_is_not_whole(tmp_path, sshd, capsys):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    nas = tmp_path / "nas"
+    manifest = json.dumps({"files": {"outputs.tar": {"size": 100, "sha256": hashlib.sha256(b"T" * 100).hexdigest()}}})
+    files = (("MANIFEST.json", manifest.encode()), ("outputs.tar", b"T" * 100))
+    old, newest = (remote_backup(nas, days_ago(age), files) for age in (700, 400))
+    (nas / W / newest / "outputs.tar").write_bytes(b"T" * 40)  # the newest copy lost most of a file
+    target = dict(name="nas", type="ssh", host="127.0.0.1", port=SSH_PORT, user="root", path=str(nas), key_file=str(sshd))
+    args = args_for(root, folder, project, outputs, record, targets=[target], known_hosts=str(tmp_path / "known_hosts"))
+
+    result = run_main("retention_enforce", args, capsys)
+    assert [i for i in result["deleted"] if i["where"] == "nas"] == [] and (nas / W / old / "outputs.tar").exists()
+    assert protected(result, f"ssh://root@127.0.0.1:{SSH_PORT}{nas}/{W}/{old}") == [
+        f"the newest copy on this target, {newest}, is not whole (outputs.tar: size 40 on the target, 100 in the manifest): "
+        "older copies stay"
+    ]
+    (nas / W / newest / "outputs.tar").write_bytes(b"T" * 100)
+    again = run_main("retention_enforce", args, capsys)
+    assert sorted(i["path"] for i in again["deleted"] if i["where"] == "nas") == sorted(
+        f"{nas}/{W}/{old}/{name}" for name in ("MANIFEST.json", "outputs.tar")
+    )
+
+
 def test_s3_target_old_objects_go_dated_by_the_backup_in_their_key(tmp_path, s3server, capsys):  # noqa: F811
     root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     client = s3server.client()
@@ -495,7 +522,8 @@ def test_s3_target_old_objects_go_dated_by_the_backup_in_their_key(tmp_path, s3s
         name = backup_name(days_ago(age))
         for relpath in ("outputs.tar", "config/.env", "MANIFEST.json"):
             key = f"comfy/{W}/{name}/{relpath}"
-            client.put_object(Bucket="workshops", Key=key, Body=relpath.encode() * 3)
+            body = b"{}" if relpath == "MANIFEST.json" else relpath.encode() * 3  # a manifest listing no file
+            client.put_object(Bucket="workshops", Key=key, Body=body)
             keys.setdefault(age, []).append(key)
     # A share archive of this workshop, whose period ended.
     share_key = f"comfy/share/{W}/tok/{W}-user001-outputs.zip"
