@@ -550,14 +550,15 @@ class SshTarget:
         completed = self.run(script, folder, *plain, "--", *to_hash, what=f"reading {folder}")
         found = {}
         for line in completed.stdout.decode(errors="replace").splitlines():
+            # A file the host cannot read comes back without a size (or a hash): None, not a crash.
             if line.startswith("P "):
                 _dummy, size, relpath = line.split(" ", 2)
-                found.setdefault(relpath, {"size": None, "sha256": None, "part": 0})["part"] = int(size)
+                found.setdefault(relpath, {"size": None, "sha256": None, "part": 0})["part"] = int(size) if size.isdigit() else 0
             elif line.startswith("F "):
                 _dummy, size, digest, relpath = line.split(" ", 3)
                 entry = found.setdefault(relpath, {"size": None, "sha256": None, "part": 0})
-                entry["size"] = int(size)
-                entry["sha256"] = None if digest == "-" else digest
+                entry["size"] = int(size) if size.isdigit() else None
+                entry["sha256"] = digest if digest not in ("-", "") else None
         return found
 
     def upload(self, folder, relpath, local_path, size, sha256, offset, progress, deadline):
@@ -750,17 +751,32 @@ def check_present(store, folder, workshop_id, backup, entries=None, content=Fals
         there = found.get(relpath) or {}
         key = store.key(workshop_id, backup, relpath)
         if there.get("size") is None:
-            failures.append({"file": relpath, "reason": f"missing on the target ({key})"})
+            where = "cannot be read on the target" if found.get(relpath) else "missing on the target"
+            failures.append({"file": relpath, "reason": f"{where} ({key})"})
         elif there["size"] != size:
             failures.append({"file": relpath, "reason": f"size {there['size']} on the target, {size} in the manifest"})
         else:
-            # S3 keeps the manifest's sha256 with the object, or the server's own checksum of a single-part upload.
-            got = there.get("sha256") or _single_part_sha256(there.get("checksum_sha256"))
+            # The server's own checksum of a single-part upload first, else the manifest's sha256 kept with the object.
+            got = _single_part_sha256(there.get("checksum_sha256")) or there.get("sha256")
             if got and got != sha256:
                 failures.append({"file": relpath, "reason": f"sha256 {got} on the target, {sha256} in the manifest"})
-            elif content and not got and not store.same(key, there, os.path.join(folder, relpath), size, sha256):
-                failures.append({"file": relpath, "reason": f"its ETag {there['etag']} is not the MD5 of the backup's file"})
+            elif content and not got:
+                why = _unvouched(store, key, there, os.path.join(folder, relpath), size, sha256)
+                if why:
+                    failures.append({"file": relpath, "reason": why})
     return failures
+
+
+def _unvouched(store, key, found, local_path, size, sha256):
+    """Why the content of a file that has no hash on the target cannot be vouched for; None when it can."""
+    if store.kind != "s3":
+        return "it could not be hashed on the storage host"
+    try:
+        if store.same(key, found, local_path, size, sha256):
+            return None
+    except OSError as exc:
+        return f"no sha256 kept with it, and the backup's own file cannot be read to compare its ETag ({exc.strerror})"
+    return f"no sha256 kept with it, and its ETag {found['etag']} is not the MD5 of the backup's file"
 
 
 def verify_copy(store, folder, workshop_id, backup, mode="all", sample=3, seed=None):

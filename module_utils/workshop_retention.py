@@ -216,10 +216,8 @@ def offsite_members(facts, check):
 
 def outputs_in_offsite_backup(outputs_dir, facts, check):
     """([(path, relpath, size, mtime)] of outputs held identically by a backup a target holds now), [(path, why)])."""
-    known = offsite_members(facts, check)
     kept, not_kept = [], []
-    if not os.path.isdir(outputs_dir):
-        return kept, not_kept
+    known = None  # asked of the targets only when there is an output to remove
     for root, dirs, files in os.walk(outputs_dir):
         dirs.sort()
         for name in sorted(files):
@@ -229,6 +227,7 @@ def outputs_in_offsite_backup(outputs_dir, facts, check):
                 continue
             relpath = os.path.relpath(path, outputs_dir)
             size = os.path.getsize(path)
+            known = offsite_members(facts, check) if known is None else known
             entry = known.get(f"outputs/{relpath}")
             if entry is None:
                 not_kept.append((path, _not_offsite(facts, check, f"outputs/{relpath}")))
@@ -537,20 +536,33 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
 
 def _copy_not_whole(store, workshop, backup, facts):
     """Why a copy on a target is not whole (a phrase), None when it is: checked against the host's backup when
-    the host still has it (content too), else against the copy's own MANIFEST.json (files and sizes)."""
-    if facts and backup in facts["sealed"]:
-        failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup, content=True)
-    else:
-        with tempfile.TemporaryDirectory(prefix="retention-manifest-") as scratch:
-            try:
+    the host still has it, else against the copy's own MANIFEST.json (content too where the target can hash)."""
+    try:
+        if facts and backup in facts["sealed"]:
+            failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup, content=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="retention-manifest-") as scratch:
                 store.read_sha256(store.key(workshop, backup, MANIFEST), dest=os.path.join(scratch, MANIFEST))
-                failures = check_present(store, scratch, workshop, backup)
-            except WorkshopError as exc:
-                return f"its {MANIFEST} cannot be read: {exc.msg}"
+                if not _lists_files(scratch):
+                    return f"its {MANIFEST} lists no file of a backup"
+                # No local files to compare S3 ETags with: S3 is judged on sizes and checksums, SSH hashed.
+                failures = check_present(store, scratch, workshop, backup, content=store.kind == "ssh")
+    except WorkshopError as exc:
+        return f"it could not be checked: {exc.msg}"
     if not failures:
         return None
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     return f"{failures[0]['file']}: {failures[0]['reason']}{more}"
+
+
+def _lists_files(folder):
+    """Whether the MANIFEST.json in `folder` is a backup's: files, each with an integer size and a sha256."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
+            files = json.load(stream).get("files")
+        return bool(files) and all(isinstance(i["size"], int) and isinstance(i["sha256"], str) for i in files.values())
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return False
 
 
 def _is_config(store, workshop, backup, key):

@@ -350,7 +350,7 @@ def test_host_data_goes_only_while_a_target_still_holds_its_copy(tmp_path, nas, 
     # Other bytes of the same size, put without the sha256 the archive keeps with its objects: not taken on
     # their size (the server's ETag is the MD5 of what it holds).
     store.client.put_object(Bucket=nas["bucket"], Key=key, Body=b"\0" * len(copy))
-    assert "on nas, outputs.tar: its ETag " in kept_because(planned(targets=[nas]))[0]
+    assert "on nas, outputs.tar: no sha256 kept with it, and its ETag " in kept_because(planned(targets=[nas]))[0]
     # A different object of another size under the key: named too.
     store.client.put_object(Bucket=nas["bucket"], Key=key, Body=b"truncated")
     assert f"size 9 on the target, {len(copy)} in the manifest" in kept_because(planned(targets=[nas]))[0]
@@ -446,9 +446,11 @@ def test_share_archives_go_once_the_share_period_ended(tmp_path, capsys):
 # --- off-host targets -----------------------------------------------------------------------------
 
 
-def remote_backup(base, when, files=(("MANIFEST.json", b"{}"), ("outputs.tar", b"T" * 100), ("config/.env", b"A=1\n"))):
+def remote_backup(base, when, files=(("outputs.tar", b"T" * 100), ("config/.env", b"A=1\n"))):
+    """A copy on an SSH target's folder: `files` and the MANIFEST.json that lists them."""
     name = backup_name(when)
-    for relpath, data in files:
+    listed = {relpath: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for relpath, data in files}
+    for relpath, data in (*files, ("MANIFEST.json", json.dumps({"files": listed}).encode())):
         path = base / W / name / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -494,9 +496,7 @@ def test_ssh_target_old_copies_go_the_newest_and_configuration_stay(tmp_path, ss
 def test_older_copies_on_a_target_stay_while_its_newest_copy_is_not_whole(tmp_path, sshd, capsys):
     root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     nas = tmp_path / "nas"
-    manifest = json.dumps({"files": {"outputs.tar": {"size": 100, "sha256": hashlib.sha256(b"T" * 100).hexdigest()}}})
-    files = (("MANIFEST.json", manifest.encode()), ("outputs.tar", b"T" * 100))
-    old, newest = (remote_backup(nas, days_ago(age), files) for age in (700, 400))
+    old, newest = (remote_backup(nas, days_ago(age), (("outputs.tar", b"T" * 100),)) for age in (700, 400))
     (nas / W / newest / "outputs.tar").write_bytes(b"T" * 40)  # the newest copy lost most of a file
     target = dict(name="nas", type="ssh", host="127.0.0.1", port=SSH_PORT, user="root", path=str(nas), key_file=str(sshd))
     args = args_for(root, folder, project, outputs, record, targets=[target], known_hosts=str(tmp_path / "known_hosts"))
@@ -508,6 +508,13 @@ def test_older_copies_on_a_target_stay_while_its_newest_copy_is_not_whole(tmp_pa
         "older copies stay"
     ]
     (nas / W / newest / "outputs.tar").write_bytes(b"T" * 100)
+    manifest = (nas / W / newest / "MANIFEST.json").read_bytes()
+    (nas / W / newest / "MANIFEST.json").write_bytes(b"{}")  # a manifest that lists nothing vouches for nothing
+    assert (
+        "its MANIFEST.json lists no file of a backup"
+        in protected(run_main("retention_enforce", args, capsys), f"ssh://root@127.0.0.1:{SSH_PORT}{nas}/{W}/{old}")[0]
+    )
+    (nas / W / newest / "MANIFEST.json").write_bytes(manifest)
     again = run_main("retention_enforce", args, capsys)
     assert sorted(i["path"] for i in again["deleted"] if i["where"] == "nas") == sorted(
         f"{nas}/{W}/{old}/{name}" for name in ("MANIFEST.json", "outputs.tar")
@@ -520,9 +527,10 @@ def test_s3_target_old_objects_go_dated_by_the_backup_in_their_key(tmp_path, s3s
     keys = {}
     for age in (400, 100):
         name = backup_name(days_ago(age))
-        for relpath in ("outputs.tar", "config/.env", "MANIFEST.json"):
+        bodies = {relpath: relpath.encode() * 3 for relpath in ("outputs.tar", "config/.env")}
+        listed = {relpath: {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()} for relpath, body in bodies.items()}
+        for relpath, body in (*bodies.items(), ("MANIFEST.json", json.dumps({"files": listed}).encode())):
             key = f"comfy/{W}/{name}/{relpath}"
-            body = b"{}" if relpath == "MANIFEST.json" else relpath.encode() * 3  # a manifest listing no file
             client.put_object(Bucket="workshops", Key=key, Body=body)
             keys.setdefault(age, []).append(key)
     # A share archive of this workshop, whose period ended.
