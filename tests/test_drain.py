@@ -70,8 +70,9 @@ def fresh_record():
 
 
 def test_draining_a_busy_queue_ends_within_a_second_of_the_last_completion(staging_workshop, rdb, fresh_record):
-    # Enough work (about 18 s) that the queue is still busy when the wait starts after announcing and closing.
-    jobs = [submit(f"user00{1 + i % 6}", metadata={"staging": {"duration": 1.5, "succeed": True}}) for i in range(12)]
+    # Enough work (about 24 s) that the queue is still busy when the wait starts after announcing and closing,
+    # on a machine loaded enough to take three times the usual 5 s to get there (18 s once fell short).
+    jobs = [submit(f"user00{1 + i % 6}", metadata={"staging": {"duration": 2.0, "succeed": True}}) for i in range(12)]
 
     run = run_playbook("playbooks/drain.yml", extra_vars={"drain_progress_seconds": 2})
 
