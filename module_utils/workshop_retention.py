@@ -147,13 +147,21 @@ class OffsiteCheck:
     admin or a failed disk may have taken the copy. Host data is deleted on the strength of an off-host
     copy only when one of this run's targets holds it now: every file there with its size and content
     (check_present with content: hashed on the SSH host, S3's checksums or ETag; nothing downloaded).
-    Each backup is looked at once, when a deletion depends on it. (A copy the
-    schedule itself retires in this run, older than its limit, counts: the schedule retires the host's too.)
+    Each backup is looked at once, when a deletion depends on it, and its outputs' listing read once. (A
+    copy the schedule itself retires in this run, older than its limit, counts: it retires the host's too.)
     """
 
     def __init__(self, stores=()):
         self.stores = {store.target["name"]: store for store in stores}
         self.seen = {}
+        self.listed = {}
+
+    def members(self, facts, backup):
+        """backup_members of one of the workshop's backups, read once per run."""
+        key = (facts["folder"], backup)
+        if key not in self.listed:
+            self.listed[key] = backup_members(facts, backup)
+        return self.listed[key]
 
     def why_not(self, facts, backup):
         """None when a target holds the backup's copy now; else why no target does (a phrase)."""
@@ -180,13 +188,18 @@ class OffsiteCheck:
                 continue
             if not failures:
                 return None
-            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            reasons.append(f"on {name}, {failures[0]['file']}: {failures[0]['reason']}{more}")
+            reasons.append(f"on {name}, {_first_failure(failures)}")
         return "; ".join(reasons) or "not verified off-host on any target (run record archive.targets.*)"
 
     def confirmed(self, facts):
         """The workshop's backups on the host, verified off-host, that a target holds now."""
         return [backup for backup in on_host_offsite(facts) if self.why_not(facts, backup) is None]
+
+
+def _first_failure(failures):
+    """check_present's failures as a phrase: the first, and how many more."""
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return f"{failures[0]['file']}: {failures[0]['reason']}{more}"
 
 
 def on_host_offsite(facts):
@@ -210,7 +223,7 @@ def offsite_members(facts, check):
     and still on the host."""
     found = {}
     for backup in check.confirmed(facts):
-        found.update(backup_members(facts, backup))
+        found.update(check.members(facts, backup))
     return found
 
 
@@ -243,7 +256,7 @@ def _not_offsite(facts, check, member):
     unconfirmed = [
         f"{backup}: {check.why_not(facts, backup)}"
         for backup in on_host_offsite(facts)
-        if check.why_not(facts, backup) and member in backup_members(facts, backup)
+        if check.why_not(facts, backup) and member in check.members(facts, backup)
     ]
     if unconfirmed:
         return "its backup verified off-host is on no target now (" + "; ".join(unconfirmed) + ")"
@@ -293,10 +306,11 @@ def _files_of(folder):
     return found
 
 
-def host_facts(params, plan):
-    """{folder: workshop_facts} of every workshop folder under the backup root (and this workshop's);
-    a folder whose lock another run holds is left out, and said so."""
-    folders = workshop_folders(params["backup_root"])
+def plan_host(params, now, plan, check):
+    """The host's part: every workshop folder under the backup root, the project's loose exports, outputs."""
+    schedule = params["schedule"]
+    backup_root = params["backup_root"]
+    folders = workshop_folders(backup_root)
     current = params.get("backup_dir")
     if current and os.path.isdir(current) and current not in folders:
         folders.append(current)
@@ -309,22 +323,16 @@ def host_facts(params, plan):
                 "host", folder + "/", f"another run holds the workshop's lock ({owner.get('run_id', 'unreadable lock')})"
             )
             continue
-        facts_of[folder] = workshop_facts(folder)
-    return facts_of
-
-
-def plan_host(params, facts_of, now, plan, check):
-    """The host's part: every workshop folder under the backup root, the project's loose exports, outputs."""
-    schedule = params["schedule"]
-    for facts in facts_of.values():
+        facts = workshop_facts(folder)
+        facts_of[folder] = facts
         _plan_workshop(facts, schedule, now, plan, check)
     _plan_loose(params, schedule, now, plan)
-    current = params.get("backup_dir")
     current_facts = facts_of.get(current) if current else None
     if current_facts and params.get("outputs_dir"):
         _plan_outputs(params["outputs_dir"], current_facts, schedule, now, plan, check)
     if current_facts and params.get("share_folder"):
         _plan_share_folder(params["share_folder"], current_facts, schedule, now, plan)
+    return facts_of
 
 
 def _plan_workshop(facts, schedule, now, plan, check):
@@ -500,7 +508,7 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
             continue
         newest = backups[-1]
         facts = facts_by_id.get(workshop)
-        newest_broken = []  # why the newest copy is not whole, once asked (only when an older copy is due)
+        newest_not_whole = _UNASKED  # asked once, and only when an older copy is due
         for backup in backups:
             where = store.where(workshop, backup)
             created = backup_epoch(backup)
@@ -512,11 +520,11 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
                 continue
             if created is None or age_days(now, created) <= limit:
                 continue
-            if not newest_broken:
-                newest_broken.append(_copy_not_whole(store, workshop, newest, facts))
-            if newest_broken[0]:
+            if newest_not_whole is _UNASKED:
+                newest_not_whole = _copy_not_whole(store, workshop, newest, facts)
+            if newest_not_whole:
                 plan.protect(
-                    name, where, f"the newest copy on this target, {newest}, is not whole ({newest_broken[0]}): older copies stay"
+                    name, where, f"the newest copy on this target, {newest}, is not whole ({newest_not_whole}): older copies stay"
                 )
                 continue
             age = age_days(now, created)
@@ -534,6 +542,9 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
         _plan_s3_share(store, facts_by_id, schedule, now, plan)
 
 
+_UNASKED = object()
+
+
 def _copy_not_whole(store, workshop, backup, facts):
     """Why a copy on a target is not whole (a phrase), None when it is: checked against the host's backup when
     the host still has it, else against the copy's own MANIFEST.json (content too where the target can hash)."""
@@ -549,10 +560,7 @@ def _copy_not_whole(store, workshop, backup, facts):
                 failures = check_present(store, scratch, workshop, backup, content=store.kind == "ssh")
     except WorkshopError as exc:
         return f"it could not be checked: {exc.msg}"
-    if not failures:
-        return None
-    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    return f"{failures[0]['file']}: {failures[0]['reason']}{more}"
+    return _first_failure(failures) if failures else None
 
 
 def _lists_files(folder):
@@ -711,8 +719,7 @@ def make_plan(params, now, stores=(), share_store=None):
     schedule (checked).
     """
     plan = Plan()
-    facts_of = host_facts(params, plan)
-    plan_host(params, facts_of, now, plan, OffsiteCheck(stores))
+    facts_of = plan_host(params, now, plan, OffsiteCheck(stores))
     facts_by_id = {os.path.basename(folder.rstrip("/")): facts for folder, facts in facts_of.items()}
     for store in stores:
         plan_target(store, facts_by_id, params["schedule"], now, plan)
