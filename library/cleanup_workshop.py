@@ -18,8 +18,10 @@ description:
     temporary name, re-read (sha256 of every member) and only then renamed; then the loose exports go.
   - With O(remove_outputs) and O(confirm) equal to O(workshop_id), removes the participants' outputs once the
     share period has ended (run record C(share.period_ends)), each file only when a backup verified off-host
-    holds it with the same size and sha256, and one of O(targets) still holds that backup now (every file
-    there with its size, and on S3 its recorded sha256), since the run record says what was true when it was copied.
+    holds it with the same size and sha256, and one of O(targets) still holds that backup whole now (every
+    file there with its size and content, hashed on an SSH storage host; on S3 the server's checksum, the
+    sha256 kept with the object, or its ETag against the local file), since the run record says what was
+    true when it was copied.
   - Writes the run record section C(cleanup) = C({at, done, removed, logs_rolled, outputs_removed}).
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
@@ -115,7 +117,7 @@ done:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.workshop_archive import make_target
+from ansible.module_utils.workshop_archive import opened_targets
 from ansible.module_utils.workshop_cleanup import cleanup
 from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
@@ -135,11 +137,7 @@ def run(module):
             if now is None:
                 raise WorkshopError(f"now={params['now']!r} is neither ISO-8601 nor epoch seconds") from None
     # The targets are reached only to remove outputs (their copies must still be there).
-    stores = []
-    try:
-        if params["remove_outputs"]:
-            for target in params["targets"]:  # one by one: those made are closed if a later one fails
-                stores.append(make_target(target, known_hosts=params["known_hosts"]))
+    with opened_targets(params["targets"] if params["remove_outputs"] else [], params["known_hosts"]) as stores:
         result = cleanup(
             dict(
                 workshop_id=params["workshop_id"],
@@ -154,9 +152,6 @@ def run(module):
             module.check_mode,
             now=now,
         )
-    finally:
-        for store in stores:
-            store.close()
     if params["record"]:
         import time
 

@@ -185,7 +185,7 @@ bytes:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.workshop_archive import make_target
+from ansible.module_utils.workshop_archive import opened_targets
 from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_record import read_record, save_record
@@ -217,13 +217,8 @@ def run(module):
     params = module.params
     schedule = check_schedule(params["schedule"])
     now = parse_now(params["now"])
-    stores = []
-    share_store = None
-    try:
-        for target in params["targets"]:  # one by one: those made are closed if a later one fails
-            stores.append(make_target(target, known_hosts=params["known_hosts"]))
-        if params["share_target"]:
-            share_store = make_target(params["share_target"], use="share")
+    share_targets = [params["share_target"]] if params["share_target"] else []
+    with opened_targets(params["targets"], params["known_hosts"]) as stores, opened_targets(share_targets, use="share") as shares:
         plan = make_plan(
             dict(
                 schedule=schedule,
@@ -235,13 +230,10 @@ def run(module):
             ),
             now,
             stores,
-            share_store,
+            shares[0] if shares else None,
         )
         applying = params["state"] == "applied" and not module.check_mode
         deleted = apply_plan(plan) if applying else list(plan.delete)
-    finally:
-        for store in stores + ([share_store] if share_store else []):
-            store.close()
     result = dict(
         deleted=deleted,
         moved=list(plan.move),

@@ -18,6 +18,7 @@ compares their sha256 with the manifest.
 """
 
 import base64
+import contextlib
 import hashlib
 import os
 import random
@@ -653,6 +654,20 @@ def make_target(target, known_hosts=None, part_size=64 * MIB, threshold=64 * MIB
     return SshTarget(target, known_hosts=known_hosts)
 
 
+@contextlib.contextmanager
+def opened_targets(targets, known_hosts=None, use="archive"):
+    """The stores of `targets` (make_target) for a `with`: all closed on leaving, and those already made
+    when a later one fails to open."""
+    stores = []
+    try:
+        for target in targets:
+            stores.append(make_target(target, known_hosts=known_hosts, use=use))
+        yield stores
+    finally:
+        for store in stores:
+            store.close()
+
+
 # --- copy, verify, fetch -----------------------------------------------------------------------
 
 
@@ -737,8 +752,8 @@ def check_present(store, folder, workshop_id, backup, entries=None, content=Fals
 
     `entries`: the files to look at ([(relpath, size, sha256)], default every file of the backup).
     `content`: vouch for the content too, without downloading it: over SSH the storage host hashes each
-    file; on S3 the recorded sha256, else the server's checksum, else its ETag against the local file's
-    MD5s (an object replaced without the metadata is not taken on its size)."""
+    file; on S3 the server's checksum of a single-part upload, else the sha256 kept with the object, else
+    its ETag against the local file's MD5s (an object replaced without the metadata is not taken on its size)."""
     entries = backup_entries(folder) if entries is None else entries
     failures = []
     if store.kind == "s3":
