@@ -16,6 +16,7 @@ import zipimport
 
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ansiballz-bytecode")
 _compile_source = zipimport._compile_source
+_compiled = {}
 
 
 def _with_filename(code, filename):
@@ -26,21 +27,27 @@ def _with_filename(code, filename):
 def _cached_compile_source(pathname, source):
     if "_payload.zip" not in pathname:
         return _compile_source(pathname, source)
-    entry = os.path.join(CACHE, hashlib.sha256(source).hexdigest())
+    # Python 3.10's zipimport compiles each file twice (once to name it, once to run it): the second
+    # time is answered from memory.
+    key = (pathname, hashlib.sha256(source).hexdigest())
+    if key in _compiled:
+        return _compiled[key]
+    entry = os.path.join(CACHE, key[1])
     try:
         with open(entry, "rb") as cached:
-            return _with_filename(marshal.load(cached), pathname)
+            # loads of the whole file: load() on a file object reads it item by item, 8 times slower.
+            code = _with_filename(marshal.loads(cached.read()), pathname)
     except (OSError, EOFError, ValueError, TypeError):
-        pass
-    code = _compile_source(pathname, source)
-    try:
-        os.makedirs(CACHE, exist_ok=True)
-        partial = f"{entry}.{os.getpid()}"
-        with open(partial, "wb") as cached:
-            marshal.dump(code, cached)
-        os.replace(partial, entry)
-    except OSError:
-        pass
+        code = _compile_source(pathname, source)
+        try:
+            os.makedirs(CACHE, exist_ok=True)
+            partial = f"{entry}.{os.getpid()}"
+            with open(partial, "wb") as cached:
+                marshal.dump(code, cached)
+            os.replace(partial, entry)
+        except OSError:
+            pass
+    _compiled[key] = code
     return code
 
 
