@@ -148,7 +148,9 @@ options:
     description: RV(resume) of the previous slice of this run.
     type: dict
   known_hosts:
-    description: For ssh targets, the known_hosts file (a new host key is accepted and stored, a changed one refused).
+    description:
+      - For ssh targets, the known_hosts file. A new host key is accepted and stored (in check mode accepted
+        for that call only), a changed one refused.
     type: path
 """
 
@@ -391,6 +393,7 @@ def main():
             part_size=module.params["part_size_mb"] * MIB,
             threshold=module.params["multipart_threshold_mb"] * MIB,
             concurrency=module.params["concurrency"],
+            check_mode=module.check_mode,
         )
         result = handlers[module.params["state"]](module.params, store, module.check_mode)
     except WorkshopError as exc:

@@ -137,7 +137,8 @@ def run(module):
             if now is None:
                 raise WorkshopError(f"now={params['now']!r} is neither ISO-8601 nor epoch seconds") from None
     # The targets are reached only to remove outputs (their copies must still be there).
-    with opened_targets(params["targets"] if params["remove_outputs"] else [], params["known_hosts"]) as stores:
+    targets = params["targets"] if params["remove_outputs"] else []
+    with opened_targets(targets, params["known_hosts"], check_mode=module.check_mode) as stores:
         result = cleanup(
             dict(
                 workshop_id=params["workshop_id"],

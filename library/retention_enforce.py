@@ -218,7 +218,8 @@ def run(module):
     schedule = check_schedule(params["schedule"])
     now = parse_now(params["now"])
     share_targets = [params["share_target"]] if params["share_target"] else []
-    with opened_targets(params["targets"], params["known_hosts"]) as stores, opened_targets(share_targets, use="share") as shares:
+    targets = opened_targets(params["targets"], params["known_hosts"], check_mode=module.check_mode)
+    with targets as stores, opened_targets(share_targets, use="share") as shares:
         plan = make_plan(
             dict(
                 schedule=schedule,

@@ -474,7 +474,7 @@ class SshTarget:
 
     kind = "ssh"
 
-    def __init__(self, target, known_hosts=None, timeout=30):
+    def __init__(self, target, known_hosts=None, timeout=30, check_mode=False):
         if not target.get("host") or not target.get("path"):
             raise WorkshopError(f"Archive target '{target['name']}' (ssh) needs host and path in archive_targets")
         self.target = target
@@ -495,7 +495,13 @@ class SshTarget:
         # One connection for every command of this call (a handshake per file would cost more than small files).
         self.control_dir = tempfile.mkdtemp(prefix="archive-ssh-")
         self.options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=120"]
-        if known_hosts:
+        if check_mode:
+            # A first connection accepts the host's key (accept-new) into the first file named: in check
+            # mode a file of this call's own, so nothing is written; a key already known is still checked.
+            known = [known_hosts] if known_hosts else ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
+            files = [os.path.join(self.control_dir, "known_hosts"), *known]
+            self.options += ["-o", "UserKnownHostsFile=" + " ".join(f'"{path}"' for path in files)]
+        elif known_hosts:
             self.options += ["-o", f"UserKnownHostsFile={known_hosts}"]
         if target.get("key_file"):
             self.options += ["-i", target["key_file"], "-o", "IdentitiesOnly=yes"]
@@ -646,22 +652,23 @@ def _part_name(relpath):
     return os.path.join(head, f".{tail}.part")
 
 
-def make_target(target, known_hosts=None, part_size=64 * MIB, threshold=64 * MIB, concurrency=3, use="archive"):
-    """The store of an archive target; `use`: what the target is for, as its messages name it (workshop_s3.USES)."""
+def make_target(target, known_hosts=None, part_size=64 * MIB, threshold=64 * MIB, concurrency=3, use="archive", check_mode=False):
+    """The store of an archive target; `use`: what the target is for, as its messages name it (workshop_s3.USES);
+    in `check_mode` an SSH target stores no new host key."""
     if target["type"] == "s3":
         client = s3_client(target, use=use)
         return S3Target(target, client, part_size=part_size, threshold=threshold, concurrency=concurrency, use=use)
-    return SshTarget(target, known_hosts=known_hosts)
+    return SshTarget(target, known_hosts=known_hosts, check_mode=check_mode)
 
 
 @contextlib.contextmanager
-def opened_targets(targets, known_hosts=None, use="archive"):
+def opened_targets(targets, known_hosts=None, use="archive", check_mode=False):
     """The stores of `targets` (make_target) for a `with`: all closed on leaving, and those already made
     when a later one fails to open."""
     stores = []
     try:
         for target in targets:
-            stores.append(make_target(target, known_hosts=known_hosts, use=use))
+            stores.append(make_target(target, known_hosts=known_hosts, use=use, check_mode=check_mode))
         yield stores
     finally:
         for store in stores:

@@ -447,6 +447,25 @@ def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys,
     fault_case.observed("resumed from 3 MiB; named redis/dump.rdb; refused to overwrite")
 
 
+def test_check_mode_stores_no_host_key_and_still_refuses_a_changed_one(tmp_path, sshd, capsys):
+    backup_dir, _, record = make_backup(tmp_path)
+    known_hosts = tmp_path / "known_hosts"
+    preview = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys, check=True)
+    assert preview["changed"] is True, preview
+    assert not known_hosts.exists()  # the first connection's key went into the preview's own file
+    run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
+    [line] = known_hosts.read_text().splitlines()
+    assert line.split()[1:] == (sshd.parent / "host_key.pub").read_text().split()[:2]  # the server's own key
+
+    # Another key for the same host (a man in the middle, or a reinstalled server): refused in check mode too.
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "other"], check=True)
+    other = (tmp_path / "other.pub").read_text().split()[1]
+    known_hosts.write_text(" ".join([*line.split()[:2], other]) + "\n")
+    refused = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys, check=True)
+    assert refused["failed"] is True and "nas" in refused["msg"], refused
+    assert known_hosts.read_text().split()[2] == other
+
+
 def test_ssh_fetch_brings_the_backup_back(tmp_path, sshd, capsys):
     backup_dir, name, record = make_backup(tmp_path)
     run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)

@@ -66,6 +66,8 @@ options:
         description: Private key on the workshop host for the storage host.
         type: path
   known_hosts:
-    description: For ssh targets, the known_hosts file (a new host key is accepted and stored, a changed one refused).
+    description:
+      - For ssh targets, the known_hosts file. A new host key is accepted and stored (in check mode accepted
+        for that call only), a changed one refused.
     type: path
 """
