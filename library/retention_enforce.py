@@ -20,6 +20,8 @@ description:
     by a backup verified off-host; each is listed in RV(protected) with the reason.
   - V(planned) only reads. V(applied) deletes exactly the planned list and records it in the run record
     section C(retention) (C({at, schedule, deleted, moved, protected})).
+  - A target that cannot be listed is left as it is, named in RV(unreached) and in a warning; the host and
+    the other targets are done all the same (the host's data goes only on the strength of a target that answers).
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
@@ -172,6 +174,15 @@ protected:
   sample:
     - {where: host, path: /var/backups/comfy-wrapup/berlin/backup-20251101T170211Z/,
        why: the newest verified backup of the workshop}
+unreached:
+  description:
+    - The targets that could not be listed, each with the error. Nothing on them changed; the host and the
+      other targets were done all the same, and a warning names each.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {target: nas, error: "ssh to nas (root@nas.example.org) failed: Connection refused"}
 schedule:
   description: The schedule applied, in days (reports and configuration - forever).
   returned: always
@@ -239,6 +250,7 @@ def run(module):
         deleted=deleted,
         moved=list(plan.move),
         protected=plan.protected,
+        unreached=plan.unreached,
         schedule=retention_section(schedule, plan, deleted, "")["schedule"],
         bytes=sum(entry["bytes"] for entry in deleted),
     )
@@ -257,6 +269,11 @@ def run(module):
             after="",
             before_header="retention: deleted",
             after_header="retention: kept",
+        )
+    for entry in plan.unreached:
+        module.warn(
+            f"Retention left target '{entry['target']}' as it was (the host and the other targets were done): "
+            f"{entry['error']}. Run the retention phase again once it answers."
         )
     result["changed"] = changed
     return result

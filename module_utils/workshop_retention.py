@@ -83,6 +83,7 @@ class Plan:
         self.move = []
         self.protected = []
         self.units = []  # [(where, kind, handle, [items])]: how each group of items is deleted
+        self.unreached = []  # [{target, error}]: targets that could not be listed, left as they were
 
     def unit(self, where, kind, handle, items):
         self.units.append((where, kind, handle, items))
@@ -542,6 +543,19 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
         _plan_s3_share(store, facts_by_id, schedule, now, plan)
 
 
+def plan_target_or_leave(store, facts_by_id, schedule, now, plan, backups=True):
+    """plan_target, except that a target that cannot be read stops neither the host's plan nor the other
+    targets': none of its plan stays, and it is named in plan.unreached and as kept."""
+    kept = len(plan.units), len(plan.delete), len(plan.protected)
+    try:
+        plan_target(store, facts_by_id, schedule, now, plan, backups=backups)
+    except WorkshopError as exc:
+        del plan.units[kept[0] :], plan.delete[kept[1] :], plan.protected[kept[2] :]
+        name = store.target["name"]
+        plan.unreached.append({"target": name, "error": exc.msg})
+        plan.protect(name, store.where("", "").rstrip("/"), f"not reached, nothing there changed this run: {exc.msg}")
+
+
 _UNASKED = object()
 
 
@@ -722,9 +736,9 @@ def make_plan(params, now, stores=(), share_store=None):
     facts_of = plan_host(params, now, plan, OffsiteCheck(stores))
     facts_by_id = {os.path.basename(folder.rstrip("/")): facts for folder, facts in facts_of.items()}
     for store in stores:
-        plan_target(store, facts_by_id, params["schedule"], now, plan)
+        plan_target_or_leave(store, facts_by_id, params["schedule"], now, plan)
     if share_store is not None and share_store.target["name"] not in [store.target["name"] for store in stores]:
-        plan_target(share_store, facts_by_id, params["schedule"], now, plan, backups=False)
+        plan_target_or_leave(share_store, facts_by_id, params["schedule"], now, plan, backups=False)
     return plan
 
 

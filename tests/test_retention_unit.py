@@ -493,6 +493,28 @@ def test_ssh_target_old_copies_go_the_newest_and_configuration_stay(tmp_path, ss
     assert again["changed"] is False and again["deleted"] == []
 
 
+def test_a_target_that_does_not_answer_is_named_and_the_others_are_done(tmp_path, sshd, capsys):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    nas = tmp_path / "nas"
+    old, newest = (remote_backup(nas, days_ago(age)) for age in (700, 300))
+    target = dict(name="nas", type="ssh", host="127.0.0.1", port=SSH_PORT, user="root", path=str(nas), key_file=str(sshd))
+    offline = dict(name="attic", type="ssh", host="127.0.0.1", port=1, user="root", path="/srv/attic", key_file=str(sshd))
+    args = args_for(root, folder, project, outputs, record, targets=[offline, target], known_hosts=str(tmp_path / "known_hosts"))
+
+    applied = run_main("retention_enforce", args, capsys)
+    assert "failed" not in applied, applied.get("msg")
+    assert sorted(i["path"] for i in applied["deleted"] if i["where"] == "nas") == [
+        f"{nas}/{W}/{old}/MANIFEST.json",
+        f"{nas}/{W}/{old}/outputs.tar",
+    ]
+    assert not (nas / W / old / "outputs.tar").exists() and (nas / W / newest / "outputs.tar").exists()
+    [unreached] = applied["unreached"]
+    assert unreached["target"] == "attic" and "attic" in unreached["error"]
+    assert "not reached" in protected(applied, "ssh://root@127.0.0.1:1/srv/attic")[0]
+    warned = json.dumps(applied["warnings"])  # ansible-core 2.19 returns warnings as structured events
+    assert "Retention left target 'attic' as it was" in warned and "Connection refused" in warned
+
+
 def test_older_copies_on_a_target_stay_while_its_newest_copy_is_not_whole(tmp_path, sshd, capsys):
     root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
     nas = tmp_path / "nas"
