@@ -20,8 +20,9 @@ description:
     by a backup verified off-host; each is listed in RV(protected) with the reason.
   - V(planned) only reads. V(applied) deletes exactly the planned list and records it in the run record
     section C(retention) (C({at, schedule, deleted, moved, protected})).
-  - A target that cannot be listed is left as it is, named in RV(unreached) and in a warning; the host and
-    the other targets are done all the same (the host's data goes only on the strength of a target that answers).
+  - A target that does not answer (no connection, a timeout; a refused host key or login still fails) is left
+    where it stopped, named in RV(unreached) and in a warning; the host and the other targets are done all the
+    same. Host data goes only on the strength of a target that answered when its copy was checked.
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
@@ -176,13 +177,15 @@ protected:
        why: the newest verified backup of the workshop}
 unreached:
   description:
-    - The targets that could not be listed, each with the error. Nothing on them changed; the host and the
-      other targets were done all the same, and a warning names each.
+    - The targets that did not answer, each with the error; a warning names each. One that did not answer
+      when listed is unchanged; one that stopped answering while its deletions ran kept the rest.
   returned: always
   type: list
   elements: dict
   sample:
-    - {target: nas, error: "ssh to nas (root@nas.example.org) failed: Connection refused"}
+    - {target: nas, error: "Archive target 'nas' (backup@nas.example.org): listing /srv/workshops failed (exit 255):
+        ssh: connect to host nas.example.org port 22: Connection refused. Check host, port, user, key_file and
+        that the storage host has sh and sha256sum"}
 schedule:
   description: The schedule applied, in days (reports and configuration - forever).
   returned: always
@@ -230,7 +233,8 @@ def run(module):
     now = parse_now(params["now"])
     share_targets = [params["share_target"]] if params["share_target"] else []
     targets = opened_targets(params["targets"], params["known_hosts"], check_mode=module.check_mode)
-    with targets as stores, opened_targets(share_targets, use="share") as shares:
+    opened_shares = opened_targets(share_targets, params["known_hosts"], use="share", check_mode=module.check_mode)
+    with targets as stores, opened_shares as shares:
         plan = make_plan(
             dict(
                 schedule=schedule,
@@ -245,7 +249,18 @@ def run(module):
             shares[0] if shares else None,
         )
         applying = params["state"] == "applied" and not module.check_mode
-        deleted = apply_plan(plan) if applying else list(plan.delete)
+        if not applying:
+            deleted = list(plan.delete)
+        else:
+            deleted = []
+            try:
+                apply_plan(plan, deleted)
+            except WorkshopError:
+                # What went before the failure is gone all the same: the record says so.
+                if params["record"]:
+                    section = retention_section(schedule, plan, deleted, utc_iso(now))
+                    save_record(params["record"], dict(read_record(params["record"]), retention=section))
+                raise
     result = dict(
         deleted=deleted,
         moved=list(plan.move),
@@ -272,7 +287,8 @@ def run(module):
         )
     for entry in plan.unreached:
         module.warn(
-            f"Retention left target '{entry['target']}' as it was (the host and the other targets were done): "
+            f"Retention did not finish on target '{entry['target']}', which does not answer (the host and the other "
+            f"targets were done): "
             f"{entry['error']}. Run the retention phase again once it answers."
         )
     result["changed"] = changed

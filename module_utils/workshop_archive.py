@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest, sealed_backups, sha256_file
-from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import Sha256, fsync_dir
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_s3 import s3_call_errors, s3_client, s3_error
@@ -469,6 +470,18 @@ def _local_differs(local_path, where):
 # --- SSH ---------------------------------------------------------------------------------------
 
 
+def _ssh_config_path(path):
+    """`path` as one token of an ssh -o option: quoted, since ssh splits the value at spaces, with % doubled,
+    since ssh expands %-tokens in these paths (a leading ~ is still expanded)."""
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+SSH_UNREACHED = re.compile(
+    r"connect to host|Connection (refused|timed out|reset|closed)|No route to host|Could not resolve hostname|"
+    r"Network is unreachable|Operation timed out"
+)
+
+
 class SshTarget:
     """A folder on another machine, reached with OpenSSH's client and a POSIX shell with sha256sum there."""
 
@@ -494,15 +507,16 @@ class SshTarget:
         ]
         # One connection for every command of this call (a handshake per file would cost more than small files).
         self.control_dir = tempfile.mkdtemp(prefix="archive-ssh-")
-        self.options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlPersist=120"]
+        control_path = _ssh_config_path(self.control_dir)[:-1] + '/%C"'
+        self.options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=120"]
         if check_mode:
             # A first connection accepts the host's key (accept-new) into the first file named: in check
             # mode a file of this call's own, so nothing is written; a key already known is still checked.
             known = [known_hosts] if known_hosts else ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
             files = [os.path.join(self.control_dir, "known_hosts"), *known]
-            self.options += ["-o", "UserKnownHostsFile=" + " ".join(f'"{path}"' for path in files)]
+            self.options += ["-o", "UserKnownHostsFile=" + " ".join(map(_ssh_config_path, files))]
         elif known_hosts:
-            self.options += ["-o", f"UserKnownHostsFile={known_hosts}"]
+            self.options += ["-o", f"UserKnownHostsFile={_ssh_config_path(known_hosts)}"]
         if target.get("key_file"):
             self.options += ["-i", target["key_file"], "-o", "IdentitiesOnly=yes"]
         user = target.get("user")
@@ -535,7 +549,9 @@ class SshTarget:
 
     def error(self, what, code, stderr):
         said = stderr.decode(errors="replace").strip().splitlines()
-        return WorkshopError(
+        # ssh's own failure to reach the host (exit 255), not a refused key or login, nor the command's failure.
+        unreached = code == 255 and any(SSH_UNREACHED.search(line) for line in said)
+        return (WorkshopUnreachable if unreached else WorkshopError)(
             f"Archive target '{self.target['name']}' ({self.destination}): {what} failed (exit {code}): "
             f"{said[-1] if said else 'no message'}. Check host, port, user, key_file and that the storage host has "
             f"sh and sha256sum",
@@ -644,7 +660,7 @@ class SshTarget:
     def backups(self, workshop_id):
         script = 'cd "$1" 2>/dev/null || exit 0; for d in backup-*; do [ -f "$d/MANIFEST.json" ] && echo "$d"; done; true'
         completed = self.run(script, f"{self.root}/{workshop_id}", what=f"listing {self.root}/{workshop_id}")
-        return sorted(line for line in completed.stdout.decode().splitlines() if line.startswith(PREFIX))
+        return sorted(line for line in completed.stdout.decode(errors="replace").splitlines() if line.startswith(PREFIX))
 
 
 def _part_name(relpath):

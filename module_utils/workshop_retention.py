@@ -18,7 +18,7 @@ import tempfile
 
 from ansible.module_utils.workshop_archive import check_present
 from ansible.module_utils.workshop_backup import MANIFEST, sealed_backups
-from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
 from ansible.module_utils.workshop_lock import lock_path, read_owner
 from ansible.module_utils.workshop_record import read_record
@@ -544,12 +544,13 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
 
 
 def plan_target_or_leave(store, facts_by_id, schedule, now, plan, backups=True):
-    """plan_target, except that a target that cannot be read stops neither the host's plan nor the other
-    targets': none of its plan stays, and it is named in plan.unreached and as kept."""
+    """plan_target, except that a target that does not answer (a refused key or login still fails) stops
+    neither the host's plan nor the other targets': none of its plan stays, and it is named in plan.unreached
+    and as kept."""
     kept = len(plan.units), len(plan.delete), len(plan.protected)
     try:
         plan_target(store, facts_by_id, schedule, now, plan, backups=backups)
-    except WorkshopError as exc:
+    except WorkshopUnreachable as exc:
         del plan.units[kept[0] :], plan.delete[kept[1] :], plan.protected[kept[2] :]
         name = store.target["name"]
         plan.unreached.append({"target": name, "error": exc.msg})
@@ -601,7 +602,7 @@ def target_workshops(store):
         store.root,
         what=f"listing {store.root}",
     )
-    return sorted(line for line in completed.stdout.decode().splitlines() if line and line != "*")
+    return sorted(line for line in completed.stdout.decode(errors="replace").splitlines() if line and line != "*")
 
 
 def target_files(store, workshop, backup):
@@ -617,6 +618,14 @@ def target_files(store, workshop, backup):
     found = []
     for line in completed.stdout.decode(errors="replace").splitlines():
         size, _dummy, relpath = line.partition(" ")
+        # An unreadable file has no size; a name that is not UTF-8 could not be named back to delete it.
+        if not size.isdigit() or "\ufffd" in relpath:
+            raise WorkshopError(
+                f"Archive target '{store.target['name']}': {folder}/{relpath} cannot be read (size {size or 'unknown'}) "
+                f"or named: check that the storage user owns the copy, then run the retention phase again",
+                target=store.target["name"],
+                path=f"{folder}/{relpath}",
+            )
         found.append((f"{folder}/{relpath}", int(size)))
     return found
 
@@ -653,10 +662,13 @@ def _plan_s3_share(store, facts_by_id, schedule, now, plan):
 # --- applying a plan -----------------------------------------------------------------------------
 
 
-def apply_plan(plan):
-    """Delete exactly what the plan lists, unit by unit; returns the items deleted."""
-    done = []
-    for _where, kind, handle, items in plan.units:
+def apply_plan(plan, done):
+    """Delete exactly what the plan lists, unit by unit, appending the items deleted to `done` (so that a
+    caller still has them when a unit fails). A target that stops answering is left there, named in
+    plan.unreached; the other targets are still done."""
+    for where, kind, handle, items in plan.units:
+        if where in [entry["target"] for entry in plan.unreached]:
+            continue
         if kind == "backup":
             _delete_host_backup(handle)
         elif kind == "file":
@@ -668,7 +680,11 @@ def apply_plan(plan):
                 raise WorkshopError(f"Cannot delete {handle} on the host: {exc.strerror}", path=handle) from None
         else:
             store, keys, folder = handle
-            delete_on_target(store, keys, folder)
+            try:
+                delete_on_target(store, keys, folder)
+            except WorkshopUnreachable as exc:
+                plan.unreached.append({"target": where, "error": exc.msg})
+                continue
         done.extend(items)
     return done
 

@@ -14,7 +14,7 @@ a module run about 0.2 s of CPU. The modules check it is installed first (requir
 
 import importlib
 
-from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 
 
 def target_argument_spec(required=True):
@@ -73,6 +73,9 @@ def s3_client(target, use="archive"):
     )
 
 
+S3_UNREACHED = ("ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
+
+
 def s3_call_errors():
     """What an S3 call raises: botocore's own errors and the server's answers (ClientError)."""
     exceptions = importlib.import_module("botocore.exceptions")
@@ -88,7 +91,9 @@ def s3_error(target, action, key, exc, use="archive"):
         said = str(exc)
     where = f"s3://{target.get('bucket')}/{key}" if key else f"s3://{target.get('bucket')}"
     hint = " Check access_key/secret_key (or AWS_ACCESS_KEY_ID)." if "Access" in said or "Signature" in said else ""
-    return WorkshopError(
+    # botocore's connection failures (no answer, timeouts), not the server's answers (ClientError).
+    unreached = any(cls.__name__ in S3_UNREACHED for cls in type(exc).__mro__)
+    return (WorkshopUnreachable if unreached else WorkshopError)(
         f"{USES[use][0]} '{target['name']}' ({target.get('endpoint_url') or 'AWS'}): {action} {where} failed: {said}.{hint}",
         target=target["name"],
         key=key,

@@ -19,7 +19,7 @@ for cmd in "${!wanted[@]}"; do
 done
 # Debian's docker.io ships no client on PATH when another docker client shadows it; that is fine.
 command -v docker >/dev/null 2>&1 || missing+=(docker.io)
-/usr/bin/python3.11 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+/usr/bin/python3.11 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3.11-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -33,11 +33,14 @@ def _cached_compile_source(pathname, source):
     if key in _compiled:
         return _compiled[key]
     entry = os.path.join(CACHE, key[1])
+    code = None
     try:
         with open(entry, "rb") as cached:
             # loads of the whole file: load() on a file object reads it item by item, 8 times slower.
             code = _with_filename(marshal.loads(cached.read()), pathname)
     except (OSError, EOFError, ValueError, TypeError):
+        pass
+    if code is None:
         code = _compile_source(pathname, source)
         try:
             os.makedirs(CACHE, exist_ok=True)

@@ -449,11 +449,15 @@ def test_ssh_copy_resumes_a_part_is_exact_and_idempotent(tmp_path, sshd, capsys,
 
 def test_check_mode_stores_no_host_key_and_still_refuses_a_changed_one(tmp_path, sshd, capsys):
     backup_dir, _, record = make_backup(tmp_path)
-    known_hosts = tmp_path / "known_hosts"
-    preview = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys, check=True)
+    # A folder name that ssh would split at its space or expand at its % if it were not quoted.
+    known_hosts = tmp_path / "pinned keys 100%h" / "known_hosts"
+    known_hosts.parent.mkdir()
+    args = ssh_args(sshd, tmp_path, backup_dir, record, known_hosts=str(known_hosts))
+    preview = run_main(args, capsys, check=True)
     assert preview["changed"] is True, preview
     assert not known_hosts.exists()  # the first connection's key went into the preview's own file
-    run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
+    run_main(args, capsys)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("pinned")) == ["pinned keys 100%h"]
     [line] = known_hosts.read_text().splitlines()
     assert line.split()[1:] == (sshd.parent / "host_key.pub").read_text().split()[:2]  # the server's own key
 
@@ -461,7 +465,7 @@ def test_check_mode_stores_no_host_key_and_still_refuses_a_changed_one(tmp_path,
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "other"], check=True)
     other = (tmp_path / "other.pub").read_text().split()[1]
     known_hosts.write_text(" ".join([*line.split()[:2], other]) + "\n")
-    refused = run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys, check=True)
+    refused = run_main(args, capsys, check=True)
     assert refused["failed"] is True and "nas" in refused["msg"], refused
     assert known_hosts.read_text().split()[2] == other
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -512,7 +513,12 @@ def test_a_target_that_does_not_answer_is_named_and_the_others_are_done(tmp_path
     assert unreached["target"] == "attic" and "attic" in unreached["error"]
     assert "not reached" in protected(applied, "ssh://root@127.0.0.1:1/srv/attic")[0]
     warned = json.dumps(applied["warnings"])  # ansible-core 2.19 returns warnings as structured events
-    assert "Retention left target 'attic' as it was" in warned and "Connection refused" in warned
+    assert "did not finish on target 'attic'" in warned and "Connection refused" in warned
+
+    # A target that answers but refuses the login is a mistake to mend, not an outage: the phase fails.
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "stranger"], check=True)
+    refused = run_main("retention_enforce", dict(args, targets=[dict(target, key_file=str(tmp_path / "stranger"))]), capsys)
+    assert refused["failed"] is True and "'nas'" in refused["msg"] and "Permission denied" in refused["msg"], refused
 
 
 def test_older_copies_on_a_target_stay_while_its_newest_copy_is_not_whole(tmp_path, sshd, capsys):
