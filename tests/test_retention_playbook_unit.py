@@ -54,3 +54,12 @@ def test_retention_is_off_unless_enabled_then_check_lists_what_the_run_deletes(t
     assert "Deleted 0 files and objects" in again.output and "nothing is due" in flat(again.output)
     assert "- None" not in again.output and "'None'" not in again.output
     # (A second run changing nothing is proven on the module: tests/test_retention_unit.py.)
+
+    # A target that does not answer: named in a warning and in the kept list; the run goes on (exit 0).
+    attic = dict(name="attic", type="ssh", host="127.0.0.1", port=1, user="root", path="/srv/attic")
+    unanswered = run_playbook(
+        "playbooks/retention.yml", "-e", settings(tmp_path, root, project, retention_enabled="true", retention_targets=[attic])
+    )
+    said = flat(unanswered.output)
+    assert "Retention did not finish on target 'attic', which does not answer" in said and "Connection refused" in said
+    assert "ssh://root@127.0.0.1:1/srv/attic" in said and "not reached" in said
