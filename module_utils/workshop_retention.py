@@ -156,6 +156,7 @@ class OffsiteCheck:
         self.stores = {store.target["name"]: store for store in stores}
         self.seen = {}
         self.listed = {}
+        self.down = {}  # target name -> why it did not answer: asked once per run (a timeout costs 30 s)
 
     def members(self, facts, backup):
         """backup_members of one of the workshop's backups, read once per run."""
@@ -182,9 +183,14 @@ class OffsiteCheck:
             if store is None:
                 reasons.append(f"{name} is not among this run's targets, so its copy cannot be checked")
                 continue
+            if name in self.down:
+                reasons.append(f"{name} could not be asked ({self.down[name]})")
+                continue
             try:
                 failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup, content=True)
             except WorkshopError as exc:
+                if isinstance(exc, WorkshopUnreachable):
+                    self.down[name] = exc.msg
                 reasons.append(f"{name} could not be asked ({exc.msg})")
                 continue
             if not failures:
@@ -543,16 +549,18 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
         _plan_s3_share(store, facts_by_id, schedule, now, plan)
 
 
-def plan_target_or_leave(store, facts_by_id, schedule, now, plan, backups=True):
+def plan_target_or_leave(store, facts_by_id, schedule, now, plan, backups=True, down=None):
     """plan_target, except that a target that does not answer (a refused key or login still fails) stops
     neither the host's plan nor the other targets': none of its plan stays, and it is named in plan.unreached
-    and as kept."""
+    and as kept. `down`: {name: error} of targets already found not answering this run, not asked again."""
+    name = store.target["name"]
     kept = len(plan.units), len(plan.delete), len(plan.protected)
     try:
+        if name in (down or {}):
+            raise WorkshopUnreachable(down[name])
         plan_target(store, facts_by_id, schedule, now, plan, backups=backups)
     except WorkshopUnreachable as exc:
         del plan.units[kept[0] :], plan.delete[kept[1] :], plan.protected[kept[2] :]
-        name = store.target["name"]
         plan.unreached.append({"target": name, "error": exc.msg})
         plan.protect(name, store.where("", "").rstrip("/"), f"not reached, nothing there changed this run: {exc.msg}")
 
@@ -749,10 +757,11 @@ def make_plan(params, now, stores=(), share_store=None):
     schedule (checked).
     """
     plan = Plan()
-    facts_of = plan_host(params, now, plan, OffsiteCheck(stores))
+    offsite = OffsiteCheck(stores)
+    facts_of = plan_host(params, now, plan, offsite)
     facts_by_id = {os.path.basename(folder.rstrip("/")): facts for folder, facts in facts_of.items()}
     for store in stores:
-        plan_target_or_leave(store, facts_by_id, params["schedule"], now, plan)
+        plan_target_or_leave(store, facts_by_id, params["schedule"], now, plan, down=offsite.down)
     if share_store is not None and share_store.target["name"] not in [store.target["name"] for store in stores]:
         plan_target_or_leave(share_store, facts_by_id, params["schedule"], now, plan, backups=False)
     return plan

@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -518,6 +520,34 @@ def test_a_target_that_does_not_answer_is_named_and_the_others_are_done(tmp_path
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "stranger"], check=True)
     refused = run_main("retention_enforce", dict(args, targets=[dict(target, key_file=str(tmp_path / "stranger"))]), capsys)
     assert refused["failed"] is True and "'nas'" in refused["msg"] and "Permission denied" in refused["msg"], refused
+
+
+def test_a_target_that_does_not_answer_is_asked_once_per_run(tmp_path, capsys):
+    """The backup it holds (as the record says) is checked, then the target listed: one connection in all,
+    since a silent target costs a 30-second timeout each time."""
+    root, folder, project, outputs, names, record = workshop(tmp_path, [400, 20], verified=1, offsite={"attic": (0, True)})
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def hang_up():  # answers every connection by closing it, as a dying storage host does
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection.close())
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    attic = dict(name="attic", type="ssh", host="127.0.0.1", port=listener.getsockname()[1], user="root", path="/srv/attic")
+    try:
+        result = run_main("retention_enforce", args_for(root, folder, project, outputs, record, targets=[attic]), capsys)
+    finally:
+        listener.close()
+    assert "failed" not in result, result.get("msg")
+    assert len(accepted) == 1
+    assert [entry["target"] for entry in result["unreached"]] == ["attic"]
+    assert (folder / names[0]).is_dir()  # its copy could not be checked: the host's stays
+    assert "attic could not be asked" in protected(result, f"{folder / names[0]}/")[0]
 
 
 def test_older_copies_on_a_target_stay_while_its_newest_copy_is_not_whole(tmp_path, sshd, capsys):
