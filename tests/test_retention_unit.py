@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import workshop_retention
 from ansible.module_utils.workshop_archive import Progress, backup_entries, copy_backup, make_target, record_archive
 from ansible.module_utils.workshop_backup import backup_name, seal, write_archive, write_members
 from ansible.module_utils.workshop_cleanup import write_yearly
@@ -548,6 +550,30 @@ def test_a_target_that_does_not_answer_is_asked_once_per_run(tmp_path, capsys):
     assert [entry["target"] for entry in result["unreached"]] == ["attic"]
     assert (folder / names[0]).is_dir()  # its copy could not be checked: the host's stays
     assert "attic could not be asked" in protected(result, f"{folder / names[0]}/")[0]
+
+
+def test_a_target_that_stops_answering_between_plan_and_deletion_is_left_where_it_stopped(tmp_path, sshd, capsys, monkeypatch):
+    root, folder, project, outputs, _names, record = workshop(tmp_path, [20], verified=0, offsite={})
+    nas = tmp_path / "nas"
+    old, older, newest = (remote_backup(nas, days_ago(age)) for age in (400, 700, 300))
+    target = dict(name="nas", type="ssh", host="127.0.0.1", port=SSH_PORT, user="root", path=str(nas), key_file=str(sshd))
+    args = args_for(root, folder, project, outputs, record, targets=[target], known_hosts=str(tmp_path / "known_hosts"))
+    planned = workshop_retention.apply_plan
+
+    def storage_host_goes_down(plan, done):
+        os.kill(int((sshd.parent / "sshd.pid").read_text()), signal.SIGTERM)
+        for _where, kind, handle, _items in plan.units:  # and the connection the plan was made over
+            if kind == "target":
+                subprocess.run(["ssh", *handle[0].options, "-O", "exit", handle[0].destination], capture_output=True)
+        return planned(plan, done)
+
+    monkeypatch.setattr(workshop_retention, "apply_plan", storage_host_goes_down)
+    result = run_main("retention_enforce", args, capsys)
+    assert "failed" not in result, result.get("msg")
+    assert result["deleted"] == [] and [e["target"] for e in result["unreached"]] == ["nas"]
+    assert "Connection refused" in result["unreached"][0]["error"]
+    assert all((nas / W / name / "outputs.tar").exists() for name in (old, older, newest))
+    assert read_record(str(record))["retention"]["deleted"] == []
 
 
 def test_older_copies_on_a_target_stay_while_its_newest_copy_is_not_whole(tmp_path, sshd, capsys):
