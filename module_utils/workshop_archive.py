@@ -493,6 +493,8 @@ class SshTarget:
         self.target = target
         self.timeout = timeout
         self.root = target["path"].rstrip("/") or "/"
+        user = target.get("user")
+        self.destination = f"{user}@{target['host']}" if user else target["host"]
         self.options = [
             "-o",
             "BatchMode=yes",
@@ -512,15 +514,22 @@ class SshTarget:
         if check_mode:
             # A first connection accepts the host's key (accept-new) into the first file named: in check
             # mode a file of this call's own, so nothing is written; a key already known is still checked.
-            known = [known_hosts] if known_hosts else ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
+            known = [known_hosts] if known_hosts else self._configured_known_hosts()
             files = [os.path.join(self.control_dir, "known_hosts"), *known]
             self.options += ["-o", "UserKnownHostsFile=" + " ".join(map(_ssh_config_path, files))]
         elif known_hosts:
             self.options += ["-o", f"UserKnownHostsFile={_ssh_config_path(known_hosts)}"]
         if target.get("key_file"):
             self.options += ["-i", target["key_file"], "-o", "IdentitiesOnly=yes"]
-        user = target.get("user")
-        self.destination = f"{user}@{target['host']}" if user else target["host"]
+
+    def _configured_known_hosts(self):
+        """The known_hosts files ssh reads for this destination (`ssh -G`: the admin's ssh_config or its defaults)."""
+        completed = subprocess.run(["ssh", "-G", *self.options, self.destination], capture_output=True, check=False)
+        for line in completed.stdout.decode(errors="replace").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "userknownhostsfile" and value.split():
+                return value.split()
+        return ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
 
     def close(self):
         subprocess.run(["ssh", *self.options, "-O", "exit", self.destination], capture_output=True, check=False)

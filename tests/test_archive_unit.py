@@ -470,6 +470,21 @@ def test_check_mode_stores_no_host_key_and_still_refuses_a_changed_one(tmp_path,
     assert known_hosts.read_text().split()[2] == other
 
 
+def test_check_mode_without_known_hosts_still_reads_the_files_ssh_config_names():
+    """ssh -G says which known_hosts files ssh reads for a host (ssh_config's UserKnownHostsFile, else
+    its defaults): check mode puts its own file first and keeps every one of those after it."""
+    target = dict(name="nas", type="ssh", host="nas.invalid", port=2222, user="backup", path="/srv")
+    said = subprocess.run(["ssh", "-G", "-p", "2222", "backup@nas.invalid"], capture_output=True, text=True, check=True).stdout
+    [configured] = [line.split()[1:] for line in said.splitlines() if line.startswith("userknownhostsfile ")]
+    store = make_target(target, check_mode=True)
+    try:
+        [option] = [o for o in store.options if o.startswith("UserKnownHostsFile=")]
+    finally:
+        store.close()
+    files = [name.strip('"') for name in option.partition("=")[2].split()]
+    assert files[0] == os.path.join(store.control_dir, "known_hosts") and files[1:] == configured
+
+
 def test_ssh_fetch_brings_the_backup_back(tmp_path, sshd, capsys):
     backup_dir, name, record = make_backup(tmp_path)
     run_main(ssh_args(sshd, tmp_path, backup_dir, record), capsys)
