@@ -476,9 +476,10 @@ def _ssh_config_path(path):
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
+# ssh's own words for a host it cannot reach or lost (a name that does not resolve is a typo to mend, not this).
 SSH_UNREACHED = re.compile(
-    r"connect to host|Connection (refused|timed out|reset|closed)|No route to host|Could not resolve hostname|"
-    r"Network is unreachable|Operation timed out"
+    r"connect to host|Connection (refused|timed out|reset|closed)|No route to host|Network is unreachable|"
+    r"Operation timed out|Broken pipe|Timeout, server .* not responding"
 )
 
 
@@ -558,11 +559,12 @@ class SshTarget:
 
     def error(self, what, code, stderr):
         said = stderr.decode(errors="replace").strip().splitlines()
-        # ssh's own failure to reach the host (exit 255), not a refused key or login, nor the command's failure.
-        unreached = code == 255 and any(SSH_UNREACHED.search(line) for line in said)
+        # ssh's own failure to reach the host (exit 255), not a refused key or login, nor the command's failure;
+        # a connection shared by the call's commands that drops under one ends it with 255 and no word.
+        unreached = code == 255 and (not said or any(SSH_UNREACHED.search(line) for line in said))
         return (WorkshopUnreachable if unreached else WorkshopError)(
             f"Archive target '{self.target['name']}' ({self.destination}): {what} failed (exit {code}): "
-            f"{said[-1] if said else 'no message'}. Check host, port, user, key_file and that the storage host has "
+            f"{said[-1].rstrip('.') if said else 'no message'}. Check host, port, user, key_file and that the storage host has "
             f"sh and sha256sum",
             target=self.target["name"],
         )

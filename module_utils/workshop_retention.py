@@ -188,9 +188,8 @@ class OffsiteCheck:
                 continue
             try:
                 failures = check_present(store, os.path.join(facts["folder"], backup), workshop, backup, content=True)
-            except WorkshopError as exc:
-                if isinstance(exc, WorkshopUnreachable):
-                    self.down[name] = exc.msg
+            except WorkshopUnreachable as exc:
+                self.down[name] = exc.msg
                 reasons.append(f"{name} could not be asked ({exc.msg})")
                 continue
             if not failures:

@@ -22,7 +22,7 @@ from ansible.module_utils.workshop_archive import (
     remote_key,
 )
 from ansible.module_utils.workshop_backup import backup_name, seal
-from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 from ansible.module_utils.workshop_shutdown import offsite_problem
 from s3server import s3server  # noqa: F401 - a fixture
@@ -483,6 +483,27 @@ def test_check_mode_without_known_hosts_still_reads_the_files_ssh_config_names()
         store.close()
     files = [name.strip('"') for name in option.partition("=")[2].split()]
     assert files[0] == os.path.join(store.control_dir, "known_hosts") and files[1:] == configured
+
+
+@pytest.mark.parametrize(
+    ("stderr", "unreached"),
+    [
+        (b"ssh: connect to host nas port 22: Connection refused\r\n", True),
+        (b"Timeout, server nas not responding.\r\n", True),
+        (b"", True),  # the call's shared connection dropped under a command
+        (b"Host key verification failed.\r\n", False),
+        (b"root@nas: Permission denied (publickey).\r\n", False),
+        (b"ssh: Could not resolve hostname nas.invalid: Name or service not known\r\n", False),  # a typo
+    ],
+)
+def test_only_a_host_that_does_not_answer_is_unreached(stderr, unreached):
+    store = make_target(dict(name="nas", type="ssh", host="nas", path="/srv"))
+    try:
+        error = store.error("listing /srv", 255, stderr)
+    finally:
+        store.close()
+    assert isinstance(error, WorkshopUnreachable) is unreached
+    assert ".." not in error.msg
 
 
 def test_ssh_fetch_brings_the_backup_back(tmp_path, sshd, capsys):

@@ -182,6 +182,10 @@ def test_outputs_need_the_confirmation_the_end_of_the_share_and_a_verified_off_h
     assert why.startswith(f"its backup verified off-host is on no target now ({_names[0]}: a-offline could not be asked (")
     assert f"on nas, outputs.tar: missing on the target ({key})" in why
     store.client.put_object(Bucket=nas["bucket"], Key=key, Body=copy["Body"].read(), Metadata=copy["Metadata"])
+    # A target that answers but refuses the keys is a mistake to mend, not an outage: the run fails naming it.
+    refused = run_main("cleanup_workshop", dict(base, confirm=W, targets=[dict(nas, secret_key="not-the-secret")]), capsys)
+    assert refused["failed"] is True and "'nas'" in refused["msg"], refused
+    assert sorted(str(p) for p in outputs.rglob("*.png")) == files
     preview = run_main("cleanup_workshop", dict(base, confirm=W), capsys, check=True)
     assert sorted(r["path"] for r in preview["removed"]) == backed
     assert preview["outputs_removed"] == {"files": 3, "bytes": sum(os.path.getsize(f) for f in backed)}
