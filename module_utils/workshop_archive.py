@@ -527,7 +527,7 @@ class SshTarget:
         """The known_hosts files ssh reads for this destination (`ssh -G`: the admin's ssh_config or its defaults)."""
         completed = subprocess.run(["ssh", "-G", *self.options, self.destination], capture_output=True, check=False)
         for line in completed.stdout.decode(errors="replace").splitlines():
-            key, _, value = line.partition(" ")
+            key, _space, value = line.partition(" ")
             if key == "userknownhostsfile" and value.split():
                 return value.split()
         return ["~/.ssh/known_hosts", "~/.ssh/known_hosts2"]
