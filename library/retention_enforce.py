@@ -227,6 +227,17 @@ def parse_now(value):
     return moment
 
 
+def record_retention(record, schedule, plan, deleted, now, check_mode):
+    """Write the run record's retention section when it changed (section_changed); whether it did, or in
+    check mode would."""
+    section = retention_section(schedule, plan, deleted, utc_iso(now))
+    if not section_changed(read_record(record).get("retention"), section):
+        return False
+    if not check_mode:
+        save_record(record, dict(read_record(record), retention=section))
+    return True
+
+
 def run(module):
     params = module.params
     schedule = check_schedule(params["schedule"])
@@ -258,8 +269,7 @@ def run(module):
             except WorkshopError:
                 # What went before the failure is gone all the same: the record says so.
                 if params["record"]:
-                    section = retention_section(schedule, plan, deleted, utc_iso(now))
-                    save_record(params["record"], dict(read_record(params["record"]), retention=section))
+                    record_retention(params["record"], schedule, plan, deleted, now, check_mode=False)
                 raise
     result = dict(
         deleted=deleted,
@@ -271,11 +281,7 @@ def run(module):
     )
     changed = bool(deleted) or bool(plan.move)
     if params["state"] == "applied" and params["record"]:
-        section = retention_section(schedule, plan, deleted, utc_iso(now))
-        if section_changed(read_record(params["record"]).get("retention"), section):
-            changed = True
-            if not module.check_mode:
-                save_record(params["record"], dict(read_record(params["record"]), retention=section))
+        changed = record_retention(params["record"], schedule, plan, deleted, now, module.check_mode) or changed
     if params["state"] == "planned":
         changed = False
     if module._diff:

@@ -693,7 +693,6 @@ def apply_plan(plan, done):
                 plan.unreached.append({"target": where, "error": exc.msg})
                 continue
         done.extend(items)
-    return done
 
 
 def _delete_host_backup(folder):
