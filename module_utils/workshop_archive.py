@@ -470,10 +470,11 @@ def _local_differs(local_path, where):
 # --- SSH ---------------------------------------------------------------------------------------
 
 
-def _ssh_config_path(path):
+def _ssh_config_path(path, tokens=""):
     """`path` as one token of an ssh -o option: quoted, since ssh splits the value at spaces, with % doubled,
-    since ssh expands %-tokens in these paths (a leading ~ is still expanded)."""
-    return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+    since ssh expands %-tokens in these paths (a leading ~ is still expanded); `tokens` (such as "/%C") are
+    appended as they are, for ssh to expand."""
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + tokens + '"'
 
 
 # ssh's own words for a host it cannot reach or lost (a name that does not resolve is a typo to mend, not this).
@@ -510,7 +511,7 @@ class SshTarget:
         ]
         # One connection for every command of this call (a handshake per file would cost more than small files).
         self.control_dir = tempfile.mkdtemp(prefix="archive-ssh-")
-        control_path = _ssh_config_path(self.control_dir)[:-1] + '/%C"'
+        control_path = _ssh_config_path(self.control_dir, tokens="/%C")
         self.options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path}", "-o", "ControlPersist=120"]
         if check_mode:
             # A first connection accepts the host's key (accept-new) into the first file named: in check
