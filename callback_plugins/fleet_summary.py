@@ -9,8 +9,9 @@ short_description: One line per workshop at the end of the run, on screen and in
 description:
   - Active only in a run that has the fleet summary play (playbooks/fleet_summary.yml, tag C(fleet_summary)).
   - Every workshop host of the run gets one line - drained at, jobs, backup verified, archived, shared,
-    report path - from what its run record says (read by the C(fleet_summary) module in that play), or,
-    for a host that failed or was unreachable, the play and task that failed and the error message.
+    report path, and any storage target the retention schedule could not reach - from what its run
+    record says (read by the C(fleet_summary) module in that play), or, for a host that failed or was
+    unreachable, the play and task that failed and the error message.
   - Ansible drops a failed host from the later plays, so no play can speak for it; this callback sees
     every task result of the run and so knows each host's last fatal failure.
   - The summary is printed after the play recap and written to C(<fleet_summary_dest>/fleet-<UTC time>.md)
@@ -118,7 +119,10 @@ def row_text(row):
         return f"{head}: FAILED{where}: {error['msg']}"
     archived = "archived: " + (", ".join(row["archived"]) if row.get("archived") else "no")
     report = "report " + row["report"] if row.get("report") else "report: none"
-    return f"{head}: " + "; ".join([_drain(row), _jobs(row), _backup(row), archived, _shared(row), report])
+    parts = [_drain(row), _jobs(row), _backup(row), archived, _shared(row), report]
+    if row.get("retention_unreached"):
+        parts.append("retention NOT applied on " + ", ".join(row["retention_unreached"]) + " (did not answer)")
+    return f"{head}: " + "; ".join(parts)
 
 
 def summary_markdown(rows, at):

@@ -79,6 +79,10 @@ entry:
     report:
       description: The report's Markdown file, when it exists.
       type: str
+    retention_unreached:
+      description: The storage targets the last retention run could not reach, where nothing was aged (empty when none).
+      type: list
+      elements: str
   sample:
     drained: true
     drained_at: "2026-11-29T17:02:11.000000+00:00"
@@ -89,6 +93,7 @@ entry:
     archived: [r2]
     shared: {delivery: s3, participants: 18, until: "2026-12-06T17:30:00+00:00"}
     report: /var/backups/comfy-wrapup/berlin-2026-11/report/report.md
+    retention_unreached: []
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -19,9 +19,10 @@ description:
     backup not verified off-host, the newest copy of a workshop on a target, outputs not held identically
     by a backup verified off-host; each is listed in RV(protected) with the reason.
   - V(planned) only reads. V(applied) deletes exactly the planned list and records it in the run record
-    section C(retention) (C({at, schedule, deleted, moved, protected})).
+    section C(retention) (C({at, schedule, deleted, moved, protected, unreached})).
   - A target that does not answer (no connection, a timeout; a refused host key or login still fails) is left
-    where it stopped, named in RV(unreached) and in a warning; the host and the other targets are done all the
+    where it stopped, named in RV(unreached), in a warning and in the run record (the verification checklist's
+    cleanup line asks for a re-run until it answers); the host and the other targets are done all the
     same. Host data goes only on the strength of a target that answered when its copy was checked.
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
@@ -208,7 +209,7 @@ from ansible.module_utils.workshop_retention import (
     check_schedule,
     make_plan,
     retention_section,
-    section_changed,
+    section_to_record,
 )
 from ansible.module_utils.workshop_s3 import target_argument_spec
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
@@ -228,13 +229,14 @@ def parse_now(value):
 
 
 def record_retention(record, schedule, plan, deleted, now, check_mode):
-    """Write the run record's retention section when it changed (section_changed); whether it did, or in
+    """Write the run record's retention section when it changed (section_to_record); whether it did, or in
     check mode would."""
-    section = retention_section(schedule, plan, deleted, utc_iso(now))
-    if not section_changed(read_record(record).get("retention"), section):
+    current = read_record(record)
+    section = section_to_record(current.get("retention"), retention_section(schedule, plan, deleted, utc_iso(now)))
+    if section is None:
         return False
     if not check_mode:
-        save_record(record, dict(read_record(record), retention=section))
+        save_record(record, dict(current, retention=section))
     return True
 
 

@@ -10,6 +10,7 @@ gives an unchanged checklist (a second run rewrites nothing).
 import json
 import os
 
+from ansible.module_utils.workshop_record import unreached_targets
 from ansible.module_utils.workshop_report_text import (
     _get,
     as_number,
@@ -329,6 +330,14 @@ def line_cleanup(record, facts):
     when = format_stamp(cleanup["at"]) if cleanup.get("at") else "at an unrecorded time"
     if not _yes(cleanup.get("done")):
         return _not(f"cleanup started {when} but is not done: run --tags cleanup again and read why it stopped")
+    # A storage target that did not answer kept everything the schedule would have aged there.
+    unreached = unreached_targets(_get(record, "retention"))
+    if unreached:
+        return _not(
+            f"cleanup done {when}, but the retention schedule could not reach the storage target"
+            f"{'' if len(unreached) == 1 else 's'} {_names(unreached)}, where nothing was aged: "
+            f"run --tags retention once {'it answers' if len(unreached) == 1 else 'they answer'}"
+        )
     parts = []
     for key, label in (("removed", "temporary files removed"), ("outputs_removed", "outputs removed from the VPS")):
         if cleanup.get(key) is not None:

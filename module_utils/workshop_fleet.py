@@ -6,11 +6,12 @@ Plain data from what the phases recorded: nothing is inferred that the record do
 
 import os
 
-from ansible.module_utils.workshop_record import read_record
+from ansible.module_utils.workshop_record import read_record, unreached_targets
 
 
 def fleet_entry(record_path, report_dir):
-    """What the fleet summary shows for one workshop: drained at, jobs, backup verified, archived, shared, report."""
+    """What the fleet summary shows for one workshop: drained at, jobs, backup verified, archived, shared, report,
+    and the storage targets the retention schedule could not reach."""
     record = read_record(record_path)
     drain = record.get("drain") or {}
     backup = record.get("backup") or {}
@@ -42,4 +43,5 @@ def fleet_entry(record_path, report_dir):
             else None
         ),
         "report": report if os.path.isfile(report) else None,
+        "retention_unreached": unreached_targets(record.get("retention")),
     }

@@ -25,6 +25,12 @@ def read_record(path):
         raise WorkshopError(f"The run record {path} is not valid JSON ({exc}): fix or move it aside", path=path) from None
 
 
+def unreached_targets(section):
+    """The targets a retention section says did not answer (the checklist and the fleet summary name them)."""
+    entries = (section if isinstance(section, dict) else {}).get("unreached") or []
+    return sorted(str(entry.get("target")) for entry in entries if isinstance(entry, dict))
+
+
 def updated_record(record, section, data, keep_existing):
     """The record with `data` merged into `section`; with keep_existing, keys already set are kept."""
     current = dict(record.get(section) or {})

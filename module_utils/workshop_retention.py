@@ -21,7 +21,7 @@ from ansible.module_utils.workshop_backup import MANIFEST, sealed_backups
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
 from ansible.module_utils.workshop_lock import lock_path, read_owner
-from ansible.module_utils.workshop_record import read_record
+from ansible.module_utils.workshop_record import read_record, unreached_targets
 from ansible.module_utils.workshop_time import epoch_of
 
 DAY = 86400.0
@@ -772,14 +772,19 @@ def retention_section(schedule, plan, deleted, moment):
         "deleted": deleted,
         "moved": list(plan.move),
         "protected": plan.protected,
+        "unreached": plan.unreached,
     }
 
 
-def section_changed(before, after):
-    """Whether to write the section: always when something was deleted, moved or removed; otherwise only when
-    there is none yet or the schedule changed (a run that did nothing leaves the record of the last one that did)."""
-    if not before:
-        return True
-    if after.get("deleted") or after.get("moved") or after.get("removed"):
-        return True
-    return before.get("schedule") != after.get("schedule")
+def section_to_record(before, after):
+    """The retention section to write over `before`, or None to leave the record as it is. A run that deleted,
+    moved or removed something, or the first run, or a new schedule: its own section. Otherwise a run that
+    did nothing leaves the record of the last one that did, with only its list of targets that did not
+    answer brought up to date (one that answers again clears the checklist's follow-up)."""
+    if not before or after.get("deleted") or after.get("moved") or after.get("removed"):
+        return after
+    if before.get("schedule") != after.get("schedule"):
+        return after
+    if unreached_targets(before) != unreached_targets(after):
+        return dict(before, unreached=after["unreached"])
+    return None

@@ -202,6 +202,12 @@ def _no_report(record, folder):
             "cleanup started 2026-12-02 08:00 UTC but is not done: run --tags cleanup again and read why it stopped",
         ),
         (
+            _set(["retention"], {"at": "2026-12-02T08:00:00Z", "unreached": [{"target": "nas", "error": "Connection refused"}]}),
+            "cleanup",
+            "cleanup done 2026-12-02 08:00 UTC, but the retention schedule could not reach the storage target nas, where "
+            "nothing was aged: run --tags retention once it answers",
+        ),
+        (
             _drop("readiness"),
             "next_use",
             "no next-workshop readiness check yet: run playbooks/readiness.yml (and fill in the report's "

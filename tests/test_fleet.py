@@ -239,6 +239,7 @@ def test_a_fleet_of_three_wraps_up_two_fails_one_clearly_and_summarises_all(
             "archived": [],
             "shared": None,
             "report": str(root / workshop_id / "report" / "report.md"),
+            "retention_unreached": [],
         }
     broken = rows["ws-broken"]
     assert broken["ok"] is False and broken["workshop_id"] == "broken-workshop"

@@ -25,6 +25,7 @@ RECORD = {
         }
     },
     "share": {"delivery": "s3", "period_ends": "2026-12-06T17:00:00+00:00", "participants": {"user001": {}, "user002": {}}},
+    "retention": {"unreached": [{"target": "nas", "error": "Connection refused"}]},
 }
 
 
@@ -49,6 +50,7 @@ def test_a_workshops_line_is_what_its_record_says(tmp_path):
         "archived": ["r2"],  # not the unverified copy, not the copy of an older backup
         "shared": {"delivery": "s3", "participants": 2, "until": "2026-12-06T17:00:00+00:00"},
         "report": str(tmp_path / "report" / "report.md"),
+        "retention_unreached": ["nas"],
     }
 
 
@@ -78,6 +80,7 @@ def test_a_workshop_with_no_record_yet_has_an_empty_line(tmp_path):
         "archived": [],
         "shared": None,
         "report": None,
+        "retention_unreached": [],
     }
 
 
@@ -199,8 +202,10 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     )
     assert lines[2] == (
         "- berlin (ws-ok): drained at 2026-11-29T17:02:11+00:00; jobs: 42 completed, 3 failed; backup backup-2 verified; "
-        "archived: r2; shared: 2 participants by s3 until 2026-12-06T17:00:00+00:00; report: none"
+        "archived: r2; shared: 2 participants by s3 until 2026-12-06T17:00:00+00:00; report: none; "
+        "retention NOT applied on nas (did not answer)"
     )
+    assert "retention" not in lines[3]  # said only when a target did not answer
     screen = run.output[run.output.index("FLEET SUMMARY") :]
     assert all(line in screen for line in lines) and f"written to {written[1]}" in screen
 

@@ -517,6 +517,16 @@ def test_a_target_that_does_not_answer_is_named_and_the_others_are_done(tmp_path
     assert unreached["target"] == "attic" and "attic" in unreached["error"]
     assert "not reached" in protected(applied, "ssh://root@127.0.0.1:1/srv/attic")[0]
     assert "Connection refused" in unreached["error"]  # the warning's text (in-process, Ansible may print it instead)
+    recorded = read_record(str(record))["retention"]
+    assert [entry["target"] for entry in recorded["unreached"]] == ["attic"] and recorded["deleted"] == applied["deleted"]
+
+    # Still down: nothing to do, and the record stays as it is.
+    again = run_main("retention_enforce", args, capsys)
+    assert again["changed"] is False and again["deleted"] == [] and read_record(str(record))["retention"] == recorded
+    # Answering again (here: no longer among the targets) clears the follow-up; the deletions stay recorded.
+    cleared = run_main("retention_enforce", dict(args, targets=[target]), capsys)
+    assert cleared["changed"] is True and cleared["deleted"] == []
+    assert read_record(str(record))["retention"] == dict(recorded, unreached=[])
 
     # A target that answers but refuses the login is a mistake to mend, not an outage: the phase fails.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "stranger"], check=True)
