@@ -156,7 +156,12 @@ def line_outputs(record, facts):
         f"({as_number(outputs.get('bytes')) or 0} bytes) in outputs.tar of backup {backup.get('name')}{_verified_at(record)}"
     )
     copies = _get(record, "archive", "targets") or {}
-    off = sorted(name for name, entry in copies.items() if isinstance(entry, dict) and _yes(entry.get("verified")))
+    # A target's entry names the backup it holds: a copy of an older backup is no copy of this one.
+    off = sorted(
+        name
+        for name, entry in copies.items()
+        if isinstance(entry, dict) and _yes(entry.get("verified")) and entry.get("backup") == backup.get("name")
+    )
     if off:
         evidence += f"; verified off-host copies: {_names(off)}"
     return _ok(evidence)

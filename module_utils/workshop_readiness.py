@@ -107,8 +107,10 @@ def _quick_read(path, size):
                 return f"{path}: its end could not be read"
     if path.endswith(".tar"):
         try:
-            with tarfile.open(path, "r:") as archive:
-                archive.next()
+            # Opening reads the first header; an empty archive (no outputs) has none and is fine. (A
+            # further next() on it seeks to offset -1 on Python 3.10 and fails.)
+            with tarfile.open(path, "r:"):
+                pass
         except (tarfile.TarError, OSError) as exc:
             return f"{path}: not a readable tar archive ({exc})"
     return None

@@ -344,3 +344,16 @@ def test_the_report_module_writes_checklist_json_beside_the_report(workshop, cap
     markdown = (report / "report.md").read_text()
     assert "## Verification Checklist" in markdown and "**Status:** <!-- status:begin -->READY FOR STORAGE" in markdown
     assert run_report_module(capsys, args)["changed"] is False
+
+
+def test_only_copies_of_the_newest_backup_count_as_off_host(workshop):
+    record = read_record(str(workshop / "run-record.json"))
+    record["archive"] = {
+        "targets": {
+            "s3a": {"backup": BACKUP, "verified": True},
+            "nas": {"backup": "backup-20261101T170211Z", "verified": True},  # an older backup's copy
+            "usb": {"backup": BACKUP, "verified": False},
+        }
+    }
+    evidence = lines_by_key(checklist_of(workshop, record))["outputs"]["evidence"]
+    assert evidence.endswith("; verified off-host copies: s3a")

@@ -8,6 +8,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import tarfile
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -23,6 +24,8 @@ from ansible.module_utils.workshop_readiness import (
     next_workshop_date,
 )
 from scratch_redis import free_port, port_of, running_redis
+
+from conftest import REPO
 
 DOMAIN = "ws.example.org"
 
@@ -534,3 +537,30 @@ def test_the_report_writes_once_and_again_only_when_the_outcome_changes(tmp_path
     assert changed["changed"] is True and json.loads(record.read_text())["readiness"]["ok"] is False
     assert changed["diff"]["before"] != changed["diff"]["after"]
     assert "**NOT READY (1 of 1 checks failed)**" in (dest / "readiness.md").read_text()
+
+
+def test_an_empty_outputs_archive_reads_on_the_hosts_python(tmp_path):
+    """A workshop without outputs has a valid tar with no member; the check runs on the host's Python
+    (3.10 here), whose tarfile differs from the controller's."""
+    package = tmp_path / "pkg" / "ansible" / "module_utils"
+    package.mkdir(parents=True)
+    for init in (package.parent / "__init__.py", package / "__init__.py"):
+        init.write_text("")
+    for source in (REPO / "module_utils").glob("*.py"):
+        shutil.copy(source, package)
+    with tarfile.open(tmp_path / "outputs.tar", "w"):
+        pass
+    python = os.environ.get("COMFY_WRAPUP_HOST_PYTHON") or str(REPO / ".venv-host/bin/python")
+    code = (
+        "import sys; from ansible.module_utils import workshop_readiness as r; "
+        "print(r._quick_read(sys.argv[1], int(sys.argv[2])))"
+    )
+    archive = tmp_path / "outputs.tar"
+    read = subprocess.run(
+        [python, "-c", code, str(archive), str(archive.stat().st_size)],
+        cwd=tmp_path / "pkg",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert read.stdout == "None\n", read
