@@ -107,7 +107,8 @@ def _shared(row):
     if not share:
         return "shared: no"
     until = f" until {share['until']}" if share.get("until") else ""
-    return f"shared: {share['participants']} participants by {share['delivery']}{until}"
+    by = f" by {share['delivery']}" if share.get("delivery") else ""
+    return f"shared: {share['participants']} participants{by}{until}"
 
 
 def row_text(row):

@@ -297,7 +297,7 @@ def run(module):
         module.warn(
             f"Retention did not finish on target '{entry['target']}', which does not answer (the host and the other "
             f"targets were done): "
-            f"{entry['error']}. Run the retention phase again once it answers."
+            f"{entry['error'].rstrip('.')}. Run the retention phase again once it answers."
         )
     result["changed"] = changed
     return result

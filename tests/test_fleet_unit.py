@@ -2,6 +2,7 @@
 prints and writes the summary, driven by a real ansible-playbook run over local connections (a host
 that fails in a loop, one whose failure a rescue catches, one unreachable, one that goes through)."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -277,3 +278,13 @@ def test_the_default_folder_is_reports_beside_the_playbook_that_was_run(monkeypa
     callback.v2_playbook_on_stats(stats)
     written = sorted(p.suffix for p in (tmp_path / "reports").iterdir())
     assert written == [".json", ".md"] and f"written to {tmp_path / 'reports'}/fleet-" in capsys.readouterr().out
+
+
+def test_a_share_without_a_recorded_delivery_reads_without_none():
+    spec = importlib.util.spec_from_file_location("fleet_summary_callback", REPO / "callback_plugins" / "fleet_summary.py")
+    callback = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(callback)
+    assert callback._shared({"shared": {"participants": 0, "delivery": None, "until": None}}) == "shared: 0 participants"
+    assert callback._shared({"shared": {"participants": 2, "delivery": "s3", "until": "2026-12-06"}}) == (
+        "shared: 2 participants by s3 until 2026-12-06"
+    )
