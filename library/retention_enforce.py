@@ -209,7 +209,7 @@ from ansible.module_utils.workshop_retention import (
     check_schedule,
     make_plan,
     retention_section,
-    section_to_record,
+    section_changed,
 )
 from ansible.module_utils.workshop_s3 import target_argument_spec
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
@@ -229,11 +229,11 @@ def parse_now(value):
 
 
 def record_retention(record, schedule, plan, deleted, now, check_mode):
-    """Write the run record's retention section when it changed (section_to_record); whether it did, or in
+    """Write the run record's retention section when it changed (section_changed); whether it did, or in
     check mode would."""
     current = read_record(record)
-    section = section_to_record(current.get("retention"), retention_section(schedule, plan, deleted, utc_iso(now)))
-    if section is None:
+    section = retention_section(schedule, plan, deleted, utc_iso(now))
+    if not section_changed(current.get("retention"), section):
         return False
     if not check_mode:
         save_record(record, dict(current, retention=section))

@@ -776,15 +776,10 @@ def retention_section(schedule, plan, deleted, moment):
     }
 
 
-def section_to_record(before, after):
-    """The retention section to write over `before`, or None to leave the record as it is. A run that deleted,
-    moved or removed something, or the first run, or a new schedule: its own section. Otherwise a run that
-    did nothing leaves the record of the last one that did, with only its list of targets that did not
-    answer brought up to date (one that answers again clears the checklist's follow-up)."""
+def section_changed(before, after):
+    """Whether to write the section: always when something was deleted, moved or removed; otherwise only when
+    there is none yet, the schedule changed, or another set of targets did not answer (one that answers again
+    clears the checklist's follow-up). A run that did nothing else leaves the record of the last one that did."""
     if not before or after.get("deleted") or after.get("moved") or after.get("removed"):
-        return after
-    if before.get("schedule") != after.get("schedule"):
-        return after
-    if unreached_targets(before) != unreached_targets(after):
-        return dict(before, unreached=after["unreached"])
-    return None
+        return True
+    return before.get("schedule") != after.get("schedule") or unreached_targets(before) != unreached_targets(after)

@@ -523,10 +523,12 @@ def test_a_target_that_does_not_answer_is_named_and_the_others_are_done(tmp_path
     # Still down: nothing to do, and the record stays as it is.
     again = run_main("retention_enforce", args, capsys)
     assert again["changed"] is False and again["deleted"] == [] and read_record(str(record))["retention"] == recorded
-    # Answering again (here: no longer among the targets) clears the follow-up; the deletions stay recorded.
+    # Answering again (here: no longer among the targets) clears the follow-up: the section is this run's.
     cleared = run_main("retention_enforce", dict(args, targets=[target]), capsys)
     assert cleared["changed"] is True and cleared["deleted"] == []
-    assert read_record(str(record))["retention"] == dict(recorded, unreached=[])
+    section = read_record(str(record))["retention"]
+    assert section["unreached"] == [] and section["deleted"] == [] and section["protected"] == cleared["protected"]
+    assert not any("not reached" in entry["why"] for entry in section["protected"])
 
     # A target that answers but refuses the login is a mistake to mend, not an outage: the phase fails.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "stranger"], check=True)
