@@ -161,9 +161,17 @@ EXAMPLES = r"""
 
 RETURN = r"""
 needed:
-  description: V(planned) - whether the data changed since the newest sealed backup (or there is none).
+  description:
+    - V(planned) - whether the data changed since the newest sealed backup (or there is none).
+    - Outputs that went since (retention or cleanup removed them), with nothing added or changed and every
+      other source, the Redis queues and the containers as they were, are no change (RV(outputs_removed_since)).
   returned: state=planned
   type: bool
+outputs_removed_since:
+  description: V(planned) - the newest backup, when outputs went since it and nothing else changed (it still
+    holds them, so no new backup is made); else null.
+  returned: state=planned
+  type: str
 name:
   description: The backup's name (V(planned) - the one to make; V(sealed), V(verified) - the one sealed or verified).
   returned: state in (planned, sealed, verified)
@@ -261,6 +269,8 @@ from ansible.module_utils.workshop_backup import (
     describe_failures,
     folder_signature,
     free_space,
+    members_file,
+    only_removed_since,
     open_partial,
     read_manifest,
     seal,
@@ -328,11 +338,17 @@ def plan(params, check_mode):
         outputs = {key: value for key, value in tree_usage(params["outputs_dir"]).items() if key in ("files", "bytes", "links")}
     conn = WorkshopRedis.from_params(params)
     removed = _partials(params, check_mode, warnings)
-    files_digest, files_bytes = tree_fingerprint(params["sources"])
-    fingerprint = dict(files=files_digest, redis=conn.queue_fingerprint(), containers=containers_fingerprint(project))
+    files_digest, per_source, files_bytes = tree_fingerprint(params["sources"])
+    fingerprint = _canonical(
+        dict(files=files_digest, sources=per_source, redis=conn.queue_fingerprint(), containers=containers_fingerprint(project))
+    )
     sealed = sealed_backups(backup_dir)
     latest = sealed[-1] if sealed else None
-    needed = latest is None or read_manifest(os.path.join(backup_dir, latest)).get("fingerprint") != _canonical(fingerprint)
+    stored = read_manifest(os.path.join(backup_dir, latest)).get("fingerprint") if latest else None
+    needed = not _same_data(stored, fingerprint)
+    outputs_removed_since = None
+    if needed and latest and _only_outputs_removed(stored, fingerprint, params, os.path.join(backup_dir, latest)):
+        needed, outputs_removed_since = False, latest
     name = backup_name()
     if needed and name in sealed:
         raise WorkshopError(f"{os.path.join(backup_dir, name)} exists already: run again in a second", path=backup_dir)
@@ -347,13 +363,38 @@ def plan(params, check_mode):
         partial=os.path.join(backup_dir, PARTIAL_PREFIX + name[len("backup-") :]),
         latest=latest,
         unrecorded=latest if latest and latest != recorded and (recorded is None or latest > recorded) else None,
-        fingerprint=_canonical(fingerprint),
+        fingerprint=fingerprint,
+        outputs_removed_since=outputs_removed_since,
         estimate_bytes=estimate,
         free_bytes=free,
         removed_partials=removed,
         outputs=outputs,
         warnings=warnings,
     )
+
+
+def _same_data(stored, fingerprint):
+    """Whether a backup's stored fingerprint says the data is as now. Backups sealed before the per-source
+    digests (`sources`) are compared without them."""
+    if not isinstance(stored, dict):
+        return False
+    return {k: v for k, v in stored.items() if k != "sources"} == {k: v for k, v in fingerprint.items() if k != "sources"}
+
+
+def _only_outputs_removed(stored, fingerprint, params, latest_dir):
+    """Whether outputs went since the backup at `latest_dir` and nothing else changed (only_removed_since)."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("sources"), dict) or "outputs" not in params["sources"]:
+        return False
+    others = [key for key in ("redis", "containers") if stored.get(key) != fingerprint.get(key)]
+    sources = {name for name in set(stored["sources"]) | set(fingerprint["sources"]) if name != "outputs"}
+    if others or any(stored["sources"].get(name) != fingerprint["sources"].get(name) for name in sources):
+        return False
+    try:
+        with open(os.path.join(latest_dir, members_file("outputs.tar")), encoding="utf-8") as listing:
+            members = json.load(listing)
+    except (OSError, ValueError):
+        return False
+    return isinstance(members, list) and only_removed_since(params["sources"]["outputs"], members, "outputs")
 
 
 def _canonical(value):

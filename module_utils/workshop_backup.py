@@ -26,7 +26,7 @@ from ansible.module_utils.workshop_files import (  # pylint: disable=unused-impo
     Sha256,
     atomic_file,
     fsync_dir,
-    sha256_file,  # noqa: F401 - re-exported: other helpers import it from here
+    sha256_file,  # other helpers import it from here too
     sha256_stream,
     walk_tree,
     write_atomically,
@@ -56,15 +56,36 @@ def list_tree(root):
 
 
 def tree_fingerprint(roots):
-    """sha256 of the listings of `roots` {name: path}: changes whenever a file or link is added, removed or rewritten."""
+    """sha256 of the listings of `roots` {name: path}: changes whenever a file or link is added, removed or
+    rewritten; with each root's own sha256 {name: digest} (which part changed) and the bytes listed."""
     digest = hashlib.sha256()
+    per_root = {}
     total = 0
     for name in sorted(roots):
+        own = hashlib.sha256()
         for entry in walk_tree(roots[name]):
-            line = f"{name}/{entry.relpath}\0{entry.size}\0{entry.mtime_ns}\0{entry.target or ''}\n"
-            digest.update(line.encode("utf-8", "surrogateescape"))
+            line = f"{name}/{entry.relpath}\0{entry.size}\0{entry.mtime_ns}\0{entry.target or ''}\n".encode(
+                "utf-8", "surrogateescape"
+            )
+            digest.update(line)
+            own.update(line)
             total += entry.size
-    return digest.hexdigest(), total
+        per_root[name] = own.hexdigest()
+    return digest.hexdigest(), per_root, total
+
+
+def only_removed_since(root, members, prefix):
+    """Whether every file now under `root` is in a backup's `members` (its archive's member list, paths
+    under `prefix`/) with the same size and sha256: files went, none came or changed. (Retention and
+    cleanup remove outputs held by a backup; a new backup of what is left would hold nothing new.)"""
+    listed = {member.get("path"): member for member in members if isinstance(member, dict)}
+    for entry in walk_tree(root):
+        member = listed.get(f"{prefix}/{entry.relpath}")
+        if entry.kind != "file" or member is None or member.get("size") != entry.size:
+            return False
+        if member.get("sha256") != sha256_file(entry.path):
+            return False
+    return True
 
 
 def _space_error(path, exc):

@@ -114,6 +114,34 @@ def test_a_second_run_changes_nothing_and_changed_data_makes_a_new_backup(worksh
     assert json.loads((first / "MANIFEST.json").read_text())["name"] == first.name
 
 
+def test_outputs_that_only_went_since_the_newest_backup_make_no_new_one(workshop_id):
+    """As after retention or cleanup removed outputs the backup holds: a backup of what is left would hold
+    nothing new, and as the newest it would be the copy retention keeps forever instead of this one."""
+    backup(workshop_id)
+    outputs = PROJECT_DIR / "data" / "outputs"
+    aside = PROJECT_DIR.parent / f"aside-{workshop_id}"  # the same disk: a rename keeps every file as it was
+    aside.mkdir()
+    kept, *gone = sorted(path for path in outputs.iterdir() if path.is_dir() and any(path.iterdir()))
+    for folder in gone:
+        folder.rename(aside / folder.name)
+    changed = next(path for path in kept.rglob("*") if path.is_file())
+    original = changed.read_bytes()
+    try:
+        again = backup(workshop_id)
+        assert again.changed() == 0 and len(backups(workshop_id)) == 1, again.output
+        assert "Only outputs went since" in again.text
+
+        changed.write_bytes(original[::-1] if original[::-1] != original else b"x" * len(original))  # same size
+        time.sleep(1)  # backup names have a resolution of one second
+        rewritten = backup(workshop_id)
+        assert rewritten.changed() > 0 and len(backups(workshop_id)) == 2
+    finally:
+        changed.write_bytes(original)
+        for folder in gone:
+            (aside / folder.name).rename(folder)
+        aside.rmdir()
+
+
 def test_check_mode_writes_nothing(workshop_id):
     preview = backup(workshop_id, check=True)
     assert preview.changed() > 0

@@ -4,6 +4,7 @@ verification down to the archive member, and snapshot completion read from Redis
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -11,7 +12,16 @@ import time
 
 import pytest
 from ansible.module_utils import workshop_backup
-from ansible.module_utils.workshop_backup import check_outputs_dir, free_space, seal, verify_folder, write_archive, write_members
+from ansible.module_utils.workshop_backup import (
+    check_outputs_dir,
+    free_space,
+    only_removed_since,
+    seal,
+    tree_fingerprint,
+    verify_folder,
+    write_archive,
+    write_members,
+)
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import tree_usage, walk_tree
 from ansible.module_utils.workshop_lock import Busy, acquire, is_busy, new_owner, read_owner, release
@@ -626,3 +636,32 @@ def test_a_docker_stream_cut_mid_snapshot_says_so(tmp_path):
     message = caught.value.msg
     assert "The Docker Engine at unix:///run/docker.sock stopped streaming /data/dump.rdb out of comfy-redis mid-copy" in message
     assert "ProtocolError" in message and "None" not in message
+
+
+# --- what a re-run compares -----------------------------------------------------------------------
+
+
+def test_outputs_that_only_went_are_told_apart_from_added_or_changed_ones(tmp_path):
+    outputs = tmp_path / "outputs"
+    for user in ("user001", "user002"):
+        (outputs / user).mkdir(parents=True)
+        (outputs / user / "a.png").write_bytes(os.urandom(5000))
+    (tmp_path / "inputs").mkdir()
+    members, _vanished = write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(outputs)})
+    before, per_source, _size = tree_fingerprint({"outputs": str(outputs), "inputs": str(tmp_path / "inputs")})
+
+    shutil.rmtree(outputs / "user002")
+    after, per_source_after, _size = tree_fingerprint({"outputs": str(outputs), "inputs": str(tmp_path / "inputs")})
+    assert after != before and per_source_after["outputs"] != per_source["outputs"]
+    assert per_source_after["inputs"] == per_source["inputs"]  # which source changed
+    assert only_removed_since(str(outputs), members, "outputs")
+    shutil.rmtree(outputs / "user001")
+    assert only_removed_since(str(outputs), members, "outputs")  # all gone
+
+    (outputs / "user003").mkdir()
+    (outputs / "user003" / "new.png").write_bytes(b"new")
+    assert not only_removed_since(str(outputs), members, "outputs")  # one came
+    shutil.rmtree(outputs / "user003")
+    (outputs / "user001").mkdir()
+    (outputs / "user001" / "a.png").write_bytes(b"\0" * 5000)
+    assert not only_removed_since(str(outputs), members, "outputs")  # same path and size, other bytes
