@@ -145,6 +145,7 @@ def test_outputs_that_only_went_since_the_newest_backup_make_no_new_one(workshop
 def test_check_mode_writes_nothing(workshop_id):
     preview = backup(workshop_id, check=True)
     assert preview.changed() > 0
+    assert "Would make backup " in preview.text and "output files and the Redis snapshot" in preview.text
     assert backups(workshop_id) == []
     assert not list((BACKUP_ROOT / workshop_id).glob(".partial-*"))
 
