@@ -182,11 +182,13 @@ def test_killed_mid_backup_then_rerun_ends_with_a_correct_backup(workshop_id, tm
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
         assert backups(workshop_id) == []  # nothing sealed: the interrupted backup is no backup
+        [left] = (BACKUP_ROOT / workshop_id).glob(".partial-*")
 
-        backup(workshop_id)
+        rerun = backup(workshop_id)
 
         [folder] = backups(workshop_id)
         assert not list((BACKUP_ROOT / workshop_id).glob(".partial-*"))
+        assert f"Removed what an interrupted backup left: {left}" in " ".join(rerun.text.split())
         with tarfile.open(folder / "outputs.tar") as archive:
             # filter="data" where tarfile has it (Debian's 3.11.2 has not): the archive is ours, either way.
             archive.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
