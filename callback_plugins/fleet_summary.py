@@ -122,7 +122,7 @@ def row_text(row):
     report = "report " + row["report"] if row.get("report") else "report: none"
     parts = [_drain(row), _jobs(row), _backup(row), archived, _shared(row), report]
     if row.get("retention_unreached"):
-        parts.append("retention NOT applied on " + ", ".join(row["retention_unreached"]) + " (did not answer)")
+        parts.append("retention did NOT finish on " + ", ".join(row["retention_unreached"]) + " (did not answer)")
     return f"{head}: " + "; ".join(parts)
 
 

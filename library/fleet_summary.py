@@ -80,7 +80,7 @@ entry:
       description: The report's Markdown file, when it exists.
       type: str
     retention_unreached:
-      description: The storage targets the last retention run could not reach, where nothing was aged (empty when none).
+      description: The storage targets the last retention run did not finish on, which did not answer (empty when none).
       type: list
       elements: str
   sample:

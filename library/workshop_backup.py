@@ -165,11 +165,12 @@ needed:
     - V(planned) - whether the data changed since the newest sealed backup (or there is none).
     - Outputs that went since (retention or cleanup removed them), with nothing added or changed and every
       other source, the Redis queues and the containers as they were, are no change (RV(outputs_removed_since)).
+    - A newest backup whose verification failed (run record) always needs a new one.
   returned: state=planned
   type: bool
 outputs_removed_since:
-  description: V(planned) - the newest backup, when outputs went since it and nothing else changed (it still
-    holds them, so no new backup is made); else null.
+  description: V(planned) - the newest backup, when outputs only went since it and nothing else changed (it
+    holds every file left, so no new backup is made); else null.
   returned: state=planned
   type: str
 name:
@@ -345,9 +346,11 @@ def plan(params, check_mode):
     sealed = sealed_backups(backup_dir)
     latest = sealed[-1] if sealed else None
     stored = read_manifest(os.path.join(backup_dir, latest)).get("fingerprint") if latest else None
-    needed = not _same_data(stored, fingerprint)
+    # A newest backup whose verification failed is no backup to rely on: a new one, whatever changed.
+    failed = _verification_failed(_recorded_backup(params), latest)
+    needed = failed or not _same_data(stored, fingerprint)
     outputs_removed_since = None
-    if needed and latest and _only_outputs_removed(stored, fingerprint, params, os.path.join(backup_dir, latest)):
+    if needed and not failed and latest and _only_outputs_removed(stored, fingerprint, params, os.path.join(backup_dir, latest)):
         needed, outputs_removed_since = False, latest
     name = backup_name()
     if needed and name in sealed:
@@ -381,13 +384,23 @@ def _same_data(stored, fingerprint):
     return {k: v for k, v in stored.items() if k != "sources"} == {k: v for k, v in fingerprint.items() if k != "sources"}
 
 
+def _verification_failed(recorded, latest):
+    """Whether the run record's backup section says the verification of backup `latest` failed."""
+    verify = recorded.get("verify") if isinstance(recorded, dict) else None
+    return bool(latest) and isinstance(verify, dict) and verify.get("backup") == latest and verify.get("ok") is False
+
+
 def _only_outputs_removed(stored, fingerprint, params, latest_dir):
-    """Whether outputs went since the backup at `latest_dir` and nothing else changed (only_removed_since)."""
+    """Whether outputs went since the backup at `latest_dir` and nothing else changed (only_removed_since):
+    every other part of the fingerprint (Redis, containers, any part added later) and every other source
+    as stored."""
     if not isinstance(stored, dict) or not isinstance(stored.get("sources"), dict) or "outputs" not in params["sources"]:
         return False
-    others = [key for key in ("redis", "containers") if stored.get(key) != fingerprint.get(key)]
-    sources = {name for name in set(stored["sources"]) | set(fingerprint["sources"]) if name != "outputs"}
-    if others or any(stored["sources"].get(name) != fingerprint["sources"].get(name) for name in sources):
+    parts = (set(stored) | set(fingerprint)) - {"files", "sources"}
+    sources = (set(stored["sources"]) | set(fingerprint["sources"])) - {"outputs"}
+    if any(stored.get(key) != fingerprint.get(key) for key in parts) or any(
+        stored["sources"].get(name) != fingerprint["sources"].get(name) for name in sources
+    ):
         return False
     try:
         with open(os.path.join(latest_dir, members_file("outputs.tar")), encoding="utf-8") as listing:

@@ -75,17 +75,28 @@ def tree_fingerprint(roots):
 
 
 def only_removed_since(root, members, prefix):
-    """Whether every file now under `root` is in a backup's `members` (its archive's member list, paths
-    under `prefix`/) with the same size and sha256: files went, none came or changed. (Retention and
-    cleanup remove outputs held by a backup; a new backup of what is left would hold nothing new.)"""
+    """Whether everything now under `root` is in a backup's `members` (its archive's member list, paths
+    under `prefix`/): each file with the same size and sha256, each link kept as a link with the same
+    target. Files went, none came or changed. (Retention and cleanup remove outputs held by a backup; a new
+    backup of what is left would hold nothing new.) A file that cannot be read counts as changed: the
+    backup that follows names it."""
     listed = {member.get("path"): member for member in members if isinstance(member, dict)}
+    files = []
     for entry in walk_tree(root):
         member = listed.get(f"{prefix}/{entry.relpath}")
-        if entry.kind != "file" or member is None or member.get("size") != entry.size:
+        if member is None:
             return False
-        if member.get("sha256") != sha256_file(entry.path):
+        if entry.kind == "link":
+            if member.get("link") != entry.target:
+                return False
+        elif member.get("size") != entry.size:
             return False
-    return True
+        else:
+            files.append((entry.path, member.get("sha256")))
+    try:
+        return all(sha256_file(path) == digest for path, digest in files)
+    except OSError:
+        return False
 
 
 def _space_error(path, exc):

@@ -339,8 +339,8 @@ def line_cleanup(record, facts):
     unreached = unreached_targets(_get(record, "retention"))
     if unreached:
         return _not(
-            f"cleanup done {when}, but the retention schedule could not reach the storage target"
-            f"{'' if len(unreached) == 1 else 's'} {_names(unreached)}, where nothing was aged: "
+            f"cleanup done {when}, but the retention schedule did not finish on the storage target"
+            f"{'' if len(unreached) == 1 else 's'} {_names(unreached)}, which did not answer: "
             f"run --tags retention once {'it answers' if len(unreached) == 1 else 'they answer'}"
         )
     parts = []

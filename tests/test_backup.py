@@ -129,7 +129,7 @@ def test_outputs_that_only_went_since_the_newest_backup_make_no_new_one(workshop
     try:
         again = backup(workshop_id)
         assert again.changed() == 0 and len(backups(workshop_id)) == 1, again.output
-        assert "Only outputs went since" in again.text
+        assert "Outputs only went since" in again.text
 
         changed.write_bytes(original[::-1] if original[::-1] != original else b"x" * len(original))  # same size
         time.sleep(1)  # backup names have a resolution of one second

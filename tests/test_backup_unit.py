@@ -29,6 +29,8 @@ from ansible.module_utils.workshop_record import read_record, record_backup, rec
 from ansible.module_utils.workshop_redis import WorkshopRedis
 from scratch_redis import running_redis
 
+from conftest import load_module
+
 # --- the lock -----------------------------------------------------------------------------------
 
 
@@ -665,3 +667,91 @@ def test_outputs_that_only_went_are_told_apart_from_added_or_changed_ones(tmp_pa
     (outputs / "user001").mkdir()
     (outputs / "user001" / "a.png").write_bytes(b"\0" * 5000)
     assert not only_removed_since(str(outputs), members, "outputs")  # same path and size, other bytes
+
+
+def test_a_link_kept_as_a_link_counts_by_its_target(tmp_path):
+    outputs = tmp_path / "outputs"
+    (outputs / "user001").mkdir(parents=True)
+    for name in ("a.png", "c.png", "d.png"):
+        (outputs / "user001" / name).write_bytes(os.urandom(5000))
+    os.symlink("a.png", outputs / "user001" / "latest.png")
+    members, _vanished = write_archive(str(tmp_path / "outputs.tar"), {"outputs": str(outputs)})
+    (outputs / "user001" / "d.png").unlink()
+    assert only_removed_since(str(outputs), members, "outputs")
+
+    (outputs / "user001" / "latest.png").unlink()
+    os.symlink("c.png", outputs / "user001" / "latest.png")  # the same name, another target
+    assert not only_removed_since(str(outputs), members, "outputs")
+
+
+@pytest.fixture
+def planner(tmp_path):
+    """The backup module's plan helpers, a newest backup with its outputs' member list, and the sources."""
+    module = load_module("workshop_backup")
+    outputs = tmp_path / "outputs"
+    (outputs / "user001").mkdir(parents=True)
+    (outputs / "user001" / "a.png").write_bytes(os.urandom(5000))
+    latest = tmp_path / "backups" / "backup-20261201T000000Z"
+    latest.mkdir(parents=True)
+    members, _vanished = write_archive(str(latest / "outputs.tar"), {"outputs": str(outputs)})
+    write_members(str(latest / "outputs.tar"), members)
+    sources = {"outputs": str(outputs), "inputs": str(tmp_path / "inputs")}
+    (tmp_path / "inputs").mkdir()
+    digest, per_source, _size = tree_fingerprint(sources)
+    stored = {"files": digest, "sources": per_source, "redis": {"keys": 95}, "containers": {"redis": ["id", 0, "running"]}}
+    return module, dict(sources=sources), stored, latest, outputs, tmp_path
+
+
+def now_fingerprint(stored, sources, **parts):
+    digest, per_source, _size = tree_fingerprint(sources)
+    return dict(stored, files=digest, sources=per_source, **parts)
+
+
+def test_outputs_gone_with_nothing_else_changed_is_no_change(planner):
+    module, params, stored, latest, outputs, _tmp = planner
+    shutil.rmtree(outputs / "user001")
+    fingerprint = now_fingerprint(stored, params["sources"])
+    assert not module._same_data(stored, fingerprint)
+    assert module._only_outputs_removed(stored, fingerprint, params, str(latest))
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["another source", "redis", "containers", "a part added later", "an old manifest", "no member list", "a garbled list"],
+)
+def test_outputs_gone_with_anything_else_changed_makes_a_backup(planner, change):
+    module, params, stored, latest, outputs, tmp_path = planner
+    shutil.rmtree(outputs / "user001")
+    parts = {}
+    if change == "another source":
+        (tmp_path / "inputs" / "photo.jpg").write_bytes(b"a participant's upload")
+    elif change == "redis":
+        parts["redis"] = {"keys": 96}
+    elif change == "containers":
+        parts["containers"] = {"redis": ["id", 1, "running"]}  # restarted
+    elif change == "a part added later":
+        parts["config"] = "a digest of the configuration"
+    elif change == "an old manifest":
+        stored = {key: value for key, value in stored.items() if key != "sources"}
+    elif change == "no member list":
+        os.unlink(latest / "outputs.tar.members.json")
+    else:
+        (latest / "outputs.tar.members.json").write_text("[{")
+    fingerprint = now_fingerprint(stored, params["sources"], **parts)
+    assert not module._only_outputs_removed(stored, fingerprint, params, str(latest))
+
+
+def test_old_manifests_without_per_source_digests_still_compare_equal(planner):
+    module, params, stored, _latest, _outputs, _tmp = planner
+    old = {key: value for key, value in stored.items() if key != "sources"}
+    assert module._same_data(old, now_fingerprint(stored, params["sources"]))
+    assert not module._same_data(None, stored)
+
+
+def test_a_newest_backup_whose_verification_failed_is_never_relied_on(planner):
+    module = planner[0]
+    name = "backup-20261201T000000Z"
+    assert module._verification_failed({"name": name, "verify": {"backup": name, "ok": False}}, name)
+    assert not module._verification_failed({"verify": {"backup": name, "ok": True}}, name)
+    assert not module._verification_failed({"verify": {"backup": "backup-20261101T000000Z", "ok": False}}, name)
+    assert not module._verification_failed({}, name) and not module._verification_failed({}, None)

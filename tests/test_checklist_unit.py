@@ -204,8 +204,8 @@ def _no_report(record, folder):
         (
             _set(["retention"], {"at": "2026-12-02T08:00:00Z", "unreached": [{"target": "nas", "error": "Connection refused"}]}),
             "cleanup",
-            "cleanup done 2026-12-02 08:00 UTC, but the retention schedule could not reach the storage target nas, where "
-            "nothing was aged: run --tags retention once it answers",
+            "cleanup done 2026-12-02 08:00 UTC, but the retention schedule did not finish on the storage target nas, "
+            "which did not answer: run --tags retention once it answers",
         ),
         (
             _drop("readiness"),

@@ -204,7 +204,7 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     assert lines[2] == (
         "- berlin (ws-ok): drained at 2026-11-29T17:02:11+00:00; jobs: 42 completed, 3 failed; backup backup-2 verified; "
         "archived: r2; shared: 2 participants by s3 until 2026-12-06T17:00:00+00:00; report: none; "
-        "retention NOT applied on nas (did not answer)"
+        "retention did NOT finish on nas (did not answer)"
     )
     assert "retention" not in lines[3]  # said only when a target did not answer
     screen = run.output[run.output.index("FLEET SUMMARY") :]

@@ -154,11 +154,12 @@ def test_a_drain_slice_that_fails_fails_the_wait_with_its_own_message(tmp_path):
         ("post_workshop.yml", "../escape", {}),
         ("post_workshop.yml", "a/b", {}),
         ("post_workshop.yml", "logs", {}),  # the yearly log archives' folder
+        ("post_workshop.yml", "share", {}),  # the share archives' prefix on S3
         # An empty id would equal an empty confirmation: down_volumes must not run unconfirmed.
         ("playbooks/shutdown.yml", "", {"shutdown_mode": "down_volumes", "shutdown_confirm": ""}),
         ("playbooks/cleanup.yml", "", {"cleanup_outputs": "true", "cleanup_confirm": ""}),
     ],
-    ids=["dotdot", "slash", "reserved", "shutdown-empty", "cleanup-empty"],
+    ids=["dotdot", "slash", "reserved-logs", "reserved-share", "shutdown-empty", "cleanup-empty"],
 )
 def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, playbook, workshop_id, extra):
     inventory = ini_inventory(tmp_path, site.settings)
