@@ -417,16 +417,19 @@ def test_a_path_outside_the_project_or_the_backup_folder_is_refused(tmp_path, pr
 # --- verification, recorded ---------------------------------------------------------------------
 
 
+def _archived_outputs(source, folder, user="user003"):
+    """`folder` holding outputs.tar of `source` (one participant's image, made here) with its member list."""
+    (source / user).mkdir(parents=True)
+    (source / user / "img.png").write_bytes(os.urandom(5000))
+    folder.mkdir(parents=True)
+    members, _ = write_archive(str(folder / "outputs.tar"), {"outputs": str(source)})
+    write_members(str(folder / "outputs.tar"), members)
+    return folder
+
+
 def _partial_backup(tmp_path):
     """<tmp>/ws/.partial-backup-1 holding one participant's image archived, with its member list."""
-    source = tmp_path / "src"
-    (source / "user003").mkdir(parents=True)
-    (source / "user003" / "img.png").write_bytes(os.urandom(5000))
-    partial = tmp_path / "ws" / ".partial-backup-1"
-    partial.mkdir(parents=True)
-    members, _ = write_archive(str(partial / "outputs.tar"), {"outputs": str(source)})
-    write_members(str(partial / "outputs.tar"), members)
-    return partial
+    return _archived_outputs(tmp_path / "src", tmp_path / "ws" / ".partial-backup-1")
 
 
 def _sealed_backup(tmp_path):
@@ -689,12 +692,7 @@ def planner(tmp_path):
     """The backup module's plan helpers, a newest backup with its outputs' member list, and the sources."""
     module = load_module("workshop_backup")
     outputs = tmp_path / "outputs"
-    (outputs / "user001").mkdir(parents=True)
-    (outputs / "user001" / "a.png").write_bytes(os.urandom(5000))
-    latest = tmp_path / "backups" / "backup-20261201T000000Z"
-    latest.mkdir(parents=True)
-    members, _vanished = write_archive(str(latest / "outputs.tar"), {"outputs": str(outputs)})
-    write_members(str(latest / "outputs.tar"), members)
+    latest = _archived_outputs(outputs, tmp_path / "backups" / "backup-20261201T000000Z", "user001")
     sources = {"outputs": str(outputs), "inputs": str(tmp_path / "inputs")}
     (tmp_path / "inputs").mkdir()
     digest, per_source, _size = tree_fingerprint(sources)
