@@ -68,7 +68,9 @@ options:
     description: For V(opened) and V(sealed), the partial folder to create or seal (RV(partial) of V(planned)).
     type: path
   config_files:
-    description: For V(opened), the configuration files to keep, relative to O(project_dir).
+    description:
+      - For V(opened), the configuration files to keep, relative to O(project_dir).
+      - For V(planned), the same list; their content is part of what a re-run compares.
     type: list
     elements: str
     default: []
@@ -165,7 +167,9 @@ needed:
     - V(planned) - whether the data changed since the newest sealed backup (or there is none).
     - Outputs that went since (retention or cleanup removed them), with nothing added or changed and every
       other source, the Redis queues and the containers as they were, are no change (RV(outputs_removed_since)).
-    - A newest backup whose verification failed (run record) always needs a new one.
+    - A newest backup whose verification or restore test failed (run record) always needs a new one.
+    - Changes are seen by path, size and modification time (as rsync sees them) and, for the configuration
+      files O(config_files), by content; the outputs left after a removal are compared by sha256.
   returned: state=planned
   type: bool
 outputs_removed_since:
@@ -257,6 +261,7 @@ problems:
   elements: str
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -267,6 +272,7 @@ from ansible.module_utils.workshop_backup import (
     backup_name,
     check_outputs_dir,
     check_space,
+    config_fingerprint,
     describe_failures,
     folder_signature,
     free_space,
@@ -341,16 +347,24 @@ def plan(params, check_mode):
     removed = _partials(params, check_mode, warnings)
     files_digest, per_source, files_bytes = tree_fingerprint(params["sources"])
     fingerprint = _canonical(
-        dict(files=files_digest, sources=per_source, redis=conn.queue_fingerprint(), containers=containers_fingerprint(project))
+        dict(
+            files=files_digest,
+            sources=per_source,
+            config=config_fingerprint(params["project_dir"], params["config_files"]),
+            redis=conn.queue_fingerprint(),
+            containers=containers_fingerprint(project),
+        )
     )
     sealed = sealed_backups(backup_dir)
     latest = sealed[-1] if sealed else None
     stored = read_manifest(os.path.join(backup_dir, latest)).get("fingerprint") if latest else None
-    # A newest backup whose verification failed is no backup to rely on: a new one, whatever changed.
-    failed = _verification_failed(_recorded_backup(params), latest)
+    # A newest backup whose verification or restore test failed is no backup to rely on: a new one,
+    # whatever changed (as the checklist asks).
+    failed = _failed_checks(read_record(params["record"]) if params["record"] else {}, latest)
     needed = failed or not _same_data(stored, fingerprint)
     outputs_removed_since = None
-    if needed and not failed and latest and _only_outputs_removed(stored, fingerprint, params, os.path.join(backup_dir, latest)):
+    latest_dir = os.path.join(backup_dir, latest) if latest else None
+    if needed and not failed and latest and _only_outputs_removed(stored, fingerprint, params, latest_dir, warnings):
         needed, outputs_removed_since = False, latest
     name = backup_name()
     if needed and name in sealed:
@@ -377,20 +391,45 @@ def plan(params, check_mode):
 
 
 def _same_data(stored, fingerprint):
-    """Whether a backup's stored fingerprint says the data is as now. Backups sealed before the per-source
-    digests (`sources`) are compared without them."""
+    """Whether a backup's stored fingerprint says the data is as now: every part it has. A backup sealed
+    before a part was added (the per-source digests, the configuration's) is compared without it."""
     if not isinstance(stored, dict):
         return False
-    return {k: v for k, v in stored.items() if k != "sources"} == {k: v for k, v in fingerprint.items() if k != "sources"}
+    return all(stored[key] == fingerprint.get(key) for key in stored if key != "sources")
 
 
-def _verification_failed(recorded, latest):
-    """Whether the run record's backup section says the verification of backup `latest` failed."""
-    verify = recorded.get("verify") if isinstance(recorded, dict) else None
-    return bool(latest) and isinstance(verify, dict) and verify.get("backup") == latest and verify.get("ok") is False
+def _failed_checks(record, latest):
+    """Whether the run record says the verification or the restore test of backup `latest` failed."""
+    if not latest or not isinstance(record, dict):
+        return False
+    backup = record.get("backup") if isinstance(record.get("backup"), dict) else {}
+    for outcome in (backup.get("verify"), record.get("restore_test")):
+        if isinstance(outcome, dict) and outcome.get("backup") == latest and outcome.get("ok") is False:
+            return True
+    return False
 
 
-def _only_outputs_removed(stored, fingerprint, params, latest_dir):
+def _trusted_members(latest_dir, archive, warnings):
+    """The member list of `archive` in a backup, once its sha256 matches the backup's MANIFEST; else None,
+    with a warning (a new backup is then made, and `--tags verify` names what is wrong)."""
+    listing = members_file(archive)
+    try:
+        listed = read_manifest(latest_dir).get("files", {}).get(listing) or {}
+        with open(os.path.join(latest_dir, listing), "rb") as stream:
+            data = stream.read()
+        if hashlib.sha256(data).hexdigest() != listed.get("sha256"):
+            raise ValueError("its sha256 differs from the backup's MANIFEST.json")
+        members = json.loads(data)
+    except (OSError, ValueError, WorkshopError, AttributeError) as exc:
+        warnings.append(
+            f"{os.path.join(latest_dir, listing)} cannot be relied on ({exc}): a new backup is made; "
+            f"run --tags verify to check {os.path.basename(latest_dir)}"
+        )
+        return None
+    return members if isinstance(members, list) else None
+
+
+def _only_outputs_removed(stored, fingerprint, params, latest_dir, warnings):
     """Whether outputs went since the backup at `latest_dir` and nothing else changed (only_removed_since):
     every other part of the fingerprint (Redis, containers, any part added later) and every other source
     as stored."""
@@ -402,12 +441,8 @@ def _only_outputs_removed(stored, fingerprint, params, latest_dir):
         stored["sources"].get(name) != fingerprint["sources"].get(name) for name in sources
     ):
         return False
-    try:
-        with open(os.path.join(latest_dir, members_file("outputs.tar")), encoding="utf-8") as listing:
-            members = json.load(listing)
-    except (OSError, ValueError):
-        return False
-    return isinstance(members, list) and only_removed_since(params["sources"]["outputs"], members, "outputs")
+    members = _trusted_members(latest_dir, "outputs.tar", warnings)
+    return members is not None and only_removed_since(params["sources"]["outputs"], members, "outputs")
 
 
 def _canonical(value):

@@ -74,6 +74,22 @@ def tree_fingerprint(roots):
     return digest.hexdigest(), per_root, total
 
 
+def config_fingerprint(project_dir, names):
+    """{name: sha256, or None when missing} of the configuration files `names` under `project_dir`."""
+    found = {}
+    for name in names:
+        path = os.path.join(project_dir, name)
+        try:
+            found[name] = sha256_file(path)
+        except FileNotFoundError:
+            found[name] = None
+        except OSError as exc:
+            raise WorkshopError(
+                f"Cannot read the configuration file {path} ({exc.strerror}): fix its permissions", path=path
+            ) from None
+    return found
+
+
 def only_removed_since(root, members, prefix):
     """Whether everything now under `root` is in a backup's `members` (its archive's member list, paths
     under `prefix`/): each file with the same size and sha256, each link kept as a link with the same

@@ -693,10 +693,19 @@ def planner(tmp_path):
     module = load_module("workshop_backup")
     outputs = tmp_path / "outputs"
     latest = _archived_outputs(outputs, tmp_path / "backups" / "backup-20261201T000000Z", "user001")
+    listing = (latest / "outputs.tar.members.json").read_bytes()
+    files = {"outputs.tar.members.json": {"size": len(listing), "sha256": hashlib.sha256(listing).hexdigest()}}
+    (latest / "MANIFEST.json").write_text(json.dumps({"name": latest.name, "files": files}))
     sources = {"outputs": str(outputs), "inputs": str(tmp_path / "inputs")}
     (tmp_path / "inputs").mkdir()
     digest, per_source, _size = tree_fingerprint(sources)
-    stored = {"files": digest, "sources": per_source, "redis": {"keys": 95}, "containers": {"redis": ["id", 0, "running"]}}
+    stored = {
+        "files": digest,
+        "sources": per_source,
+        "config": {".env": "e" * 64},
+        "redis": {"keys": 95},
+        "containers": {"redis": ["id", 0, "running"]},
+    }
     return module, dict(sources=sources), stored, latest, outputs, tmp_path
 
 
@@ -710,12 +719,23 @@ def test_outputs_gone_with_nothing_else_changed_is_no_change(planner):
     shutil.rmtree(outputs / "user001")
     fingerprint = now_fingerprint(stored, params["sources"])
     assert not module._same_data(stored, fingerprint)
-    assert module._only_outputs_removed(stored, fingerprint, params, str(latest))
+    warnings = []
+    assert module._only_outputs_removed(stored, fingerprint, params, str(latest), warnings) and warnings == []
 
 
 @pytest.mark.parametrize(
     "change",
-    ["another source", "redis", "containers", "a part added later", "an old manifest", "no member list", "a garbled list"],
+    [
+        "another source",
+        "the configuration",
+        "redis",
+        "containers",
+        "a part added later",
+        "an old manifest",
+        "no member list",
+        "a garbled list",
+        "a list edited to match",
+    ],
 )
 def test_outputs_gone_with_anything_else_changed_makes_a_backup(planner, change):
     module, params, stored, latest, outputs, tmp_path = planner
@@ -723,6 +743,8 @@ def test_outputs_gone_with_anything_else_changed_makes_a_backup(planner, change)
     parts = {}
     if change == "another source":
         (tmp_path / "inputs" / "photo.jpg").write_bytes(b"a participant's upload")
+    elif change == "the configuration":
+        parts["config"] = {".env": "f" * 64}
     elif change == "redis":
         parts["redis"] = {"keys": 96}
     elif change == "containers":
@@ -733,10 +755,20 @@ def test_outputs_gone_with_anything_else_changed_makes_a_backup(planner, change)
         stored = {key: value for key, value in stored.items() if key != "sources"}
     elif change == "no member list":
         os.unlink(latest / "outputs.tar.members.json")
-    else:
+    elif change == "a garbled list":
         (latest / "outputs.tar.members.json").write_text("[{")
+    else:  # valid JSON listing a file the archive does not hold: checked against the MANIFEST first
+        (outputs / "user001").mkdir()
+        (outputs / "user001" / "extra.png").write_bytes(b"extra")
+        listed = json.loads((latest / "outputs.tar.members.json").read_text())
+        listed.append({"path": "outputs/user001/extra.png", "size": 5, "sha256": hashlib.sha256(b"extra").hexdigest()})
+        (latest / "outputs.tar.members.json").write_text(json.dumps(listed))
     fingerprint = now_fingerprint(stored, params["sources"], **parts)
-    assert not module._only_outputs_removed(stored, fingerprint, params, str(latest))
+    warnings = []
+    assert not module._only_outputs_removed(stored, fingerprint, params, str(latest), warnings)
+    if change in ("no member list", "a garbled list", "a list edited to match"):
+        [warning] = warnings
+        assert "outputs.tar.members.json cannot be relied on" in warning and "--tags verify" in warning
 
 
 def test_old_manifests_without_per_source_digests_still_compare_equal(planner):
@@ -746,10 +778,12 @@ def test_old_manifests_without_per_source_digests_still_compare_equal(planner):
     assert not module._same_data(None, stored)
 
 
-def test_a_newest_backup_whose_verification_failed_is_never_relied_on(planner):
+def test_a_newest_backup_whose_verification_or_restore_test_failed_is_never_relied_on(planner):
     module = planner[0]
-    name = "backup-20261201T000000Z"
-    assert module._verification_failed({"name": name, "verify": {"backup": name, "ok": False}}, name)
-    assert not module._verification_failed({"verify": {"backup": name, "ok": True}}, name)
-    assert not module._verification_failed({"verify": {"backup": "backup-20261101T000000Z", "ok": False}}, name)
-    assert not module._verification_failed({}, name) and not module._verification_failed({}, None)
+    name, older = "backup-20261201T000000Z", "backup-20261101T000000Z"
+    assert module._failed_checks({"backup": {"name": name, "verify": {"backup": name, "ok": False}}}, name)
+    assert module._failed_checks({"restore_test": {"backup": name, "ok": False}}, name)
+    assert not module._failed_checks({"backup": {"verify": {"backup": name, "ok": True}}}, name)
+    assert not module._failed_checks({"backup": {"verify": {"backup": older, "ok": False}}}, name)
+    assert not module._failed_checks({"restore_test": {"backup": older, "ok": False}}, name)
+    assert not module._failed_checks({}, name) and not module._failed_checks({"backup": "?"}, None)
