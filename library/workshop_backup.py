@@ -316,9 +316,14 @@ def _partials(params, check_mode, warnings):
     return removed
 
 
-def _recorded_backup(params):
-    """The run record's backup section ({} without a record or before any backup)."""
-    return (read_record(params["record"]).get("backup") or {}) if params["record"] else {}
+def _run_record(params):
+    """The run record ({} without one)."""
+    return read_record(params["record"]) if params["record"] else {}
+
+
+def _recorded_backup(record):
+    """The run record's backup section ({} before any backup)."""
+    return record.get("backup") or {}
 
 
 def plan(params, check_mode):
@@ -357,14 +362,15 @@ def plan(params, check_mode):
     )
     sealed = sealed_backups(backup_dir)
     latest = sealed[-1] if sealed else None
-    stored = read_manifest(os.path.join(backup_dir, latest)).get("fingerprint") if latest else None
+    latest_dir = os.path.join(backup_dir, latest) if latest else None
+    manifest = read_manifest(latest_dir) if latest else {}
+    record = _run_record(params)
     # A newest backup whose verification or restore test failed is no backup to rely on: a new one,
     # whatever changed (as the checklist asks).
-    failed = _failed_checks(read_record(params["record"]) if params["record"] else {}, latest)
-    needed = failed or not _same_data(stored, fingerprint)
+    failed = _failed_checks(record, latest)
+    needed = failed or not _same_data(manifest.get("fingerprint"), fingerprint)
     outputs_removed_since = None
-    latest_dir = os.path.join(backup_dir, latest) if latest else None
-    if needed and not failed and latest and _only_outputs_removed(stored, fingerprint, params, latest_dir, warnings):
+    if needed and not failed and latest and _only_outputs_removed(manifest, fingerprint, params, latest_dir, warnings):
         needed, outputs_removed_since = False, latest
     name = backup_name()
     if needed and name in sealed:
@@ -372,7 +378,7 @@ def plan(params, check_mode):
     memory = conn.call(conn.client.info, "memory").get("used_memory_dataset", 0)
     estimate = files_bytes + memory + (64 << 20)  # logs: compressed, far below 64 MiB for a workshop
     free = check_space(backup_dir, estimate) if needed else free_space(backup_dir)
-    recorded = _recorded_backup(params).get("name")
+    recorded = _recorded_backup(record).get("name")
     return dict(
         changed=bool(removed),
         needed=needed,
@@ -409,18 +415,18 @@ def _failed_checks(record, latest):
     return False
 
 
-def _trusted_members(latest_dir, archive, warnings):
-    """The member list of `archive` in a backup, once its sha256 matches the backup's MANIFEST; else None,
+def _trusted_members(latest_dir, manifest, archive, warnings):
+    """The member list of `archive` in a backup, once its sha256 matches the backup's `manifest`; else None,
     with a warning (a new backup is then made, and `--tags verify` names what is wrong)."""
     listing = members_file(archive)
     try:
-        listed = read_manifest(latest_dir).get("files", {}).get(listing) or {}
+        listed = manifest.get("files", {}).get(listing) or {}
         with open(os.path.join(latest_dir, listing), "rb") as stream:
             data = stream.read()
         if hashlib.sha256(data).hexdigest() != listed.get("sha256"):
             raise ValueError("its sha256 differs from the backup's MANIFEST.json")
         members = json.loads(data)
-    except (OSError, ValueError, WorkshopError, AttributeError) as exc:
+    except (OSError, ValueError, AttributeError) as exc:
         warnings.append(
             f"{os.path.join(latest_dir, listing)} cannot be relied on ({exc}): a new backup is made; "
             f"run --tags verify to check {os.path.basename(latest_dir)}"
@@ -429,10 +435,11 @@ def _trusted_members(latest_dir, archive, warnings):
     return members if isinstance(members, list) else None
 
 
-def _only_outputs_removed(stored, fingerprint, params, latest_dir, warnings):
-    """Whether outputs went since the backup at `latest_dir` and nothing else changed (only_removed_since):
-    every other part of the fingerprint (Redis, containers, any part added later) and every other source
-    as stored."""
+def _only_outputs_removed(manifest, fingerprint, params, latest_dir, warnings):
+    """Whether outputs went since the backup at `latest_dir` (its `manifest`) and nothing else changed
+    (only_removed_since): every other part of the fingerprint (Redis, containers, any part added later) and
+    every other source as stored."""
+    stored = manifest.get("fingerprint")
     if not isinstance(stored, dict) or not isinstance(stored.get("sources"), dict) or "outputs" not in params["sources"]:
         return False
     parts = (set(stored) | set(fingerprint)) - {"files", "sources"}
@@ -441,7 +448,7 @@ def _only_outputs_removed(stored, fingerprint, params, latest_dir, warnings):
         stored["sources"].get(name) != fingerprint["sources"].get(name) for name in sources
     ):
         return False
-    members = _trusted_members(latest_dir, "outputs.tar", warnings)
+    members = _trusted_members(latest_dir, manifest, "outputs.tar", warnings)
     return members is not None and only_removed_since(params["sources"]["outputs"], members, "outputs")
 
 
@@ -506,7 +513,7 @@ def verify(params, check_mode):
     folder = os.path.join(backup_dir, name)
     # The files' signature only matters to a run record, which keeps it with the verification.
     signature = folder_signature(folder) if params["record"] else None
-    recorded_backup = _recorded_backup(params)
+    recorded_backup = _recorded_backup(_run_record(params))
     earlier = recorded_backup.get("verify") or {}
     same = earlier.get("backup") == name and earlier.get("signature") == signature
     reused = bool(params["reuse_unchanged"] and earlier.get("ok") and same)

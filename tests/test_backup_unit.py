@@ -709,6 +709,11 @@ def planner(tmp_path):
     return module, dict(sources=sources), stored, latest, outputs, tmp_path
 
 
+def manifest_of(latest, stored):
+    """The newest backup's MANIFEST.json as the plan reads it, with `stored` as its fingerprint."""
+    return dict(json.loads((latest / "MANIFEST.json").read_text()), fingerprint=stored)
+
+
 def now_fingerprint(stored, sources, **parts):
     digest, per_source, _size = tree_fingerprint(sources)
     return dict(stored, files=digest, sources=per_source, **parts)
@@ -720,7 +725,8 @@ def test_outputs_gone_with_nothing_else_changed_is_no_change(planner):
     fingerprint = now_fingerprint(stored, params["sources"])
     assert not module._same_data(stored, fingerprint)
     warnings = []
-    assert module._only_outputs_removed(stored, fingerprint, params, str(latest), warnings) and warnings == []
+    assert module._only_outputs_removed(manifest_of(latest, stored), fingerprint, params, str(latest), warnings)
+    assert warnings == []
 
 
 @pytest.mark.parametrize(
@@ -765,7 +771,7 @@ def test_outputs_gone_with_anything_else_changed_makes_a_backup(planner, change)
         (latest / "outputs.tar.members.json").write_text(json.dumps(listed))
     fingerprint = now_fingerprint(stored, params["sources"], **parts)
     warnings = []
-    assert not module._only_outputs_removed(stored, fingerprint, params, str(latest), warnings)
+    assert not module._only_outputs_removed(manifest_of(latest, stored), fingerprint, params, str(latest), warnings)
     if change in ("no member list", "a garbled list", "a list edited to match"):
         [warning] = warnings
         assert "outputs.tar.members.json cannot be relied on" in warning and "--tags verify" in warning
