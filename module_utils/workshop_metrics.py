@@ -13,6 +13,9 @@ import contextlib
 import gc
 import json
 import math
+import os
+import pickle
+import signal
 import statistics
 import time
 from collections import Counter
@@ -20,6 +23,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import NamedTuple, Optional
 
+from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_rdb import iter_rdb
 
 try:  # optional (requirements-host.txt): several times json's speed on job records; json does without it
@@ -46,6 +50,10 @@ MGETS_PER_ROUND_TRIP = 20
 SCAN_COUNT = 10000
 # Keys of invalid records listed in metrics.json (their count is always exact).
 MAX_INVALID_KEYS = 100
+# redis_metrics reads and tallies the records in up to this many processes side by side, one per
+# this many keys at least: a fork costs milliseconds, 10,000 records about a fifth of a second.
+MAX_PROCESSES = 4
+KEYS_PER_PROCESS = 10000
 
 
 class JobRecords(NamedTuple):
@@ -163,7 +171,11 @@ def job_keys(conn, prefix=JOB_PREFIX, scan_count=SCAN_COUNT):
 def jobs_from_redis(conn, prefix=JOB_PREFIX, batch=MGET_BATCH, per_round_trip=MGETS_PER_ROUND_TRIP):
     """Every job record on the WorkshopRedis `conn`: SCAN for the keys, then MGETs of `batch` keys,
     `per_round_trip` of them pipelined together. Returns JobRecords(jobs, invalid)."""
-    keys = job_keys(conn, prefix)
+    return records_of_keys(conn, job_keys(conn, prefix), batch, per_round_trip)
+
+
+def records_of_keys(conn, keys, batch=MGET_BATCH, per_round_trip=MGETS_PER_ROUND_TRIP):
+    """JobRecords of `keys` (sorted) on `conn`, read by MGETs of `batch` keys, `per_round_trip` to a round trip."""
     values = []
     step = batch * per_round_trip
     for start in range(0, len(keys), step):
@@ -174,6 +186,93 @@ def jobs_from_redis(conn, prefix=JOB_PREFIX, batch=MGET_BATCH, per_round_trip=MG
         for reply in conn.call(pipe.execute):
             values.extend(reply)
     return _parse_records(zip(keys, values))
+
+
+def redis_metrics(conn, registered_users, cutoff=None, final_time=None, prefix=JOB_PREFIX, processes=None):
+    """compute_metrics of every job record on `conn`, read and tallied by `processes` processes side by side
+    (default: one per usable CPU, at most MAX_PROCESSES, and one per KEYS_PER_PROCESS keys), each taking
+    its share of the sorted keys; the same figures as compute_metrics(jobs_from_redis(conn), ...).
+
+    Returns (metrics, the keys of the invalid records)."""
+    keys = job_keys(conn, prefix)
+    if processes is None:
+        processes = min(MAX_PROCESSES, _usable_cpus(), len(keys) // KEYS_PER_PROCESS)
+    size = -(-len(keys) // max(1, processes)) or 1
+    shares = [keys[start : start + size] for start in range(0, len(keys), size)] or [[]]
+    with _gc_paused():
+        tally = _merged(side_by_side(lambda share: _tally_of_records(records_of_keys(conn, share)), shares))
+        figures = _figures(tally, _read_figure(tally["valid"], tally["invalid"]), registered_users, cutoff, final_time)
+    return figures, tally["invalid"]
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def side_by_side(function, parts):
+    """[function(part) for part in parts]: one part in this process, several each in a forked child at the
+    same time while this process waits (a child ends without freeing what it built, which for 50,000
+    records takes a tenth of a second). A child's result comes back pickled through a pipe; a child's
+    WorkshopError (or subclass) is raised here as it was raised there, any other error as a WorkshopError
+    naming it."""
+    if len(parts) == 1:
+        return [function(parts[0])]
+    children, unread = [], []
+    try:
+        for part in parts:
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: never returns
+                os.close(reader)
+                _run_child(function, part, writer)
+            os.close(writer)
+            children.append(pid)
+            unread.append((pid, reader))
+        results = []
+        while unread:
+            pid, reader = unread.pop(0)
+            with os.fdopen(reader, "rb") as stream:
+                payload = stream.read()
+            results.append(_child_result(pid, payload))
+        return results
+    finally:
+        for pid, reader in unread:  # a child failed first: the others' work is not wanted
+            os.close(reader)
+            os.kill(pid, signal.SIGKILL)
+        for pid in children:
+            os.waitpid(pid, 0)
+
+
+def _run_child(function, part, writer):
+    status = 1
+    try:
+        try:
+            outcome = (True, function(part))
+        except WorkshopError as error:  # its own kind (WorkshopUnreachable, ...), rebuilt from msg and context
+            outcome = (False, (type(error), error.msg, error.context))
+        except Exception as error:  # noqa: BLE001 - whatever failed here is the caller's error, raised there
+            outcome = (False, (WorkshopError, f"{type(error).__name__}: {error}", {}))
+        with os.fdopen(writer, "wb") as stream:
+            stream.write(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        status = 0
+    finally:
+        os._exit(status)  # never back into the caller's code (an Ansible module's exit, pytest)
+
+
+def _child_result(pid, payload):
+    try:
+        succeeded, result = pickle.loads(payload)
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError):  # killed, or ended before all of its result
+        raise WorkshopError(
+            f"A reader process (pid {pid}) of the job records ended without its result ({len(payload)} bytes): run again"
+        ) from None
+    if not succeeded:
+        kind, message, context = result
+        raise kind(message, **context)
+    return result
 
 
 def jobs_from_rdb(path, prefix=JOB_PREFIX, db=0, now_ms=None):
@@ -322,10 +421,18 @@ def percentile(values, q):
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _longest(values, measured_jobs):
-    """(value, job id) of the largest of `values`, with `measured_jobs` in the same order; the first such job on a tie."""
+def _longest(values, job_ids):
+    """(value, job id) of the largest of `values`, with `job_ids` in the same order; the first such job on a tie;
+    None for no values."""
+    if not values:
+        return None
     position = max(range(len(values)), key=values.__getitem__)
-    return values[position], measured_jobs[position].get("id")
+    return values[position], job_ids[position]
+
+
+def _longer(first, second):
+    """The longer of two _longest results of consecutive runs of jobs: the first on a tie."""
+    return second if first is None or (second is not None and second[0] > first[0]) else first
 
 
 # --- the figures --------------------------------------------------------------------------------
@@ -353,7 +460,8 @@ def _completed_runs(jobs, times):
 def durations(jobs, times=None):
     """Run time (completed_at - started_at, seconds) of the completed jobs."""
     measured = _completed_runs(jobs, times)
-    return _durations_of([seconds for seconds, _dummy in measured], [job for _dummy, job in measured])
+    values = [seconds for seconds, _dummy in measured]
+    return _durations_of(values, _longest(values, [job.get("id") for _dummy, job in measured]))
 
 
 def run_times(jobs, times=None):
@@ -365,11 +473,11 @@ def _run_times_of(values):
     return sorted(round(seconds, 3) for seconds in values)
 
 
-def _durations_of(values, measured_jobs):
-    """The durations figure of run times `values` (seconds) of `measured_jobs` (in the same order)."""
+def _durations_of(values, longest):
+    """The durations figure of run times `values` (seconds), the longest of them and its job being `longest` (_longest)."""
     if not values:
         return {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "max_job_id": None}
-    longest, job_id = _longest(values, measured_jobs)
+    longest, job_id = longest
     return {
         "count": len(values),
         "mean": _round(statistics.fmean(values)),
@@ -388,14 +496,15 @@ def waits(jobs, times=None):
         for job, when in zip(jobs, times)
         if when.created is not None and when.started is not None
     ]
-    return _waits_of([seconds for seconds, _dummy in measured], [job for _dummy, job in measured])
+    values = [seconds for seconds, _dummy in measured]
+    return _waits_of(values, _longest(values, [job.get("id") for _dummy, job in measured]))
 
 
-def _waits_of(values, measured_jobs):
-    """The wait figure of queue times `values` (seconds) of `measured_jobs` (in the same order)."""
+def _waits_of(values, longest):
+    """The wait figure of queue times `values` (seconds), the longest of them and its job being `longest` (_longest)."""
     if not values:
         return {"count": 0, "mean": None, "max": None, "max_job_id": None}
-    longest, job_id = _longest(values, measured_jobs)
+    longest, job_id = longest
     return {
         "count": len(values),
         "mean": _round(statistics.fmean(values)),
@@ -424,18 +533,26 @@ def queue_depth(jobs, times=None):
         changes[when.created] += 1
         if left is not None:
             changes[max(left, when.created)] -= 1  # a clock that put leaving before arriving: count it as instant
-    return _depth_series(changes)
+    return _depth_series(_by_iso(changes))
+
+
+def _by_iso(changes):
+    """{instant: change} keyed by the instants' isoformat() instead, the instants whose events cancel out left out.
+
+    Every instant is UTC, so their isoformat() texts sort as the instants do ("...:00+00:00" before
+    "...:00.5+00:00"), and texts are what a child process sends back cheaply."""
+    return {instant.isoformat(): change for instant, change in changes.items() if change}
 
 
 def _depth_series(changes):
-    """The queue_depth figure of `changes` {instant: jobs arriving less jobs leaving}."""
+    """The queue_depth figure of `changes` {instant's isoformat(): jobs arriving less jobs leaving}."""
     series, depth = [], 0
     append = series.append
     # Instants are unique: ordered by instant alone, without comparing (instant, change) tuples (3x faster).
     for instant, change in sorted(changes.items(), key=itemgetter(0)):
         if change:
             depth += change
-            append([instant.isoformat(), depth])
+            append([instant, depth])
     if not series:
         return {"series": [], "peak": None, "peak_at": None}
     peak_at, peak = max(series, key=lambda point: point[1])  # the first time the peak is reached
@@ -447,14 +564,13 @@ def timeline(jobs, times=None):
     times = job_times(jobs) if times is None else times
     created = [when.created for when in times if when.created is not None]
     activity = [instant for when in times for instant in when if instant is not None]
-    return _timeline_of(created, activity)
+    return _timeline_of(min(created, default=None), max(activity, default=None))
 
 
-def _timeline_of(created, activity):
-    """The timeline figure of every created_at (`created`) and every time at all (`activity`)."""
-    if not created:
-        return {"first_job_at": None, "last_activity_at": iso(max(activity)) if activity else None, "duration_seconds": None}
-    first, last = min(created), max(activity)
+def _timeline_of(first, last):
+    """The timeline figure of the first created_at (`first`) and the last time at all (`last`), None when none."""
+    if first is None:
+        return {"first_job_at": None, "last_activity_at": iso(last), "duration_seconds": None}
     return {
         "first_job_at": iso(first),
         "last_activity_at": iso(last),
@@ -543,12 +659,16 @@ def records(jobs, invalid=()):
             else:
                 job_id = job.get("id") if isinstance(job, dict) else None
                 skipped.append(f"{JOB_PREFIX}{job_id}" if isinstance(job_id, str) else f"#{position}")
-    shown = sorted(skipped)
-    return valid, {
-        "read": len(valid) + len(skipped),
-        "valid": len(valid),
+    return valid, _read_figure(len(valid), skipped)
+
+
+def _read_figure(valid, skipped):
+    """The records figure of `valid` records counted and the keys `skipped` (each once)."""
+    return {
+        "read": valid + len(skipped),
+        "valid": valid,
         "invalid": len(skipped),
-        "invalid_keys": shown[:MAX_INVALID_KEYS],
+        "invalid_keys": sorted(skipped)[:MAX_INVALID_KEYS],
     }
 
 
@@ -561,22 +681,33 @@ def compute_metrics(jobs, registered_users, cutoff=None, final_time=None, invali
     are counted in the `records` figure and left out of every other one.
     """
     with _gc_paused():
-        return _all_figures(jobs, registered_users, cutoff, final_time, invalid)
+        jobs, read = records(jobs, invalid)
+        return _figures(_tally(jobs), read, registered_users, cutoff, final_time)
 
 
-def _all_figures(jobs, registered_users, cutoff, final_time, invalid):
-    """The figures of compute_metrics in one pass over the jobs, each timestamp parsed once.
+def _tally_of_records(job_records):
+    """_tally of a reader's JobRecords, with its invalid keys (as text)."""
+    tally = _tally(job_records.jobs)
+    tally["invalid"] = [str(key) for key in job_records.invalid]
+    return tally
 
-    The same results as calling each figure function (job_counts, durations, run_times, waits, queue_depth,
-    timeline, participants, failures, models, resolutions, batch_sizes) on the jobs, which a test
-    checks on random histories; this only walks 100,000 records once instead of ten times.
+
+def _tally(jobs):
+    """What every figure needs from the valid records `jobs`, in one pass, each timestamp parsed once:
+    counters, the run and wait times in the jobs' order (and the longest one's job), the queue's changes by
+    instant (_by_iso), the first and last time. Tallies of consecutive runs of jobs merge (_merged)
+    into the tally of all of them, which is how redis_metrics shares the work out.
+
+    _figures of it equals calling each figure function (job_counts, durations, run_times, waits,
+    queue_depth, timeline, participants, failures, models, resolutions, batch_sizes) on the jobs,
+    which a test checks on random histories; this only walks 100,000 records once instead of ten times.
     """
-    jobs, read = records(jobs, invalid)
     parse = parse_time
     statuses, users, errors = [], [], []
-    run_seconds, run_jobs, wait_seconds, wait_jobs = [], [], [], []
+    run_seconds, run_ids, wait_seconds, wait_ids = [], [], [], []
     created_all, activity = [], []
-    changes = Counter()
+    changes = {}  # not a Counter: its missing keys cost a Python call each (__missing__)
+    changed = changes.get
     used, succeeded, failed, sizes, batches = [], [], [], [], []
     terminal = ("completed", "failed", "cancelled")
     for job in jobs:
@@ -590,46 +721,92 @@ def _all_figures(jobs, registered_users, cutoff, final_time, invalid):
             activity.append(created)
             if started is not None:
                 wait_seconds.append((started - created).total_seconds())
-                wait_jobs.append(job)
+                wait_ids.append(get("id"))
             left = started or completed
             if left is not None or status not in terminal:
-                changes[created] += 1
+                changes[created] = changed(created, 0) + 1
                 if left is not None:
-                    changes[max(left, created)] -= 1
+                    left = left if left > created else created
+                    changes[left] = changed(left, 0) - 1
         if started is not None:
             activity.append(started)
         if completed is not None:
             activity.append(completed)
         fact = workflow_facts(get("workflow"))
-        names = {name for _dummy, name in fact.models}  # a model counts once per job
-        sizes.extend(fact.resolutions)
-        batches.extend(fact.batch_sizes)
-        used.extend(names)
+        names = {name for _dummy, name in fact.models} if fact.models else ()  # a model counts once per job
+        sizes += fact.resolutions
+        batches += fact.batch_sizes
+        used += names
         if status == "completed":
             if started is not None and completed is not None:
                 run_seconds.append((completed - started).total_seconds())
-                run_jobs.append(job)
-            succeeded.extend(names)
+                run_ids.append(get("id"))
+            succeeded += names
         elif status == "failed":
-            failed.extend(names)
+            failed += names
             errors.append(error_text(get("error")))
-    counted = Counter(statuses)
-    counts = {"submitted": len(jobs), **{status: counted[status] for status in STATUSES}}
+    return {
+        "valid": len(jobs),
+        "invalid": [],
+        "statuses": Counter(statuses),
+        "users": Counter(users),
+        "errors": Counter(errors),
+        "runs": (run_seconds, _longest(run_seconds, run_ids)),
+        "waits": (wait_seconds, _longest(wait_seconds, wait_ids)),
+        "changes": _by_iso(changes),
+        "first": min(created_all, default=None),
+        "last": max(activity, default=None),
+        "models": (Counter(used), Counter(succeeded), Counter(failed)),
+        "resolutions": Counter(sizes),
+        "batch_sizes": Counter(batches),
+    }
+
+
+def _merged(tallies):
+    """The tally of the jobs of `tallies` (tallies of consecutive runs of jobs, in their order); the first is
+    updated in place."""
+    total, *rest = tallies
+    for tally in rest:
+        total["valid"] += tally["valid"]
+        total["invalid"] += tally["invalid"]
+        for part in ("statuses", "users", "errors", "resolutions", "batch_sizes"):
+            total[part].update(tally[part])  # update adds, keeping what nets to nothing (unlike +)
+        for part in ("runs", "waits"):
+            (values, longest), (more, more_longest) = total[part], tally[part]
+            values.extend(more)
+            total[part] = (values, _longer(longest, more_longest))
+        changes = total["changes"]
+        for instant, change in tally["changes"].items():
+            changes[instant] = changes.get(instant, 0) + change
+        for counter, more in zip(total["models"], tally["models"]):
+            counter.update(more)
+        total["first"] = min((moment for moment in (total["first"], tally["first"]) if moment is not None), default=None)
+        total["last"] = max((moment for moment in (total["last"], tally["last"]) if moment is not None), default=None)
+    return total
+
+
+def _figures(tally, read, registered_users, cutoff, final_time):
+    """Every figure of compute_metrics from the tally of the valid jobs and the records figure `read`."""
+    counted = tally["statuses"]
+    counts = {"submitted": tally["valid"], **{status: counted[status] for status in STATUSES}}
     counts["success_rate"] = _percent(counted["completed"], counted["completed"] + counted["failed"])
+    run_seconds, longest_run = tally["runs"]
+    used, succeeded, failed = tally["models"]
     return {
         "records": read,
         "jobs": counts,
-        "durations": _durations_of(run_seconds, run_jobs),
+        "durations": _durations_of(run_seconds, longest_run),
         "duration_seconds": _run_times_of(run_seconds),
-        "wait": _waits_of(wait_seconds, wait_jobs),
-        "queue_depth": _depth_series(changes),
-        "timeline": _timeline_of(created_all, activity),
+        "wait": _waits_of(*tally["waits"]),
+        "queue_depth": _depth_series(tally["changes"]),
+        "timeline": _timeline_of(tally["first"], tally["last"]),
         "drain": drain(cutoff, final_time),
-        "participants": _participants_of(Counter(users), registered_users),
-        "failures": {"by_error": _ranked(Counter(errors))},
-        "models": {"used": _ranked(Counter(used)), "succeeded": _ranked(Counter(succeeded)), "failed": _ranked(Counter(failed))},
-        "resolutions": _ranked(Counter(sizes)),
+        "participants": _participants_of(tally["users"], registered_users),
+        "failures": {"by_error": _ranked(tally["errors"])},
+        "models": {"used": _ranked(used), "succeeded": _ranked(succeeded), "failed": _ranked(failed)},
+        "resolutions": _ranked(tally["resolutions"]),
         "batch_sizes": [
-            {"name": str(entry["name"]), "count": entry["count"]} for entry in _ranked(Counter(batches), tie=lambda size: size)
+            {"name": str(entry["name"]), "count": entry["count"]}
+            for entry in _ranked(tally["batch_sizes"], tie=lambda size: size)
         ],
     }

@@ -4,11 +4,14 @@ readers against a real redis-server and the dump.rdb it saves."""
 import contextlib
 import json
 import math
+import os
 import random
+import signal
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
+from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_metrics import (
     NO_ERROR,
     JobRecords,
@@ -19,6 +22,8 @@ from ansible.module_utils.workshop_metrics import (
     jobs_from_redis,
     percentile,
     queue_depth,
+    redis_metrics,
+    side_by_side,
     workflow_facts,
 )
 from ansible.module_utils.workshop_redis import WorkshopRedis
@@ -677,6 +682,73 @@ def test_metrics_from_redis_and_from_rdb_are_equal(loaded):
     assert set(from_redis["participants"]["unregistered"]) <= {"user021", "user022"}
 
 
+@pytest.mark.parametrize("processes", [None, 1, 2, 3])
+def test_redis_metrics_in_processes_side_by_side_equal_the_plain_reading(loaded, processes):
+    conn, _records, _ = loaded
+    users = [f"user{n:03d}" for n in range(1, 21)]
+    metrics, invalid = redis_metrics(conn, users, at(0), at(4 * 3600), processes=processes)
+    plain = jobs_from_redis(conn)
+    assert metrics == compute_metrics(plain, users, at(0), at(4 * 3600))
+    assert invalid == plain.invalid == INVALID_KEYS
+
+
+def test_side_by_side_runs_each_part_in_a_child_and_reaps_them_all():
+    parent = os.getpid()
+    results = side_by_side(lambda part: (part * 2, os.getpid()), [1, 2, 3])
+    assert [value for value, _pid in results] == [2, 4, 6]
+    pids = {pid for _value, pid in results}
+    assert len(pids) == 3 and parent not in pids
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    assert side_by_side(lambda part: (part, os.getpid()), ["alone"]) == [("alone", parent)]
+
+
+def _fails_on(bad, error):
+    def work(part):
+        if part == bad:
+            raise error
+        return part
+
+    return work
+
+
+@pytest.mark.parametrize(
+    ("work", "message", "context"),
+    [
+        (_fails_on(2, WorkshopUnreachable("Redis at h:1 went away", redis="h:1")), "Redis at h:1 went away", {"redis": "h:1"}),
+        (_fails_on(1, KeyError("status")), "KeyError: 'status'", {}),
+        (lambda part: part == 2 and os.kill(os.getpid(), signal.SIGKILL), "ended without its result (0 bytes): run again", {}),
+    ],
+)
+def test_a_child_that_fails_or_dies_fails_the_caller_naming_why(work, message, context):
+    """As the error was raised in the child: its kind too (read-only phases go on after WorkshopUnreachable)."""
+    with pytest.raises(WorkshopError) as failed:
+        side_by_side(work, [1, 2])
+    assert message in failed.value.msg and failed.value.context == context
+    assert isinstance(failed.value, WorkshopUnreachable) == ("went away" in message)
+
+
+def test_a_redis_error_in_a_reader_process_fails_naming_the_server(tmp_path, monkeypatch):
+    """Each process reads on a connection of its own: a password set after the SCAN refuses theirs."""
+    from ansible.module_utils import workshop_metrics
+
+    listed = workshop_metrics.job_keys
+
+    def keys_then_a_password(conn, prefix):
+        keys = listed(conn, prefix)
+        conn.client.config_set("requirepass", "set-after-the-scan")
+        return keys
+
+    with scratch_redis(tmp_path) as conn:
+        conn.client.mset({f"job:{n}": json.dumps(job(str(n), "u", "pending", 0)) for n in range(4)})
+        monkeypatch.setattr(workshop_metrics, "job_keys", keys_then_a_password)
+        with pytest.raises(WorkshopError) as failed:
+            redis_metrics(conn, [], processes=2)
+    assert failed.value.msg.startswith(f"Redis at 127.0.0.1:{conn.port} refused the password")
+    assert failed.value.context == {"redis": f"127.0.0.1:{conn.port}"}
+
+
 def test_jobs_from_rdb_leaves_out_expired_keys(tmp_path):
     with scratch_redis(tmp_path) as conn:
         conn.client.set("job:kept", json.dumps(job("kept", "u", "pending", 0)))
@@ -735,3 +807,35 @@ def test_the_module_reads_a_version_12_snapshot_with_no_redis_and_no_env(tmp_pat
     assert result["metrics"]["records"] == {"read": 3, "valid": 3, "invalid": 0, "invalid_keys": []}
     assert "No .env at" in json.dumps(result["warnings"])
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == result["metrics"]
+
+
+def test_the_module_reads_the_live_redis_in_processes_side_by_side(loaded, tmp_path, capsys, monkeypatch):
+    """The module's own reading (redis_metrics, here in two processes): the plain reading's figures, one
+    result on stdout however many processes read."""
+    import ansible.module_utils._internal
+    from ansible.module_utils import workshop_metrics
+    from ansible.module_utils.testing import patch_module_args
+
+    from conftest import load_module
+
+    conn, _records, _ = loaded
+    users = [f"user{n:03d}" for n in range(1, 21)]
+    args = {"dest": str(tmp_path / "metrics.json"), "redis_port": conn.port, "registered_users": users}
+    monkeypatch.setattr(ansible.module_utils._internal, "is_controller", False)
+    monkeypatch.setattr(workshop_metrics, "KEYS_PER_PROCESS", 1000)
+    monkeypatch.setattr(workshop_metrics, "_usable_cpus", lambda: 2)
+    shares, shared_out = [], workshop_metrics.side_by_side
+
+    def counted(work, parts):
+        shares.append(len(parts))
+        return shared_out(work, parts)
+
+    monkeypatch.setattr(workshop_metrics, "side_by_side", counted)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        load_module("workshop_metrics").main()
+    assert shares == [2]
+    result = json.loads(capsys.readouterr().out)
+    assert result.get("failed") is not True, result
+    expected = json.loads(json.dumps(compute_metrics(jobs_from_redis(conn), users), default=str))
+    assert result["metrics"] == {**expected, "logs": None}
+    assert result["invalid_records"] == INVALID_KEYS

@@ -10,7 +10,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from ansible.module_utils import workshop_metrics
 from ansible.module_utils.workshop_metrics import (
+    _figures,
+    _merged,
     _parse_records,
+    _tally,
     batch_sizes,
     compute_metrics,
     drain,
@@ -143,6 +146,37 @@ def test_the_one_pass_metrics_equal_the_figures_one_by_one(seed, platform):
         one_by_one(jobs, USERS, "2026-01-28T13:30:00Z", "2026-01-28T14:10:00.5Z"), sort_keys=True
     )
     assert fused["records"]["invalid"] == 1 and fused["jobs"]["submitted"] == 600
+
+
+@pytest.mark.parametrize(("seed", "platform"), [(5, False), (6, False), (7, True)])
+def test_tallies_of_consecutive_runs_of_jobs_merge_into_the_metrics_of_all(seed, platform):
+    """What redis_metrics does with its processes' shares: equal to the one pass over every job, an empty share too."""
+    jobs = history(seed, 600, platform)
+    valid, read = records(jobs)
+    cuts = sorted(random.Random(seed).sample(range(1, len(valid)), 3))
+    runs = [valid[start:end] for start, end in zip([0, *cuts], [*cuts, len(valid)], strict=True)] + [[]]
+    merged = _figures(_merged([_tally(run) for run in runs]), read, USERS, "2026-01-28T13:30:00Z", None)
+    assert json.dumps(merged, sort_keys=True) == json.dumps(
+        compute_metrics(jobs, USERS, "2026-01-28T13:30:00Z", None), sort_keys=True
+    )
+
+
+def test_merged_tallies_name_the_first_of_equally_long_jobs_and_count_a_shared_instant_once():
+    def job(job_id, created, started, completed):
+        return {
+            "id": job_id,
+            "user_id": "user001",
+            "status": "completed",
+            "created_at": f"2026-01-28T13:00:{created:02d}Z",
+            "started_at": f"2026-01-28T13:00:{started:02d}Z",
+            "completed_at": f"2026-01-28T13:00:{completed:02d}Z",
+        }
+
+    first, second = job("first", 0, 5, 15), job("second", 0, 9, 19)  # both run 10 s, both created at :00
+    merged = _figures(_merged([_tally([first]), _tally([second])]), records([first, second])[1], [], None, None)
+    assert merged == compute_metrics([first, second], [])
+    assert merged["durations"]["max_job_id"] == "first" and merged["wait"]["max_job_id"] == "second"
+    assert merged["queue_depth"]["series"][0] == ["2026-01-28T13:00:00+00:00", 2]
 
 
 def test_the_platform_times_take_the_fast_path_and_read_the_same():
