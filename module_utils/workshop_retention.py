@@ -224,6 +224,27 @@ def backup_members(facts, backup):
     return {member["path"]: (member["size"], member["sha256"]) for member in members if "sha256" in member}
 
 
+def outputs_newest_lacks(facts, backup, members=backup_members):
+    """How many output files `backup` holds that the workshop's newest verified backup does not hold at all.
+
+    Those outputs left the workshop before the newest was made (removed after the share period, and a
+    later run made a backup because something else changed): past its year, `backup` is their last
+    copy. 0 when there are none, or when `backup` is not on the host to tell. `members`: backup_members
+    or OffsiteCheck.members."""
+    newest = facts["newest_verified"] if facts else None
+    if newest is None or backup == newest or backup not in facts["sealed"]:
+        return 0
+    held = members(facts, newest)
+    return sum(1 for path in members(facts, backup) if path not in held)
+
+
+def _holds_what_newest_lacks(facts, lacked):
+    return (
+        f"holds {lacked} output files the newest verified backup, {facts['newest_verified']}, does not "
+        "(removed from the workshop before it was made): kept while that backup is the newest"
+    )
+
+
 def offsite_members(facts, check):
     """{outputs member path: (size, sha256)} of the workshop's backups a target holds now (OffsiteCheck `check`)
     and still on the host."""
@@ -376,6 +397,10 @@ def _plan_workshop(facts, schedule, now, plan, check):
                 "host", path, "no verified backup of the workshop is known (run record backup.verify): nothing of it is deleted"
             )
             continue
+        lacked = outputs_newest_lacks(facts, backup, check.members)
+        if lacked:
+            plan.protect("host", path, _holds_what_newest_lacks(facts, lacked))
+            continue
         if backup not in facts["offsite"]:
             plan.protect("host", path, "not verified off-host on any target (run record archive.targets.*): the host copy stays")
             continue
@@ -502,7 +527,8 @@ def _plan_share_folder(share_folder, facts, schedule, now, plan):
 
 
 def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
-    """An off-host target: backups older than the schedule go, except the newest of each workshop there.
+    """An off-host target: backups older than the schedule go, except the newest of each workshop there, the
+    newest verified one and one holding outputs that one lacks (told from the host's copies).
 
     With backups False (the share target only), only its share archives are planned.
     """
@@ -525,6 +551,10 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
                 plan.protect(name, where, "the newest verified backup of the workshop")
                 continue
             if created is None or age_days(now, created) <= limit:
+                continue
+            lacked = outputs_newest_lacks(facts, backup)
+            if lacked:
+                plan.protect(name, where, _holds_what_newest_lacks(facts, lacked))
                 continue
             if newest_not_whole is _UNASKED:
                 newest_not_whole = _copy_not_whole(store, workshop, newest, facts)

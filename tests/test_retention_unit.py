@@ -387,6 +387,50 @@ def test_host_data_goes_only_while_a_target_still_holds_its_copy(tmp_path, nas, 
     assert {item["where"] for item in applied["deleted"]} == {"host"}
 
 
+def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_targets(tmp_path, nas, capsys):
+    """Outputs removed (after the share period), then a backup made because something else changed: past its
+    year, the older backup is those outputs' last copy. It stays, on the host and on nas, until a newest
+    verified backup holds them again; a changed file is not a lacking one."""
+    root, folder, project, outputs, names, record = workshop(tmp_path, [577], verified=0, offsite={"nas": (0, True)}, target=nas)
+    removed = {rel: (outputs / rel).read_bytes() for rel in ("user001/img1.png", "user002/img0.png")}
+    for rel in removed:
+        (outputs / rel).unlink()
+    (outputs / "user001" / "img0.png").write_bytes(b"redrawn")  # in both, with other bytes: not lacking
+
+    def newest(age):
+        name = seal_backup(folder, days_ago(age), outputs)
+        record_backup(str(record), name, str(folder / name), 5, {})
+        copy_off_host(nas, folder, name)
+        record_archive(str(record), "nas", {"where": "x", "backup": name, "files": 5, "bytes": 1, "verified": True})
+        return name
+
+    lacking = newest(12)
+    old_copy = files_under(folder / names[0])
+    store = make_target(nas)
+    args = args_for(root, folder, project, outputs, record, targets=[nas])
+    why = (
+        f"holds 2 output files the newest verified backup, {lacking}, does not (removed from the workshop before "
+        "it was made): kept while that backup is the newest"
+    )
+    applied = run_main("retention_enforce", args, capsys)
+    assert applied["deleted"] == []
+    assert protected(applied, folder / names[0]) == [why]
+    assert [item["why"] for item in applied["protected"] if item["where"] == "nas" and names[0] in item["path"]] == [why]
+    assert files_under(folder / names[0]) == old_copy and store.backups(W) == [names[0], lacking]
+
+    # The files back (a participant's re-upload, a restore): the newest holds them again, the old copy goes
+    # on nas (on the host the record no longer names it verified off-host, so it stays there).
+    for rel, content in removed.items():
+        (outputs / rel).write_bytes(content)
+    whole = newest(5)
+    applied = run_main("retention_enforce", args, capsys)
+    assert {item["where"] for item in applied["deleted"]} == {"nas"}
+    assert store.backups(W) == [lacking, whole]
+    assert protected(applied, folder / names[0]) == [
+        "not verified off-host on any target (run record archive.targets.*): the host copy stays"
+    ]
+
+
 def test_outputs_are_not_aged_before_30_days_from_the_end_however_old_their_files(tmp_path, capsys):
     root, folder, project, outputs, _names, record = workshop(
         tmp_path, [20], verified=0, offsite={"nas": (0, True)}, end=days_ago(29)
