@@ -213,37 +213,53 @@ def _usable_cpus():
 
 
 def side_by_side(function, parts):
-    """[function(part) for part in parts]: one part in this process, several each in a forked child at the
-    same time while this process waits (a child ends without freeing what it built, which for 50,000
-    records takes a tenth of a second). A child's result comes back pickled through a pipe; a child's
-    WorkshopError (or subclass) is raised here as it was raised there, any other error as a WorkshopError
-    naming it."""
+    """[function(part) for part in parts]: a single part in this process; several, each in a forked child,
+    all at the same time, while this process waits for their results (a child exits without freeing what
+    it built, which for 50,000 records takes a tenth of a second). A child's result comes back pickled
+    through a pipe. A child's WorkshopError (or subclass) is raised here as it was raised there, any
+    other error as a WorkshopError naming it; whatever happens, every child is ended and reaped."""
     if len(parts) == 1:
         return [function(parts[0])]
-    children, unread = [], []
+    started, running, reaped = [], {}, set()  # running: pid -> the read end of its pipe, until its result is read
     try:
         for part in parts:
-            reader, writer = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: never returns
-                os.close(reader)
-                _run_child(function, part, writer)
-            os.close(writer)
-            children.append(pid)
-            unread.append((pid, reader))
+            pid, reader = _start_child(function, part)
+            started.append(pid)
+            running[pid] = reader
         results = []
-        while unread:
-            pid, reader = unread.pop(0)
-            with os.fdopen(reader, "rb") as stream:
+        for pid in list(running):
+            with os.fdopen(running[pid], "rb") as stream:
                 payload = stream.read()
-            results.append(_child_result(pid, payload))
+            del running[pid]
+            results.append(_child_result(pid, payload, reaped))
         return results
     finally:
-        for pid, reader in unread:  # a child failed first: the others' work is not wanted
-            os.close(reader)
+        for pid, reader in running.items():  # a child failed first, or this process was stopped
+            with contextlib.suppress(OSError):  # already closed if it was stopped while reading this one
+                os.close(reader)
             os.kill(pid, signal.SIGKILL)
-        for pid in children:
-            os.waitpid(pid, 0)
+        for pid in started:
+            if pid not in reaped:
+                os.waitpid(pid, 0)
+
+
+def _start_child(function, part):
+    """(pid, read end of its pipe) of a forked child running function(part); a fork refused is a WorkshopError."""
+    try:
+        reader, writer = os.pipe()
+    except OSError as exc:
+        raise WorkshopError(f"Cannot start a reader process of the job records (a pipe: {exc})") from None
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(reader)
+        os.close(writer)
+        raise WorkshopError(f"Cannot start a reader process of the job records ({exc}): too many processes?") from None
+    if pid == 0:  # the child: never returns
+        os.close(reader)
+        _run_child(function, part, writer)
+    os.close(writer)
+    return pid, reader
 
 
 def _run_child(function, part, writer):
@@ -253,21 +269,37 @@ def _run_child(function, part, writer):
             outcome = (True, function(part))
         except WorkshopError as error:  # its own kind (WorkshopUnreachable, ...), rebuilt from msg and context
             outcome = (False, (type(error), error.msg, error.context))
-        except Exception as error:  # noqa: BLE001 - whatever failed here is the caller's error, raised there
-            outcome = (False, (WorkshopError, f"{type(error).__name__}: {error}", {}))
+        except BaseException as error:  # noqa: BLE001 - whatever ended the work here is the caller's error
+            outcome = (False, (WorkshopError, _described(error), {}))
+        try:
+            payload = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # noqa: BLE001 - an error context or a result that does not pickle
+            failed = f"A reader process of the job records could not send its result back ({_described(error)})"
+            payload = pickle.dumps((False, (WorkshopError, failed, {})), protocol=pickle.HIGHEST_PROTOCOL)
         with os.fdopen(writer, "wb") as stream:
-            stream.write(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+            stream.write(payload)
         status = 0
     finally:
         os._exit(status)  # never back into the caller's code (an Ansible module's exit, pytest)
 
 
-def _child_result(pid, payload):
+def _described(error):
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:  # noqa: BLE001 - an exception whose text cannot be made
+        return type(error).__name__
+
+
+def _child_result(pid, payload, reaped):
     try:
         succeeded, result = pickle.loads(payload)
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError):  # killed, or ended before all of its result
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError):
+        _dummy, status = os.waitpid(pid, 0)
+        reaped.add(pid)
+        how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}"
         raise WorkshopError(
-            f"A reader process (pid {pid}) of the job records ended without its result ({len(payload)} bytes): run again"
+            f"A reader process (pid {pid}) of the job records ended without sending its result ({how}, "
+            f"{len(payload)} bytes sent): was it killed, or out of memory?"
         ) from None
     if not succeeded:
         kind, message, context = result
@@ -770,7 +802,7 @@ def _merged(tallies):
         total["valid"] += tally["valid"]
         total["invalid"] += tally["invalid"]
         for part in ("statuses", "users", "errors", "resolutions", "batch_sizes"):
-            total[part].update(tally[part])  # update adds, keeping what nets to nothing (unlike +)
+            total[part].update(tally[part])
         for part in ("runs", "waits"):
             (values, longest), (more, more_longest) = total[part], tally[part]
             values.extend(more)

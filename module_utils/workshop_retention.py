@@ -224,24 +224,46 @@ def backup_members(facts, backup):
     return {member["path"]: (member["size"], member["sha256"]) for member in members if "sha256" in member}
 
 
-def outputs_newest_lacks(facts, backup, members=backup_members):
-    """How many output files `backup` holds that the workshop's newest verified backup does not hold at all.
+def last_output_holders(facts, members=backup_members):
+    """{backup: N} for the workshop's backups each holding N output files (by path) that no newer backup holds.
 
-    Those outputs left the workshop before the newest was made (removed after the share period, and a
-    later run made a backup because something else changed): past its year, `backup` is their last
-    copy. 0 when there are none, or when `backup` is not on the host to tell. `members`: backup_members
-    or OffsiteCheck.members."""
-    newest = facts["newest_verified"] if facts else None
-    if newest is None or backup == newest or backup not in facts["sealed"]:
-        return 0
-    held = members(facts, newest)
-    return sum(1 for path in members(facts, backup) if path not in held)
+    Newer than what counts: the reference, the newest verified backup (else the newest sealed one whose
+    verification did not fail, so that a failed newer backup does not lift this). A backup made after
+    outputs were removed (the share period over, then a backup made because something else changed)
+    holds only what was left: each removed file's newest holder is then its last backup, and it is
+    kept. One holder per file: an older backup holding only files a newer holder has goes with the
+    schedule. A failed backup is never a holder (it is kept anyway). An unreadable member list (of the
+    backups on the host; `members`: backup_members or OffsiteCheck.members) counts as holding nothing:
+    the reference's, so the older backups are kept until a readable newest (the backup phase makes a
+    new one when the list does not match its MANIFEST); an older one's, so it goes with the schedule.
+    """
+    reference = _reference_backup(facts)
+    if reference is None:
+        return {}
+    covered = set(members(facts, reference))
+    holders = {}
+    for backup in reversed(facts["sealed"][: facts["sealed"].index(reference)]):
+        if backup == facts["failed"]:
+            continue
+        lacked = [path for path in members(facts, backup) if path not in covered]
+        if lacked:
+            holders[backup] = len(lacked)
+            covered.update(lacked)
+    return holders
 
 
-def _holds_what_newest_lacks(facts, lacked):
+def _reference_backup(facts):
+    if facts["newest_verified"] is not None:
+        return facts["newest_verified"]
+    usable = [backup for backup in facts["sealed"] if backup != facts["failed"]]
+    return usable[-1] if usable else None
+
+
+def _last_holder_why(facts, lacked):
+    reference = _reference_backup(facts)
     return (
-        f"holds {lacked} output files the newest verified backup, {facts['newest_verified']}, does not "
-        "(removed from the workshop before it was made): kept while that backup is the newest"
+        f"the newest backup to hold {lacked} output files that {reference}, the newest backup, lacks: "
+        f"their last copy, kept while {reference} is the newest"
     )
 
 
@@ -375,6 +397,8 @@ def _plan_workshop(facts, schedule, now, plan, check):
             }[name]
             plan.protect("host", path + ("/" if os.path.isdir(path) else ""), why)
     limit = schedule["backups"]
+    # Read once here, for the targets' plans too (plan_target runs after every host plan).
+    holders = facts["last_output_holders"] = last_output_holders(facts, check.members)
     for backup in facts["sealed"]:
         created = backup_epoch(backup)
         path = os.path.join(folder, backup) + "/"
@@ -397,9 +421,8 @@ def _plan_workshop(facts, schedule, now, plan, check):
                 "host", path, "no verified backup of the workshop is known (run record backup.verify): nothing of it is deleted"
             )
             continue
-        lacked = outputs_newest_lacks(facts, backup, check.members)
-        if lacked:
-            plan.protect("host", path, _holds_what_newest_lacks(facts, lacked))
+        if backup in holders:
+            plan.protect("host", path, _last_holder_why(facts, holders[backup]))
             continue
         if backup not in facts["offsite"]:
             plan.protect("host", path, "not verified off-host on any target (run record archive.targets.*): the host copy stays")
@@ -528,7 +551,8 @@ def _plan_share_folder(share_folder, facts, schedule, now, plan):
 
 def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
     """An off-host target: backups older than the schedule go, except the newest of each workshop there, the
-    newest verified one and one holding outputs that one lacks (told from the host's copies).
+    newest verified one, and the last holders of outputs the newest lacks (last_output_holders, worked out
+    from the host's copies by the host's plan).
 
     With backups False (the share target only), only its share archives are planned.
     """
@@ -552,9 +576,8 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
                 continue
             if created is None or age_days(now, created) <= limit:
                 continue
-            lacked = outputs_newest_lacks(facts, backup)
-            if lacked:
-                plan.protect(name, where, _holds_what_newest_lacks(facts, lacked))
+            if facts and backup in facts.get("last_output_holders", ()):
+                plan.protect(name, where, _last_holder_why(facts, facts["last_output_holders"][backup]))
                 continue
             if newest_not_whole is _UNASKED:
                 newest_not_whole = _copy_not_whole(store, workshop, newest, facts)

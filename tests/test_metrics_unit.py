@@ -7,6 +7,8 @@ import math
 import os
 import random
 import signal
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -682,7 +684,7 @@ def test_metrics_from_redis_and_from_rdb_are_equal(loaded):
     assert set(from_redis["participants"]["unregistered"]) <= {"user021", "user022"}
 
 
-@pytest.mark.parametrize("processes", [None, 1, 2, 3])
+@pytest.mark.parametrize("processes", [1, 2, 3])
 def test_redis_metrics_in_processes_side_by_side_equal_the_plain_reading(loaded, processes):
     conn, _records, _ = loaded
     users = [f"user{n:03d}" for n in range(1, 21)]
@@ -690,6 +692,27 @@ def test_redis_metrics_in_processes_side_by_side_equal_the_plain_reading(loaded,
     plain = jobs_from_redis(conn)
     assert metrics == compute_metrics(plain, users, at(0), at(4 * 3600))
     assert invalid == plain.invalid == INVALID_KEYS
+
+
+@pytest.mark.parametrize(("cpus", "per_process", "shares"), [(2, 10000, 1), (2, 1000, 2), (8, 500, 4), (1, 500, 1)])
+def test_redis_metrics_takes_one_process_per_cpu_and_per_share_of_keys(loaded, monkeypatch, cpus, per_process, shares):
+    """At most MAX_PROCESSES (4), one per usable CPU, one per KEYS_PER_PROCESS keys (2,004 here), at least one."""
+    from ansible.module_utils import workshop_metrics
+
+    conn, _records, _ = loaded
+    counted, shared_out = [], workshop_metrics.side_by_side
+
+    def counting(work, parts):
+        counted.append([len(part) for part in parts])
+        return shared_out(work, parts)
+
+    monkeypatch.setattr(workshop_metrics, "side_by_side", counting)
+    monkeypatch.setattr(workshop_metrics, "_usable_cpus", lambda: cpus)
+    monkeypatch.setattr(workshop_metrics, "KEYS_PER_PROCESS", per_process)
+    metrics, _invalid = redis_metrics(conn, [])
+    [sizes] = counted
+    assert len(sizes) == shares and sum(sizes) == 2004 and max(sizes) - min(sizes) < shares
+    assert metrics == compute_metrics(jobs_from_redis(conn), [])
 
 
 def test_side_by_side_runs_each_part_in_a_child_and_reaps_them_all():
@@ -708,9 +731,20 @@ def _fails_on(bad, error):
     def work(part):
         if part == bad:
             raise error
+        time.sleep(0.5)  # still running when the other child fails: it is killed, not waited for
         return part
 
     return work
+
+
+def _killed(part):
+    if part == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return part
+
+
+def _unpicklable(part):
+    return lambda: part
 
 
 @pytest.mark.parametrize(
@@ -718,15 +752,26 @@ def _fails_on(bad, error):
     [
         (_fails_on(2, WorkshopUnreachable("Redis at h:1 went away", redis="h:1")), "Redis at h:1 went away", {"redis": "h:1"}),
         (_fails_on(1, KeyError("status")), "KeyError: 'status'", {}),
-        (lambda part: part == 2 and os.kill(os.getpid(), signal.SIGKILL), "ended without its result (0 bytes): run again", {}),
+        (_fails_on(1, SystemExit(3)), "SystemExit: 3", {}),
+        (_fails_on(2, WorkshopError("odd context", lock=threading.Lock())), "could not send its result back (TypeError: ", {}),
+        (_unpicklable, "could not send its result back (", {}),
+        (_killed, "ended without sending its result (killed by signal 9, 0 bytes sent)", {}),
     ],
 )
-def test_a_child_that_fails_or_dies_fails_the_caller_naming_why(work, message, context):
+def test_a_child_that_fails_or_dies_fails_the_caller_naming_why_and_every_child_is_reaped(work, message, context, monkeypatch):
     """As the error was raised in the child: its kind too (read-only phases go on after WorkshopUnreachable)."""
+    from ansible.module_utils import workshop_metrics
+
+    children, start = [], workshop_metrics._start_child
+    monkeypatch.setattr(workshop_metrics, "_start_child", lambda *args: children.append(start(*args)) or children[-1])
     with pytest.raises(WorkshopError) as failed:
         side_by_side(work, [1, 2])
     assert message in failed.value.msg and failed.value.context == context
     assert isinstance(failed.value, WorkshopUnreachable) == ("went away" in message)
+    assert len(children) == 2
+    for pid, _reader in children:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def test_a_redis_error_in_a_reader_process_fails_naming_the_server(tmp_path, monkeypatch):
@@ -809,9 +854,9 @@ def test_the_module_reads_a_version_12_snapshot_with_no_redis_and_no_env(tmp_pat
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == result["metrics"]
 
 
-def test_the_module_reads_the_live_redis_in_processes_side_by_side(loaded, tmp_path, capsys, monkeypatch):
+def test_the_module_reads_the_live_redis_in_processes_side_by_side(loaded, tmp_path, capfd, monkeypatch):
     """The module's own reading (redis_metrics, here in two processes): the plain reading's figures, one
-    result on stdout however many processes read."""
+    result on its standard output (the file, which the children share) however many processes read."""
     import ansible.module_utils._internal
     from ansible.module_utils import workshop_metrics
     from ansible.module_utils.testing import patch_module_args
@@ -834,7 +879,7 @@ def test_the_module_reads_the_live_redis_in_processes_side_by_side(loaded, tmp_p
     with patch_module_args(args), pytest.raises(SystemExit):
         load_module("workshop_metrics").main()
     assert shares == [2]
-    result = json.loads(capsys.readouterr().out)
+    result = json.loads(capfd.readouterr().out)
     assert result.get("failed") is not True, result
     expected = json.loads(json.dumps(compute_metrics(jobs_from_redis(conn), users), default=str))
     assert result["metrics"] == {**expected, "logs": None}

@@ -409,8 +409,8 @@ def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_tar
     store = make_target(nas)
     args = args_for(root, folder, project, outputs, record, targets=[nas])
     why = (
-        f"holds 2 output files the newest verified backup, {lacking}, does not (removed from the workshop before "
-        "it was made): kept while that backup is the newest"
+        f"the newest backup to hold 2 output files that {lacking}, the newest backup, lacks: their last copy, "
+        f"kept while {lacking} is the newest"
     )
     applied = run_main("retention_enforce", args, capsys)
     assert applied["deleted"] == []
@@ -429,6 +429,33 @@ def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_tar
     assert protected(applied, folder / names[0]) == [
         "not verified off-host on any target (run record archive.targets.*): the host copy stays"
     ]
+
+
+@pytest.mark.parametrize(
+    ("lists", "verified", "failed", "holders"),
+    [
+        # Each removed file's newest holder, one per file: b1 holds c, b2 holds b (b1's b is covered by b2).
+        ({"b1": "abc", "b2": "ab", "b3": "a", "b4": "a"}, "b4", None, {"b2": 1, "b1": 1}),
+        ({"b1": "ab", "b2": "ab", "b3": "a"}, "b3", None, {"b2": 1}),
+        ({"b1": "ab", "b2": "ab", "b3": "ab"}, "b3", None, {}),
+        # A newer backup whose verification failed: the newest sealed one that did not fail is the reference.
+        ({"b1": "ab", "b2": "a", "b3": ""}, None, "b3", {"b1": 1}),
+        # A failed older backup is never the holder; the next older one is.
+        ({"b1": "ab", "b2": "ab", "b3": "a"}, "b3", "b2", {"b1": 1}),
+        # The reference's list unreadable: it holds nothing to go by, so the older ones hold what they hold.
+        ({"b1": "ab", "b2": None}, "b2", None, {"b1": 2}),
+        # An older one's unreadable: it holds nothing (it goes with the schedule), the next one is the holder.
+        ({"b1": "ab", "b2": None, "b3": "a"}, "b3", None, {"b1": 1}),
+        ({"b1": "ab"}, None, "b1", {}),
+    ],
+)
+def test_the_last_holder_of_each_output_the_newest_lacks_is_kept(lists, verified, failed, holders):
+    facts = {"sealed": sorted(lists), "newest_verified": verified, "failed": failed}
+
+    def members(_facts, backup):
+        return {} if lists[backup] is None else {f"outputs/{name}.png": (1, name) for name in lists[backup]}
+
+    assert workshop_retention.last_output_holders(facts, members) == holders
 
 
 def test_outputs_are_not_aged_before_30_days_from_the_end_however_old_their_files(tmp_path, capsys):
