@@ -261,7 +261,6 @@ problems:
   elements: str
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -284,6 +283,7 @@ from ansible.module_utils.workshop_backup import (
     sealed_backups,
     stale_partials,
     tree_fingerprint,
+    trusted_members,
     verify_folder,
 )
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
@@ -416,23 +416,15 @@ def _failed_checks(record, latest):
 
 
 def _trusted_members(latest_dir, manifest, archive, warnings):
-    """The member list of `archive` in a backup, once its sha256 matches the backup's `manifest`; else None,
-    with a warning (a new backup is then made, and `--tags verify` names what is wrong)."""
-    listing = members_file(archive)
+    """trusted_members, or None with a warning (a new backup is then made, and `--tags verify` names what is wrong)."""
     try:
-        listed = manifest.get("files", {}).get(listing) or {}
-        with open(os.path.join(latest_dir, listing), "rb") as stream:
-            data = stream.read()
-        if hashlib.sha256(data).hexdigest() != listed.get("sha256"):
-            raise ValueError("its sha256 differs from the backup's MANIFEST.json")
-        members = json.loads(data)
-    except (OSError, ValueError, AttributeError) as exc:
+        return trusted_members(latest_dir, manifest, archive)
+    except ValueError as exc:
         warnings.append(
-            f"{os.path.join(latest_dir, listing)} cannot be relied on ({exc}): a new backup is made; "
+            f"{os.path.join(latest_dir, members_file(archive))} cannot be relied on ({exc}): a new backup is made; "
             f"run --tags verify to check {os.path.basename(latest_dir)}"
         )
         return None
-    return members if isinstance(members, list) else None
 
 
 def _only_outputs_removed(manifest, fingerprint, params, latest_dir, warnings):

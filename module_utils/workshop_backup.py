@@ -779,6 +779,24 @@ def members_file(archive_relpath):
     return f"{archive_relpath}.members.json"
 
 
+def trusted_members(folder, manifest, archive="outputs.tar"):
+    """The member list of `archive` in the backup `folder`, once its sha256 matches the one the backup's
+    `manifest` (read_manifest) records for it. ValueError saying why when it cannot be relied on."""
+    listing = members_file(archive)
+    try:
+        listed = manifest.get("files", {}).get(listing) or {}
+        with open(os.path.join(folder, listing), "rb") as stream:
+            data = stream.read()
+        if hashlib.sha256(data).hexdigest() != listed.get("sha256"):
+            raise ValueError("its sha256 differs from the backup's MANIFEST.json")
+        members = json.loads(data)
+    except (OSError, AttributeError) as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(members, list) or not all(isinstance(member, dict) for member in members):
+        raise ValueError("not a list of members")
+    return members
+
+
 def write_members(archive_path, members):
     write_atomically(members_file(archive_path), (json.dumps(members, indent=0) + "\n").encode(), 0o600)
 

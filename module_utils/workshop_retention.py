@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 
 from ansible.module_utils.workshop_archive import check_present
-from ansible.module_utils.workshop_backup import MANIFEST, sealed_backups
+from ansible.module_utils.workshop_backup import MANIFEST, read_manifest, sealed_backups, trusted_members
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
 from ansible.module_utils.workshop_lock import lock_path, read_owner
@@ -214,12 +214,12 @@ def on_host_offsite(facts):
 
 
 def backup_members(facts, backup):
-    """{outputs member path: (size, sha256)} of one of the workshop's backups on the host ({} when unreadable)."""
-    path = os.path.join(facts["folder"], backup, "outputs.tar.members.json")
+    """{outputs member path: (size, sha256)} of one of the workshop's backups on the host, from its member
+    list once that matches the backup's MANIFEST.json (trusted_members); {} when it cannot be relied on."""
+    folder = os.path.join(facts["folder"], backup)
     try:
-        with open(path, encoding="utf-8") as listing:
-            members = json.load(listing)
-    except (OSError, ValueError):
+        members = trusted_members(folder, read_manifest(folder))
+    except (ValueError, WorkshopError):
         return {}
     return {member["path"]: (member["size"], member["sha256"]) for member in members if "sha256" in member}
 

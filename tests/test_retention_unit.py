@@ -412,6 +412,17 @@ def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_tar
         f"the newest backup to hold 2 output files that {lacking}, the newest backup, lacks: their last copy, "
         f"kept while {lacking} is the newest"
     )
+    # The newest's member list edited to list the removed files too: not the list its MANIFEST.json names,
+    # so it holds nothing to go by, and every file of the old backup counts as lacking.
+    listing = folder / lacking / "outputs.tar.members.json"
+    genuine = listing.read_bytes()
+    held = {member["path"] for member in json.loads(genuine)}
+    claimed = [m for m in json.loads((folder / names[0] / "outputs.tar.members.json").read_text()) if m["path"] not in held]
+    listing.write_text(json.dumps(json.loads(genuine) + claimed))
+    planned = run_main("retention_enforce", dict(args, state="planned"), capsys)
+    assert planned["deleted"] == [] and protected(planned, folder / names[0]) == [why.replace("hold 2 output", "hold 3 output")]
+    listing.write_bytes(genuine)
+
     applied = run_main("retention_enforce", args, capsys)
     assert applied["deleted"] == []
     assert protected(applied, folder / names[0]) == [why]
