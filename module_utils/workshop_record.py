@@ -11,10 +11,11 @@ from ansible.module_utils.workshop_time import utc_iso
 
 
 def read_record(path):
-    """The record at `path`, {} when there is none yet."""
+    """The record at `path`, {} when there is none yet; a record of another shape than the phases write
+    (a section that is not a JSON object, edited by hand) is a WorkshopError naming the key."""
     try:
         with open(path, encoding="utf-8") as record:
-            return json.load(record)
+            record = json.load(record)
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -23,6 +24,40 @@ def read_record(path):
         ) from None
     except ValueError as exc:
         raise WorkshopError(f"The run record {path} is not valid JSON ({exc}): fix or move it aside", path=path) from None
+    misshapen = _misshapen_key(record)
+    if misshapen is not None:
+        raise WorkshopError(
+            f"The run record {path} is not as the phases write it: {misshapen} (edited by hand?): "
+            "fix that key, or move the record aside",
+            path=path,
+        )
+    return record
+
+
+def _misshapen_key(record):
+    """The first key of `record` that should hold a JSON object and does not, as a phrase; None when none.
+
+    Every section (drain, backup, archive, ...) is an object, and so are the entries that the phases
+    read whatever else a section holds (backup.verify, archive.targets and each target's entry)."""
+    if not isinstance(record, dict):
+        return f"its top level is {_kind(record)}, not a JSON object"
+    nested = [(f"{name}", value) for name, value in record.items()]
+    backup, archive = record.get("backup"), record.get("archive")
+    if isinstance(backup, dict) and "verify" in backup:
+        nested.append(("backup.verify", backup["verify"]))
+    if isinstance(archive, dict) and "targets" in archive:
+        targets = archive["targets"]
+        nested.append(("archive.targets", targets))
+        if isinstance(targets, dict):
+            nested += [(f"archive.targets.{name}", entry) for name, entry in targets.items()]
+    for key, value in nested:
+        if not isinstance(value, dict):
+            return f"{key} is {_kind(value)}, not a JSON object"
+    return None
+
+
+def _kind(value):
+    return {str: "text", list: "a list", bool: "true/false", type(None): "null"}.get(type(value), "a number")
 
 
 def unreached_targets(section):

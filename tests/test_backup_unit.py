@@ -476,6 +476,33 @@ def test_an_unchanged_verification_keeps_its_record_untouched(tmp_path):
     assert record.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("record", "named"),
+    [
+        ({"backup": {"name": "backup-1", "verify": "failed"}}, "backup.verify is text, not a JSON object"),
+        ({"backup": ["backup-1"]}, "backup is a list, not a JSON object"),
+        ({"archive": {"targets": {"nas": True}}}, "archive.targets.nas is true/false, not a JSON object"),
+        ({"drain": None}, "drain is null, not a JSON object"),
+        ([{"backup": {}}], "its top level is a list, not a JSON object"),
+    ],
+)
+def test_a_hand_edited_run_record_of_another_shape_is_named_and_left_as_it_is(tmp_path, record, named):
+    """Before, the verification failed with a traceback ("Module failed") on `verify: "failed"`."""
+    from conftest import load_module
+
+    folder = _sealed_backup(tmp_path)
+    path = tmp_path / "ws" / "run-record.json"
+    path.write_text(json.dumps(record))
+    before = path.read_bytes()
+    params = dict(backup_dir=str(folder.parent), name="backup-1", record=str(path), reuse_unchanged=True)
+    with pytest.raises(WorkshopError) as failed:
+        load_module("workshop_backup").verify(params, check_mode=False)
+    assert failed.value.msg == (
+        f"The run record {path} is not as the phases write it: {named} (edited by hand?): fix that key, or move the record aside"
+    )
+    assert path.read_bytes() == before
+
+
 def test_an_unchanged_backup_verified_before_is_not_read_again_and_any_write_makes_it_read(tmp_path):
     from conftest import load_module
 
