@@ -139,13 +139,16 @@ def record_of(params):
     return read_record(params["run_record"]) if params["run_record"] else {}
 
 
-def inputs_of(params):
+def inputs_of(params, check_mode=False):
     """render_markdown's inputs from the module's parameters."""
     metrics = params["metrics"]
     record = record_of(params)
     dest = params["dest"]
-    # The report's own line: the files being written (metrics.json when the metrics phase wrote it).
+    # The report's own line: the files being written (metrics.json when the metrics phase wrote it). A
+    # preview (check mode) writes none: those already there, as the checklist play of the same run says.
     written = [*REPORT_FILES, *(["metrics.json"] if os.path.isfile(os.path.join(dest, "metrics.json")) else [])]
+    if check_mode:
+        written = [name for name in written if os.path.isfile(os.path.join(dest, name))]
     checklist = build_checklist(record, gather_facts(record, dest, report_files=written))
     gpu = params["gpu"] if params["gpu"] and params["gpu"].get("measured") else None
     gpu_reason = params["gpu"].get("reason") if params["gpu"] and not gpu else params["gpu_reason"]
@@ -182,7 +185,7 @@ def main():
     dest = module.params["dest"]
     try:
         now = datetime.now(timezone.utc)
-        inputs = inputs_of(module.params)
+        inputs = inputs_of(module.params, module.check_mode)
         changed, texts, stamp = write_report(dest, inputs, now, module.check_mode)
         checklist_path = os.path.join(dest, CHECKLIST_FILE)
         changed = write_if_changed(checklist_path, checklist_json(inputs["checklist"]), 0o640, module.check_mode) or changed

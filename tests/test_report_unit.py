@@ -616,6 +616,14 @@ def test_check_mode_returns_the_preview_and_writes_nothing(inputs, tmp_path, cap
     assert result["markdown"].startswith("# Workshop Report - 2026-01-15\n")
     assert "- Total jobs submitted: 57" in result["markdown"]
     assert not (tmp_path / "report").exists()
+    # Nothing written, so the preview's own checklist does not tick the report, as the checklist play says.
+    [line] = [line for line in result["checklist"]["lines"] if line["key"] == "report"]
+    assert line["ok"] is False and line["reason"].startswith(f"report.md, report.html not in {tmp_path / 'report'}")
+    # Once written, the preview's checklist is the written one: check mode then changes nothing.
+    written = run_report_module(capsys, args)
+    again = run_report_module(capsys, args, check=True)
+    assert again["checklist"] == written["checklist"] and again["changed"] is False
+    assert [line["ok"] for line in again["checklist"]["lines"] if line["key"] == "report"] == [True]
 
 
 def test_the_report_is_stamped_when_written_and_a_rerun_changes_nothing(inputs, tmp_path, capsys):
