@@ -240,7 +240,8 @@ def side_by_side(function, parts):
             os.kill(pid, signal.SIGKILL)
         for pid in started:
             if pid not in reaped:
-                os.waitpid(pid, 0)
+                with contextlib.suppress(ChildProcessError):  # never hide the error that got here
+                    os.waitpid(pid, 0)
 
 
 def _start_child(function, part):
@@ -293,9 +294,13 @@ def _described(error):
 def _child_result(pid, payload, reaped):
     try:
         succeeded, result = pickle.loads(payload)
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError):
+    except Exception as error:  # noqa: BLE001 - nothing, part of it, or what this process cannot rebuild
         _dummy, status = os.waitpid(pid, 0)
         reaped.add(pid)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            raise WorkshopError(
+                f"A reader process (pid {pid}) of the job records sent a result that cannot be read back ({_described(error)})"
+            ) from None
         how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}"
         raise WorkshopError(
             f"A reader process (pid {pid}) of the job records ended without sending its result ({how}, "

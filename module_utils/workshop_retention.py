@@ -84,6 +84,7 @@ class Plan:
         self.protected = []
         self.units = []  # [(where, kind, handle, [items])]: how each group of items is deleted
         self.unreached = []  # [{target, error}]: targets that could not be listed, left as they were
+        self.locked = {}  # workshop id -> why: another run holds it on the host, so its targets are left too
 
     def unit(self, where, kind, handle, items):
         self.units.append((where, kind, handle, items))
@@ -221,10 +222,14 @@ def backup_members(facts, backup):
         members = trusted_members(folder, read_manifest(folder))
     except (ValueError, WorkshopError):
         return {}
-    return {member["path"]: (member["size"], member["sha256"]) for member in members if "sha256" in member}
+    return {
+        member["path"]: (member.get("size"), member["sha256"])
+        for member in members
+        if isinstance(member.get("path"), str) and "sha256" in member
+    }
 
 
-def last_output_holders(facts, members=backup_members):
+def last_output_holders(facts, members=backup_members, among=None):
     """{backup: N} for the workshop's backups each holding N output files (by path) that no newer backup holds.
 
     Newer than what counts: the reference, the newest verified backup (else the newest sealed one whose
@@ -236,14 +241,16 @@ def last_output_holders(facts, members=backup_members):
     backups on the host; `members`: backup_members or OffsiteCheck.members) counts as holding nothing:
     the reference's, so the older backups are kept until a readable newest (the backup phase makes a
     new one when the list does not match its MANIFEST); an older one's, so it goes with the schedule.
+    `among`: the backups a place holds (a target's), each file's newest holder there; None: the host's. A
+    place without the reference (a target it was not copied to) keeps its own newest holder of every file.
     """
     reference = _reference_backup(facts)
     if reference is None:
         return {}
-    covered = set(members(facts, reference))
+    covered = set(members(facts, reference)) if among is None or reference in among else set()
     holders = {}
     for backup in reversed(facts["sealed"][: facts["sealed"].index(reference)]):
-        if backup == facts["failed"]:
+        if backup == facts["failed"] or (among is not None and backup not in among):
             continue
         lacked = [path for path in members(facts, backup) if path not in covered]
         if lacked:
@@ -259,12 +266,23 @@ def _reference_backup(facts):
     return usable[-1] if usable else None
 
 
-def _last_holder_why(facts, lacked):
+def _last_holder_why(facts, lacked, where="the host", reference_there=True):
     reference = _reference_backup(facts)
+    if not reference_there:
+        return (
+            f"the newest backup on {where} to hold {lacked} output files ({reference}, {_reference_kind(facts)}, "
+            f"is not there): their last copy there"
+        )
     return (
-        f"the newest backup to hold {lacked} output files that {reference}, the newest backup, lacks: "
-        f"their last copy, kept while {reference} is the newest"
+        f"the newest backup on {where} to hold {lacked} output files that {reference}, {_reference_kind(facts)}, "
+        f"lacks: their last copy there, kept while {reference} is the newest"
     )
+
+
+def _reference_kind(facts):
+    if facts["newest_verified"] is not None:
+        return "the newest verified backup"
+    return "the newest backup whose verification did not fail"
 
 
 def offsite_members(facts, check):
@@ -368,9 +386,9 @@ def plan_host(params, now, plan, check):
         owner = read_owner(lock_path(folder)) if folder != current else None
         if owner is not None:
             # Another run holds that workshop (a backup, archive or shutdown in progress): not now.
-            plan.protect(
-                "host", folder + "/", f"another run holds the workshop's lock ({owner.get('run_id', 'unreadable lock')})"
-            )
+            why = f"another run holds the workshop's lock ({owner.get('run_id', 'unreadable lock')})"
+            plan.protect("host", folder + "/", why)
+            plan.locked[os.path.basename(folder.rstrip("/"))] = why
             continue
         facts = workshop_facts(folder)
         facts_of[folder] = facts
@@ -397,8 +415,7 @@ def _plan_workshop(facts, schedule, now, plan, check):
             }[name]
             plan.protect("host", path + ("/" if os.path.isdir(path) else ""), why)
     limit = schedule["backups"]
-    # Read once here, for the targets' plans too (plan_target runs after every host plan).
-    holders = facts["last_output_holders"] = last_output_holders(facts, check.members)
+    holders = last_output_holders(facts, check.members)
     for backup in facts["sealed"]:
         created = backup_epoch(backup)
         path = os.path.join(folder, backup) + "/"
@@ -549,10 +566,12 @@ def _plan_share_folder(share_folder, facts, schedule, now, plan):
 # --- targets -------------------------------------------------------------------------------------
 
 
-def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
+def plan_target(store, facts_by_id, schedule, now, plan, backups=True, members=backup_members):
     """An off-host target: backups older than the schedule go, except the newest of each workshop there, the
-    newest verified one, and the last holders of outputs the newest lacks (last_output_holders, worked out
-    from the host's copies by the host's plan).
+    newest verified one (else the newest whose verification did not fail), and on this target the newest
+    holder of each output that one lacks (last_output_holders among this target's backups, from the host's
+    member lists; `members`: backup_members or OffsiteCheck.members). A workshop another run holds on the
+    host (plan.locked) is left as it is.
 
     With backups False (the share target only), only its share archives are planned.
     """
@@ -564,20 +583,25 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
             continue
         newest = backups[-1]
         facts = facts_by_id.get(workshop)
+        reference = _reference_backup(facts) if facts else None
+        holders = last_output_holders(facts, members, among=set(backups)) if facts else {}
         newest_not_whole = _UNASKED  # asked once, and only when an older copy is due
         for backup in backups:
             where = store.where(workshop, backup)
             created = backup_epoch(backup)
+            if workshop in plan.locked:
+                plan.protect(name, where, f"{plan.locked[workshop]} on the host: not now")
+                continue
             if backup == newest:
                 plan.protect(name, where, "the newest backup of the workshop on this target: never the only copy gone")
                 continue
-            if facts and backup == facts["newest_verified"]:
-                plan.protect(name, where, "the newest verified backup of the workshop")
+            if backup == reference:
+                plan.protect(name, where, f"{_reference_kind(facts)} of the workshop")
                 continue
             if created is None or age_days(now, created) <= limit:
                 continue
-            if facts and backup in facts.get("last_output_holders", ()):
-                plan.protect(name, where, _last_holder_why(facts, facts["last_output_holders"][backup]))
+            if backup in holders:
+                plan.protect(name, where, _last_holder_why(facts, holders[backup], name, reference in backups))
                 continue
             if newest_not_whole is _UNASKED:
                 newest_not_whole = _copy_not_whole(store, workshop, newest, facts)
@@ -601,7 +625,7 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True):
         _plan_s3_share(store, facts_by_id, schedule, now, plan)
 
 
-def plan_target_or_leave(store, facts_by_id, schedule, now, plan, backups=True, down=None):
+def plan_target_or_leave(store, facts_by_id, schedule, now, plan, backups=True, down=None, members=backup_members):
     """plan_target, except that a target that does not answer (a refused key or login still fails) stops
     neither the host's plan nor the other targets': none of its plan stays, and it is named in plan.unreached
     and as kept. `down`: {name: error} of targets already found not answering this run, not asked again."""
@@ -610,7 +634,7 @@ def plan_target_or_leave(store, facts_by_id, schedule, now, plan, backups=True, 
     try:
         if name in (down or {}):
             raise WorkshopUnreachable(down[name])
-        plan_target(store, facts_by_id, schedule, now, plan, backups=backups)
+        plan_target(store, facts_by_id, schedule, now, plan, backups=backups, members=members)
     except WorkshopUnreachable as exc:
         del plan.units[kept[0] :], plan.delete[kept[1] :], plan.protected[kept[2] :]
         plan.unreached.append({"target": name, "error": exc.msg})
@@ -812,7 +836,7 @@ def make_plan(params, now, stores=(), share_store=None):
     facts_of = plan_host(params, now, plan, offsite)
     facts_by_id = {os.path.basename(folder.rstrip("/")): facts for folder, facts in facts_of.items()}
     for store in stores:
-        plan_target_or_leave(store, facts_by_id, params["schedule"], now, plan, down=offsite.down)
+        plan_target_or_leave(store, facts_by_id, params["schedule"], now, plan, down=offsite.down, members=offsite.members)
     if share_store is not None and share_store.target["name"] not in [store.target["name"] for store in stores]:
         plan_target_or_leave(share_store, facts_by_id, params["schedule"], now, plan, backups=False)
     return plan

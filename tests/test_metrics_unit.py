@@ -731,9 +731,10 @@ def _fails_on(bad, error):
     def work(part):
         if part == bad:
             raise error
-        time.sleep(0.5)  # still running when the other child fails: it is killed, not waited for
+        time.sleep(0.5)  # the other child: still at work when the first one's failure is read
         return part
 
+    work.bad = bad
     return work
 
 
@@ -759,16 +760,28 @@ def _unpicklable(part):
     ],
 )
 def test_a_child_that_fails_or_dies_fails_the_caller_naming_why_and_every_child_is_reaped(work, message, context, monkeypatch):
-    """As the error was raised in the child: its kind too (read-only phases go on after WorkshopUnreachable)."""
+    """As the error was raised in the child: its kind too (read-only phases go on after WorkshopUnreachable).
+    A child still at work when the first one's failure is read is killed, not waited for."""
     from ansible.module_utils import workshop_metrics
 
-    children, start = [], workshop_metrics._start_child
+    children, start, endings, wait = [], workshop_metrics._start_child, {}, os.waitpid
     monkeypatch.setattr(workshop_metrics, "_start_child", lambda *args: children.append(start(*args)) or children[-1])
+
+    def noted_wait(pid, options):
+        reaped, status = wait(pid, options)
+        endings[pid] = status
+        return reaped, status
+
+    monkeypatch.setattr(workshop_metrics.os, "waitpid", noted_wait)
     with pytest.raises(WorkshopError) as failed:
         side_by_side(work, [1, 2])
+    monkeypatch.undo()
     assert message in failed.value.msg and failed.value.context == context
     assert isinstance(failed.value, WorkshopUnreachable) == ("went away" in message)
     assert len(children) == 2
+    if getattr(work, "bad", None) == 1:
+        other = children[1][0]
+        assert os.WIFSIGNALED(endings[other]) and os.WTERMSIG(endings[other]) == signal.SIGKILL
     for pid, _reader in children:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)

@@ -259,6 +259,7 @@ def test_another_workshop_whose_lock_another_run_holds_is_left_alone(tmp_path, n
     root, folder, project, outputs, names, _record = workshop(
         tmp_path, [500, 10], verified=1, offsite={"nas": (0, True)}, target=nas
     )
+    copy_off_host(nas, folder, names[1])  # nas holds both: its old copy would go, but for the lock
     (folder / ".lock").write_text(json.dumps({"run_id": "ctl-4242-backup", "host": "ctl", "pid": 4242}))
     other = root / "paris"
     other.mkdir()
@@ -266,6 +267,9 @@ def test_another_workshop_whose_lock_another_run_holds_is_left_alone(tmp_path, n
     result = run_main("retention_enforce", args, capsys)
     assert result["deleted"] == []
     assert protected(result, folder) == ["another run holds the workshop's lock (ctl-4242-backup)"]
+    assert [item["why"] for item in result["protected"] if item["where"] == "nas" and names[0] in item["path"]] == [
+        "another run holds the workshop's lock (ctl-4242-backup) on the host: not now"
+    ]
     # Without the lock, the same plan deletes the old backup.
     (folder / ".lock").unlink()
     assert {i["path"].split("/")[-2] for i in run_main("retention_enforce", args, capsys)["deleted"]} >= {names[0]}
@@ -408,10 +412,13 @@ def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_tar
     old_copy = files_under(folder / names[0])
     store = make_target(nas)
     args = args_for(root, folder, project, outputs, record, targets=[nas])
-    why = (
-        f"the newest backup to hold 2 output files that {lacking}, the newest backup, lacks: their last copy, "
-        f"kept while {lacking} is the newest"
-    )
+
+    def why(where="the host", files=2):
+        return (
+            f"the newest backup on {where} to hold {files} output files that {lacking}, the newest verified backup, "
+            f"lacks: their last copy there, kept while {lacking} is the newest"
+        )
+
     # The newest's member list edited to list the removed files too: not the list its MANIFEST.json names,
     # so it holds nothing to go by, and every file of the old backup counts as lacking.
     listing = folder / lacking / "outputs.tar.members.json"
@@ -420,13 +427,13 @@ def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_tar
     claimed = [m for m in json.loads((folder / names[0] / "outputs.tar.members.json").read_text()) if m["path"] not in held]
     listing.write_text(json.dumps(json.loads(genuine) + claimed))
     planned = run_main("retention_enforce", dict(args, state="planned"), capsys)
-    assert planned["deleted"] == [] and protected(planned, folder / names[0]) == [why.replace("hold 2 output", "hold 3 output")]
+    assert planned["deleted"] == [] and protected(planned, folder / names[0]) == [why(files=3)]
     listing.write_bytes(genuine)
 
     applied = run_main("retention_enforce", args, capsys)
     assert applied["deleted"] == []
-    assert protected(applied, folder / names[0]) == [why]
-    assert [item["why"] for item in applied["protected"] if item["where"] == "nas" and names[0] in item["path"]] == [why]
+    assert protected(applied, folder / names[0]) == [why()]
+    assert [item["why"] for item in applied["protected"] if item["where"] == "nas" and names[0] in item["path"]] == [why("nas")]
     assert files_under(folder / names[0]) == old_copy and store.backups(W) == [names[0], lacking]
 
     # The files back (a participant's re-upload, a restore): the newest holds them again, the old copy goes
@@ -442,6 +449,66 @@ def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_tar
     ]
 
 
+def test_each_target_keeps_its_own_last_holder_and_the_last_good_backup_when_the_newest_failed(tmp_path, nas, capsys):
+    """The newest holder of a removed file on the host is not on nas: nas keeps its own. Then the newest
+    backup fails its verification: nas keeps what is left of the workshop's last good state there."""
+    root, folder, project, outputs, names, record = workshop(
+        tmp_path, [600, 500], verified=1, offsite={"nas": (0, True)}, target=nas
+    )
+    (outputs / "user002" / "img0.png").unlink()
+    newest = seal_backup(folder, days_ago(12), outputs)
+    record_backup(str(record), newest, str(folder / newest), 5, {})
+    copy_off_host(nas, folder, newest)
+    record_archive(str(record), "nas", {"where": "x", "backup": newest, "files": 5, "bytes": 1, "verified": True})
+    args = args_for(root, folder, project, outputs, record, targets=[nas], state="planned")
+
+    def kept_on_nas(result):
+        return [item["why"] for item in result["protected"] if item["where"] == "nas" and names[0] in item["path"]]
+
+    result = run_main("retention_enforce", args, capsys)
+    assert result["deleted"] == []
+    assert protected(result, folder / names[1]) == [
+        f"the newest backup on the host to hold 1 output files that {newest}, the newest verified backup, lacks: "
+        f"their last copy there, kept while {newest} is the newest"
+    ]
+    assert kept_on_nas(result) == [
+        f"the newest backup on nas to hold 1 output files that {newest}, the newest verified backup, lacks: "
+        f"their last copy there, kept while {newest} is the newest"
+    ]
+    # The newest fails its verification: the newest good backup is names[1], on the host only.
+    data = read_record(str(record))
+    data["backup"]["verify"] = {"ok": False, "at": utc_iso(NOW), "backup": newest, "failures": [{"file": "outputs.tar"}]}
+    save_record(str(record), data)
+    result = run_main("retention_enforce", args, capsys)
+    assert result["deleted"] == []
+    assert kept_on_nas(result) == [
+        f"the newest backup on nas to hold 3 output files ({names[1]}, the newest backup whose verification did "
+        "not fail, is not there): their last copy there"
+    ]
+
+
+def test_trusted_members_are_those_the_manifest_vouches_for(tmp_path):
+    from ansible.module_utils.workshop_backup import read_manifest, trusted_members
+
+    folder = tmp_path / "backups" / W
+    folder.mkdir(parents=True)
+    backup = folder / seal_backup(folder, days_ago(1), make_outputs(tmp_path / "project"))
+    manifest = read_manifest(str(backup))
+    listed = trusted_members(str(backup), manifest)
+    assert sorted(member["path"] for member in listed) == [
+        "outputs/user001/img0.png",
+        "outputs/user001/img1.png",
+        "outputs/user002/img0.png",
+    ]
+    for odd_manifest in ({"files": []}, {"files": {"outputs.tar.members.json": "x"}}, {}, []):
+        with pytest.raises(ValueError):
+            trusted_members(str(backup), odd_manifest)
+    listing = backup / "outputs.tar.members.json"
+    listing.write_text(json.dumps(listed[:1]))
+    with pytest.raises(ValueError, match=r"differs from the backup's MANIFEST\.json"):
+        trusted_members(str(backup), manifest)
+
+
 @pytest.mark.parametrize(
     ("lists", "verified", "failed", "holders"),
     [
@@ -451,8 +518,8 @@ def test_a_backup_holding_outputs_the_newest_lacks_stays_on_the_host_and_the_tar
         ({"b1": "ab", "b2": "ab", "b3": "ab"}, "b3", None, {}),
         # A newer backup whose verification failed: the newest sealed one that did not fail is the reference.
         ({"b1": "ab", "b2": "a", "b3": ""}, None, "b3", {"b1": 1}),
-        # A failed older backup is never the holder; the next older one is.
-        ({"b1": "ab", "b2": "ab", "b3": "a"}, "b3", "b2", {"b1": 1}),
+        # A failed older backup is never the holder; the next older one is (the newest is the reference).
+        ({"b1": "ab", "b2": "ab", "b3": "a"}, None, "b2", {"b1": 1}),
         # The reference's list unreadable: it holds nothing to go by, so the older ones hold what they hold.
         ({"b1": "ab", "b2": None}, "b2", None, {"b1": 2}),
         # An older one's unreadable: it holds nothing (it goes with the schedule), the next one is the holder.
