@@ -320,7 +320,8 @@ def _look_once(queue, state, queues):
         if lost:
             raise_lost(lost, [])
         return False, counts, describe(counts, queues)
-    waiting = set(OPEN) if "running" in queues else {"pending"}
+    # Tuples, not sets: a record's status may be anything (a list cannot be looked up in a set).
+    waiting = OPEN if "running" in queues else ("pending",)
     records = queue.records(seen)
     deleted = set(state["deleted"]) | queue.deleted
     # Ids a policy cleared had no record (ghosts) or keep theirs: neither is a loss.

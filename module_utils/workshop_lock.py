@@ -28,6 +28,10 @@ from ansible.module_utils.workshop_time import utc_iso
 LOCK_NAME = ".lock"
 
 
+# A lock older than this (seconds) is taken as left by a run that died on another host.
+STALE_AFTER = 21600
+
+
 def lock_path(folder):
     return os.path.join(folder, LOCK_NAME)
 
@@ -122,7 +126,7 @@ def new_owner(run_id, host=None, pid=None, purpose="", now=None):
     )
 
 
-def acquire(folder, owner, stale_after=21600, check_mode=False):
+def acquire(folder, owner, stale_after=STALE_AFTER, check_mode=False):
     """Take the lock of `folder` for `owner`; returns {acquired, held_already, taken_over, previous, warning}.
 
     Raises WorkshopError naming the live owner when another run holds it.

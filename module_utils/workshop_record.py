@@ -53,6 +53,15 @@ def _misshapen_key(record):
     for key, value in nested:
         if not isinstance(value, dict):
             return f"{key} is {_kind(value)}, not a JSON object"
+    # The backup names the phases look up (in sets and folders): text, when set.
+    names = []
+    if isinstance(backup, dict):
+        names += [("backup.name", backup.get("name")), ("backup.verify.backup", (backup.get("verify") or {}).get("backup"))]
+    if isinstance(archive, dict) and isinstance(archive.get("targets"), dict):
+        names += [(f"archive.targets.{name}.backup", entry.get("backup")) for name, entry in archive["targets"].items()]
+    for key, value in names:
+        if value is not None and not isinstance(value, str):
+            return f"{key} is {_kind(value)}, not text"
     return None
 
 

@@ -20,7 +20,7 @@ from ansible.module_utils.workshop_archive import check_present
 from ansible.module_utils.workshop_backup import MANIFEST, read_manifest, sealed_backups, trusted_members
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
-from ansible.module_utils.workshop_lock import lock_path, read_owner
+from ansible.module_utils.workshop_lock import STALE_AFTER, lock_path, owner_gone, read_owner
 from ansible.module_utils.workshop_record import read_record, unreached_targets
 from ansible.module_utils.workshop_time import epoch_of
 
@@ -384,8 +384,9 @@ def plan_host(params, now, plan, check):
     facts_of = {}
     for folder in folders:
         owner = read_owner(lock_path(folder)) if folder != current else None
-        if owner is not None:
-            # Another run holds that workshop (a backup, archive or shutdown in progress): not now.
+        if owner is not None and not owner_gone(owner, STALE_AFTER):
+            # Another run holds that workshop (a backup, archive or shutdown in progress): not now. A lock
+            # its run left behind (dead process, unreadable, or older than STALE_AFTER) holds nothing.
             why = f"another run holds the workshop's lock ({owner.get('run_id', 'unreadable lock')})"
             plan.protect("host", folder + "/", why)
             plan.locked[os.path.basename(folder.rstrip("/"))] = why

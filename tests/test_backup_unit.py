@@ -483,6 +483,8 @@ def test_an_unchanged_verification_keeps_its_record_untouched(tmp_path):
         ({"backup": ["backup-1"]}, "backup is a list, not a JSON object"),
         ({"archive": {"targets": {"nas": True}}}, "archive.targets.nas is true/false, not a JSON object"),
         ({"drain": None}, "drain is null, not a JSON object"),
+        ({"archive": {"targets": {"nas": {"backup": ["x"]}}}}, "archive.targets.nas.backup is a list, not text"),
+        ({"backup": {"name": "backup-1", "verify": {"ok": True, "backup": 1}}}, "backup.verify.backup is a number, not text"),
         ([{"backup": {}}], "its top level is a list, not a JSON object"),
     ],
 )

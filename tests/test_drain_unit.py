@@ -250,6 +250,16 @@ def test_a_pending_job_deleted_by_the_platform_is_counted_when_its_event_was_see
     assert drained and state["deleted"] == [job_id]
 
 
+def test_a_record_whose_status_is_not_text_does_not_stop_the_drain(client, platform, queue):
+    """A record of another shape (a status that is a list) is neither open nor done: looked past, not a crash."""
+    job_id = platform.submit()
+    for step in platform.take() + platform.finish(job_id):
+        step()
+    client.set("job:odd", json.dumps({"id": "odd", "user_id": "user001", "status": ["pending"]}))
+    drained, _counts, why = look(queue, fresh(queue), BOTH)
+    assert drained is True, why
+
+
 def test_the_state_survives_a_json_round_trip(client, platform, queue):
     job_id = platform.submit()
     state = fresh(queue)

@@ -18,6 +18,7 @@ from ansible.module_utils import workshop_retention
 from ansible.module_utils.workshop_archive import Progress, backup_entries, copy_backup, make_target, record_archive
 from ansible.module_utils.workshop_backup import backup_name, seal, write_archive, write_members
 from ansible.module_utils.workshop_cleanup import write_yearly
+from ansible.module_utils.workshop_lock import this_host
 from ansible.module_utils.workshop_record import read_record, record_backup, save_record
 from ansible.module_utils.workshop_retention import DEFAULT_SCHEDULE, check_schedule
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
@@ -270,6 +271,11 @@ def test_another_workshop_whose_lock_another_run_holds_is_left_alone(tmp_path, n
     assert [item["why"] for item in result["protected"] if item["where"] == "nas" and names[0] in item["path"]] == [
         "another run holds the workshop's lock (ctl-4242-backup) on the host: not now"
     ]
+    # A lock its run left behind (its process on this host is gone) holds nothing: the plan goes on.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (folder / ".lock").write_text(json.dumps({"run_id": "crashed-run-backup", "host": this_host(), "pid": dead.pid}))
+    assert {i["path"].split("/")[-2] for i in run_main("retention_enforce", args, capsys)["deleted"]} >= {names[0]}
     # Without the lock, the same plan deletes the old backup.
     (folder / ".lock").unlink()
     assert {i["path"].split("/")[-2] for i in run_main("retention_enforce", args, capsys)["deleted"]} >= {names[0]}
