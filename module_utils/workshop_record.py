@@ -41,7 +41,7 @@ def _misshapen_key(record):
     read whatever else a section holds (backup.verify, archive.targets and each target's entry)."""
     if not isinstance(record, dict):
         return f"its top level is {_kind(record)}, not a JSON object"
-    nested = [(f"{name}", value) for name, value in record.items()]
+    nested = list(record.items())  # JSON's names are text
     backup, archive = record.get("backup"), record.get("archive")
     if isinstance(backup, dict) and "verify" in backup:
         nested.append(("backup.verify", backup["verify"]))

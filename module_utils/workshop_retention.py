@@ -416,7 +416,7 @@ def _plan_workshop(facts, schedule, now, plan, check):
             }[name]
             plan.protect("host", path + ("/" if os.path.isdir(path) else ""), why)
     limit = schedule["backups"]
-    holders = last_output_holders(facts, check.members)
+    holders = _UNASKED  # the last holders of outputs: worked out once, and only when a backup is past its age
     for backup in facts["sealed"]:
         created = backup_epoch(backup)
         path = os.path.join(folder, backup) + "/"
@@ -439,6 +439,8 @@ def _plan_workshop(facts, schedule, now, plan, check):
                 "host", path, "no verified backup of the workshop is known (run record backup.verify): nothing of it is deleted"
             )
             continue
+        if holders is _UNASKED:
+            holders = last_output_holders(facts, check.members)
         if backup in holders:
             plan.protect("host", path, _last_holder_why(facts, holders[backup]))
             continue
@@ -585,8 +587,7 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True, members=b
         newest = backups[-1]
         facts = facts_by_id.get(workshop)
         reference = _reference_backup(facts) if facts else None
-        holders = last_output_holders(facts, members, among=set(backups)) if facts else {}
-        newest_not_whole = _UNASKED  # asked once, and only when an older copy is due
+        holders = newest_not_whole = _UNASKED  # each worked out once, and only when an older copy is due
         for backup in backups:
             where = store.where(workshop, backup)
             created = backup_epoch(backup)
@@ -601,6 +602,8 @@ def plan_target(store, facts_by_id, schedule, now, plan, backups=True, members=b
                 continue
             if created is None or age_days(now, created) <= limit:
                 continue
+            if holders is _UNASKED:
+                holders = last_output_holders(facts, members, among=set(backups)) if facts else {}
             if backup in holders:
                 plan.protect(name, where, _last_holder_why(facts, holders[backup], name, reference in backups))
                 continue
