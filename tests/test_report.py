@@ -57,8 +57,12 @@ def load_loadgen():
 
 @pytest.fixture(scope="module")
 def history(staging_workshop, rdb):
-    """An empty workshop, then a job history this test controls, played to its end and backed up."""
+    """An empty workshop, then a job history this test controls, played to its end and backed up.
+
+    The workshop's folder goes first: what an earlier run left in it (`make demo` plays slot 0's
+    workshop "staging" through readiness) would be read back into the report as this history's."""
     empty_staging(rdb)
+    shutil.rmtree(REPORTS, ignore_errors=True)
     workflows = load_loadgen().load_workflows(REPO / "roles/staging_workshop/files/workflows")
     submitted = {}
     for user, name, behaviour in PLAN:
