@@ -142,7 +142,7 @@ def test_killed_upload_resumes_altered_object_is_caught_and_down_volumes_needs_t
     process = subprocess.Popen(
         ["ansible-playbook", "playbooks/archive.yml", "-e", f"@{vars_file}", "-e", f"workshop_id={workshop_id}"],
         cwd=REPO,
-        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), **S3_ENV},
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "TMPDIR": str(tmp_path), **S3_ENV},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -67,7 +67,10 @@ def descendants(pid):
 
 
 def kill_tree(pid):
-    """SIGKILL `pid` and everything it started, at once: a run dying as a host loses power."""
+    """SIGKILL `pid` and everything it started, at once: a run dying as a host loses power.
+
+    Give the killed run TMPDIR=<the test's folder>: a killed module leaves its payload folder
+    (/tmp/ansible_<module>_payload_*) behind, as on any host, and the test's folder is removed."""
     for each in [pid, *descendants(pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(each, signal.SIGKILL)
@@ -158,7 +161,7 @@ def test_s3_upload_killed_mid_file_resumes_with_the_parts_already_sent(tmp_path,
     )
     backup_dir, name, record = make_backup(tmp_path, big=80 << 20)
     args = json.dumps(s3_args(s3server, backup_dir, record))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), TMPDIR=str(tmp_path))
     command = ["ansible", "workshop", "-i", str(REPO / "inventory" / "local"), "-m", "archive_copy", "-a", args]
     client = s3server.client()
     key = remote_key("comfy", WORKSHOP, name, "outputs.tar")

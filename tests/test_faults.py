@@ -395,7 +395,7 @@ def test_share_playbook_killed_mid_build_then_rerun_sends_each_participant_one_e
         (outputs / user / "big.png").write_bytes(os.urandom(16 << 20))  # time for the kill to land mid-build
     before = tree(outputs)
     archives = site["tmp"] / "backups" / "ws-share" / "share"
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "TMPDIR": str(site["tmp"])}
     command = ["ansible-playbook", str(REPO / "playbooks" / "share.yml"), "-e", site["vars"]]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(
