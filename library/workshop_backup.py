@@ -363,7 +363,7 @@ def plan(params, check_mode):
     sealed = sealed_backups(backup_dir)
     latest = sealed[-1] if sealed else None
     latest_dir = os.path.join(backup_dir, latest) if latest else None
-    manifest = read_manifest(latest_dir) if latest else {}
+    manifest = _latest_manifest(latest_dir, warnings) if latest else {}
     record = _run_record(params)
     # A newest backup whose verification or restore test failed is no backup to rely on: a new one,
     # whatever changed (as the checklist asks).
@@ -394,6 +394,16 @@ def plan(params, check_mode):
         outputs=outputs,
         warnings=warnings,
     )
+
+
+def _latest_manifest(latest_dir, warnings):
+    """read_manifest, or {} with a warning: a newest backup whose manifest cannot be read is no backup to
+    rely on, so a new one is made beside it (the day the newest backup is damaged is no day to refuse one)."""
+    try:
+        return read_manifest(latest_dir)
+    except WorkshopError as exc:
+        warnings.append(f"{exc}: that backup cannot be relied on, so a new one is made; it is left as it is")
+        return {}
 
 
 def _same_data(stored, fingerprint):

@@ -495,9 +495,12 @@ def read_manifest(folder, from_disk=False):
         with open(os.path.join(folder, MANIFEST), encoding="utf-8") as manifest:
             if from_disk:
                 drop_cache(manifest.fileno())
-            return json.load(manifest)
+            content = json.load(manifest)
     except (OSError, ValueError) as exc:
         raise WorkshopError(f"Cannot read {os.path.join(folder, MANIFEST)}: {exc}", path=folder) from None
+    if not isinstance(content, dict):
+        raise WorkshopError(f"Cannot read {os.path.join(folder, MANIFEST)}: it is not a JSON object", path=folder)
+    return content
 
 
 def stale_partials(backup_dir):

@@ -98,11 +98,11 @@ def test_the_manifest_lists_every_file_and_the_configuration_is_owner_only(seale
     assert set(manifest["files"]) == {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"MANIFEST.json"}
 
 
-def test_a_second_run_changes_nothing_and_changed_data_makes_a_new_backup(workshop_id, rdb):
+def test_a_second_run_changes_nothing_and_changed_data_or_an_unreadable_manifest_makes_a_new_backup(workshop_id, rdb):
     backup(workshop_id)
     again = backup(workshop_id)
     assert again.changed() == 0, again.output
-    assert len(backups(workshop_id)) == 1
+    [first] = backups(workshop_id)
 
     job = submit("user002", metadata={"staging": {"duration": 0.1, "succeed": True}})
     wait_for_status(rdb, job, {"completed"})
@@ -112,6 +112,16 @@ def test_a_second_run_changes_nothing_and_changed_data_makes_a_new_backup(worksh
     first, second = backups(workshop_id)
     assert first.name < second.name  # a new folder; the first is untouched
     assert json.loads((first / "MANIFEST.json").read_text())["name"] == first.name
+
+    # Nothing changed, but the newest backup's MANIFEST cannot be read (cut short): it is no backup to
+    # rely on, so a new one is made beside it, which is left exactly as it is.
+    garbled = (second / "MANIFEST.json").read_bytes()[:40]
+    (second / "MANIFEST.json").write_bytes(garbled)
+    time.sleep(1)
+    anew = backup(workshop_id)
+    assert anew.changed() > 0 and backups(workshop_id)[:2] == [first, second] and len(backups(workshop_id)) == 3, anew.output
+    assert f"Cannot read {second / 'MANIFEST.json'}" in anew.text and "a new one is made" in anew.text
+    assert (second / "MANIFEST.json").read_bytes() == garbled
 
 
 def test_outputs_that_only_went_since_the_newest_backup_make_no_new_one(workshop_id):

@@ -4,6 +4,7 @@ verification down to the archive member, and snapshot completion read from Redis
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from ansible.module_utils.workshop_backup import (
     check_outputs_dir,
     free_space,
     only_removed_since,
+    read_manifest,
     seal,
     tree_fingerprint,
     verify_folder,
@@ -822,3 +824,16 @@ def test_a_newest_backup_whose_verification_or_restore_test_failed_is_never_reli
     assert not module._failed_checks({"backup": {"verify": {"backup": older, "ok": False}}}, name)
     assert not module._failed_checks({"restore_test": {"backup": older, "ok": False}}, name)
     assert not module._failed_checks({}, name) and not module._failed_checks({"backup": "?"}, None)
+
+
+@pytest.mark.parametrize("content", ['{"name": "backup-2026', "[]", '"text"'], ids=["cut short", "a list", "a string"])
+def test_a_newest_manifest_that_cannot_be_read_makes_a_new_backup_with_a_warning_naming_it(planner, content):
+    module, _params, _stored, latest, _outputs, _tmp = planner
+    (latest / "MANIFEST.json").write_text(content)
+    with pytest.raises(WorkshopError, match=re.escape(f"Cannot read {latest / 'MANIFEST.json'}")):
+        read_manifest(str(latest))
+    warnings = []
+    assert module._latest_manifest(str(latest), warnings) == {}
+    [warning] = warnings
+    assert str(latest / "MANIFEST.json") in warning and "a new one is made" in warning
+    assert (latest / "MANIFEST.json").read_text() == content
