@@ -28,6 +28,19 @@ class RedisRefused(WorkshopError):
     allowed, a wrong type. Callers that can do without the command catch this, and only this."""
 
 
+def _no_retries():
+    """redis-py 6 and later retry a refused connection, and a refused password (an AuthenticationError is a
+    ConnectionError there), three times with backoff: a wrong password was named after 3.4 s. The modules
+    wait and read again where they mean to; one try is also what Ubuntu 22.04's redis-py 3.5 does, which
+    has no Retry to give."""
+    try:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        return {}
+    return {"retry": Retry(NoBackoff(), 0)}
+
+
 class WorkshopRedis:
     """A Redis client for the workshop's queue whose errors name host, port and what to do."""
 
@@ -35,6 +48,7 @@ class WorkshopRedis:
         self.host = host
         self.port = port
         self.password_source = password_source
+        self.password_given = bool(password)
         self.watch_error = redis.WatchError
         self.client = redis.Redis(
             host=host,
@@ -44,6 +58,7 @@ class WorkshopRedis:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,
+            **_no_retries(),
         )
 
     @classmethod
@@ -70,15 +85,17 @@ class WorkshopRedis:
         """Run a client or pipeline call; Redis errors become WorkshopError naming the address."""
         try:
             return function(*args, **kwargs)
-        except redis.AuthenticationError:
-            raise WorkshopError(
-                f"Redis at {self.address} refused the password: check {self.password_source} (wrong password)",
-                redis=self.address,
-            ) from None
-        except redis.ResponseError as exc:
-            if "NOAUTH" in str(exc):
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            # NOAUTH is an AuthenticationError from redis-py 4 on, a ResponseError before.
+            if isinstance(exc, redis.AuthenticationError) and self.password_given:
                 raise WorkshopError(
-                    f"Redis at {self.address} requires a password: set env_file to the workshop's .env",
+                    f"Redis at {self.address} refused the password: check {self.password_source} (wrong password)",
+                    redis=self.address,
+                ) from None
+            if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc):
+                raise WorkshopError(
+                    f"Redis at {self.address} requires a password and none was given: set env_file to the "
+                    f"workshop's .env (or check {self.password_source})",
                     redis=self.address,
                 ) from None
             raise RedisRefused(f"Redis at {self.address} answered an error: {exc}", redis=self.address) from None

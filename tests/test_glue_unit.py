@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import redis
 from ansible.module_utils.testing import patch_module_args
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_redis import WorkshopRedis
@@ -105,6 +106,22 @@ def test_rdb_location_says_wrong_password_and_names_the_env_key_but_none_where_c
     assert raised.value.msg == (
         f"Redis at 127.0.0.1:{port_of(client)} refused the password: check REDIS_PASSWORD in /srv/.env (wrong password)"
     )
+
+
+def test_a_wrong_or_missing_password_is_named_after_one_try_not_after_retries(tmp_path):
+    """redis-py 6 and later tried a refused password four times, with backoff (3.4 s): counted by Redis itself."""
+    with running_redis(tmp_path) as client:
+        client.config_set("requirepass", "right")
+        admin = redis.Redis(host="127.0.0.1", port=port_of(client), password="right", decode_responses=True)
+        for password, expected in (("wrong", "refused the password"), (None, "requires a password and none was given")):
+            conn = WorkshopRedis("127.0.0.1", port_of(client), password=password, password_source="REDIS_PASSWORD in /srv/.env")
+            before = admin.info("stats")["total_connections_received"]
+            with pytest.raises(WorkshopError) as raised:
+                conn.queue_counts()
+            assert admin.info("stats")["total_connections_received"] - before == 1
+            assert raised.value.msg.startswith(f"Redis at 127.0.0.1:{port_of(client)} {expected}")
+            assert "REDIS_PASSWORD in /srv/.env" in raised.value.msg
+        admin.close()
 
 
 def test_rdb_location_raises_when_redis_does_not_answer(tmp_path):

@@ -803,7 +803,7 @@ def test_a_redis_error_in_a_reader_process_fails_naming_the_server(tmp_path, mon
         monkeypatch.setattr(workshop_metrics, "job_keys", keys_then_a_password)
         with pytest.raises(WorkshopError) as failed:
             redis_metrics(conn, [], processes=2)
-    assert failed.value.msg.startswith(f"Redis at 127.0.0.1:{conn.port} refused the password")
+    assert failed.value.msg.startswith(f"Redis at 127.0.0.1:{conn.port} requires a password and none was given")
     assert failed.value.context == {"redis": f"127.0.0.1:{conn.port}"}
 
 
