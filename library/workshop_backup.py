@@ -518,7 +518,7 @@ def verify(params, check_mode):
     recorded_backup = _recorded_backup(_run_record(params))
     earlier = recorded_backup.get("verify") or {}
     same = earlier.get("backup") == name and earlier.get("signature") == signature
-    reused = bool(params["reuse_unchanged"] and earlier.get("ok") and same)
+    reused = bool(params["reuse_unchanged"] and earlier.get("ok") is True and same)
     failures = [] if reused else verify_folder(folder, check_rdb=verify_rdb)
     manifest = read_manifest(folder)
     adopted = False

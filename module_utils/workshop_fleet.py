@@ -27,7 +27,7 @@ def fleet_entry(record_path, report_dir):
         "jobs_failed": counts.get("failed"),
         "backup": backup.get("name"),
         # Verified means the record's verification is of the newest backup and found nothing wrong.
-        "backup_verified": bool(verify.get("ok")) and verify.get("backup") == backup.get("name") if verify else None,
+        "backup_verified": verify.get("ok") is True and verify.get("backup") == backup.get("name") if verify else None,
         "archived": sorted(
             name
             for name, target in targets.items()

@@ -34,39 +34,59 @@ def read_record(path):
     return record
 
 
-def _misshapen_key(record):
-    """The first key of `record` that should hold a JSON object and does not, as a phrase; None when none.
+# The values the phases, the checklist and the fleet summary read, by key ("*": every entry of an
+# object), and what each is when set (null always passes): a hand edit of another type is named here
+# instead of failing somewhere later ("'list' object has no attribute 'get'") or passing for what it
+# is not (the text "false" is truthy).
+_TYPED_KEYS = (
+    ("backup.verify", dict),
+    ("archive.targets", dict),
+    ("archive.targets.*", dict),
+    ("backup.name", str),
+    ("backup.verify.backup", str),
+    ("backup.verify.ok", bool),
+    ("archive.targets.*.backup", str),
+    ("archive.targets.*.verified", bool),
+    ("drain.drained", bool),
+    ("drain.final_time", str),
+    ("drain.total_jobs", int),
+    ("drain.counts_at_end", dict),
+    ("share.participants", dict),
+)
+_KINDS = {dict: "a JSON object", str: "text", bool: "true or false", int: "a whole number"}
 
-    Every section (drain, backup, archive, ...) is an object, and so are the entries that the phases
-    read whatever else a section holds (backup.verify, archive.targets and each target's entry)."""
+
+def _misshapen_key(record):
+    """The first key of `record` of another kind than the phases write, as a phrase; None when none.
+
+    Every section (drain, backup, archive, ...) is a JSON object, and so is each value _TYPED_KEYS reads."""
     if not isinstance(record, dict):
         return f"its top level is {_kind(record)}, not a JSON object"
-    nested = list(record.items())  # JSON's names are text
-    backup, archive = record.get("backup"), record.get("archive")
-    if isinstance(backup, dict) and "verify" in backup:
-        nested.append(("backup.verify", backup["verify"]))
-    if isinstance(archive, dict) and "targets" in archive:
-        targets = archive["targets"]
-        nested.append(("archive.targets", targets))
-        if isinstance(targets, dict):
-            nested += [(f"archive.targets.{name}", entry) for name, entry in targets.items()]
-    for key, value in nested:
+    for key, value in record.items():  # JSON's names are text
         if not isinstance(value, dict):
             return f"{key} is {_kind(value)}, not a JSON object"
-    # The backup names the phases look up (in sets and folders): text, when set.
-    names = []
-    if isinstance(backup, dict):
-        names += [("backup.name", backup.get("name")), ("backup.verify.backup", (backup.get("verify") or {}).get("backup"))]
-    if isinstance(archive, dict) and isinstance(archive.get("targets"), dict):
-        names += [(f"archive.targets.{name}.backup", entry.get("backup")) for name, entry in archive["targets"].items()]
-    for key, value in names:
-        if value is not None and not isinstance(value, str):
-            return f"{key} is {_kind(value)}, not text"
+    for path, kind in _TYPED_KEYS:
+        for key, value in _values_at(record, path.split(".")):
+            # bool is an int to Python; a count of true is no count.
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                return f"{key} is {_kind(value)}, not {_KINDS[kind]}"
     return None
 
 
+def _values_at(node, parts, prefix=""):
+    """(key, value) of every value at the path `parts` below `node` ("*" for every entry), where it exists."""
+    if not parts:
+        return [(prefix, node)]
+    if not isinstance(node, dict):
+        return []
+    part, rest = parts[0], parts[1:]
+    names = list(node) if part == "*" else [part] if part in node else []
+    return [found for name in names for found in _values_at(node[name], rest, f"{prefix}.{name}" if prefix else name)]
+
+
 def _kind(value):
-    return {str: "text", list: "a list", bool: "true/false", type(None): "null"}.get(type(value), "a number")
+    kinds = {str: "text", list: "a list", dict: "a JSON object", bool: "true/false", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def unreached_targets(section):

@@ -488,6 +488,14 @@ def test_an_unchanged_verification_keeps_its_record_untouched(tmp_path):
         ({"archive": {"targets": {"nas": {"backup": ["x"]}}}}, "archive.targets.nas.backup is a list, not text"),
         ({"backup": {"name": "backup-1", "verify": {"ok": True, "backup": 1}}}, "backup.verify.backup is a number, not text"),
         ([{"backup": {}}], "its top level is a list, not a JSON object"),
+        # Values the phases read: the text "false" would pass for a verification, a number crash the summary.
+        ({"backup": {"verify": {"ok": "false", "backup": "backup-1"}}}, "backup.verify.ok is text, not true or false"),
+        ({"drain": {"final_time": 12345}}, "drain.final_time is a number, not text"),
+        ({"drain": {"total_jobs": "lots"}}, "drain.total_jobs is text, not a whole number"),
+        ({"drain": {"total_jobs": True}}, "drain.total_jobs is true/false, not a whole number"),
+        ({"drain": {"counts_at_end": [1, 2]}}, "drain.counts_at_end is a list, not a JSON object"),
+        ({"share": {"participants": "x"}}, "share.participants is text, not a JSON object"),
+        ({"archive": {"targets": {"nas": {"verified": "yes"}}}}, "archive.targets.nas.verified is text, not true or false"),
     ],
 )
 def test_a_hand_edited_run_record_of_another_shape_is_named_and_left_as_it_is(tmp_path, record, named):
