@@ -192,7 +192,6 @@ volume:
   type: dict
 """
 
-import hashlib
 import io
 import json
 import os
@@ -210,7 +209,7 @@ from ansible.module_utils.workshop_backup import (
     sha256_file,
     verify_folder,
 )
-from ansible.module_utils.workshop_compose import ComposeProject, normalize_project_name
+from ansible.module_utils.workshop_compose import ComposeProject, normalize_project_name, tree_digests
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
@@ -396,24 +395,65 @@ def _project_name(params, folder):
     return normalize_project_name(from_env or os.path.basename(os.path.normpath(params["dest"])))
 
 
-def _volume_state(client, name, image, rdb_sha):
-    """(exists, holds exactly the backup's dump.rdb and an AOF), read through a container that is never started."""
+# What a restore left in the Redis volume: the backup and every file's sha256. The workshop's Redis loads
+# its AOF, which changes as soon as it writes; the dump.rdb beside it does not, so it alone proves nothing.
+RESTORE_NOTE = ".comfy-wrapup-restore.json"
+
+
+def _probe(client, image, volume, mode):
+    """A container on `volume` at /data that is never started: Docker reads and writes its files."""
+    return client.containers.create(
+        image, command=["true"], volumes={volume: {"bind": "/data", "mode": mode}}, network_mode="none"
+    )
+
+
+def _volume_state(client, name, image, note):
+    """(exists, holds exactly what the restore of `note`'s backup left there: its note and the same files)."""
     try:
         client.volumes.get(name)
     except docker.errors.NotFound:
         return False, False
-    probe = client.containers.create(
-        image, command=["true"], volumes={name: {"bind": "/data", "mode": "ro"}}, network_mode="none"
-    )
+    probe = _probe(client, image, name, "ro")
     try:
+        files = tree_digests(probe, "/data")
         try:
-            stream, _stat = probe.get_archive("/data/dump.rdb")
+            stream, _stat = probe.get_archive(f"/data/{RESTORE_NOTE}")
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                data = tar.extractfile(tar.next()).read()
-            probe.get_archive("/data/appendonlydir")[0].close()
-        except docker.errors.NotFound:
+                kept = json.loads(tar.extractfile(tar.next()).read())
+        except (docker.errors.NotFound, ValueError, AttributeError):
             return True, False
-        return True, hashlib.sha256(data).hexdigest() == rdb_sha
+    finally:
+        probe.remove(force=True, v=True)
+    files.pop(RESTORE_NOTE, None)
+    return True, kept == dict(note, files=files)
+
+
+def _clear_redis_files(client, name, image):
+    """Remove what a Redis left in the volume before the backup's data goes in: its AOF above all, which it
+    loads instead of dump.rdb (a rewrite would leave the old files behind, for Redis to delete at its next start)."""
+    try:
+        client.containers.run(
+            image,
+            ["sh", "-c", f"rm -rf /data/appendonlydir /data/dump.rdb /data/{RESTORE_NOTE}"],
+            volumes={name: {"bind": "/data", "mode": "rw"}},
+            network_mode="none",
+            remove=True,
+        )
+    except docker.errors.DockerException as exc:
+        raise WorkshopError(f"Cannot empty the Redis files of the volume {name}: {exc}", volume=name) from None
+
+
+def _keep_note(client, name, image, note):
+    """Write the restore's note into the volume, with the sha256 of every file the restore left there."""
+    probe = _probe(client, image, name, "rw")
+    try:
+        text = json.dumps(dict(note, files=tree_digests(probe, "/data")), sort_keys=True).encode()
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo(RESTORE_NOTE)
+            info.size, info.mode, info.mtime = len(text), 0o600, int(time.time())
+            tar.addfile(info, io.BytesIO(text))
+        probe.put_archive("/data", archive.getvalue())
     finally:
         probe.remove(force=True, v=True)
 
@@ -451,7 +491,8 @@ def recover(params, check_mode):
     ]
     config = [relpath for relpath in config if not relpath.endswith(".vault")]
     occupied = os.path.isdir(dest) and bool(os.listdir(dest))
-    exists, same_volume = _volume_state(client, volume, image, manifest["files"][RDB_FILE]["sha256"])
+    note = dict(backup=os.path.basename(folder), rdb_sha256=manifest["files"][RDB_FILE]["sha256"])
+    exists, same_volume = _volume_state(client, volume, image, note)
     if (occupied or exists) and (not params["workshop_id"] or params["confirm"] != params["workshop_id"]):
         what = " and ".join(([f"{dest} is not empty"] if occupied else []) + ([f"the volume {volume} exists"] if exists else []))
         raise WorkshopError(
@@ -531,6 +572,7 @@ def recover(params, check_mode):
         compared += 1
     if not same_volume:
         _create_volume(client, volume, project_name, params["redis_volume"])
+        _clear_redis_files(client, volume, image)
         found, keys, queues, image_facts = _load_and_compare(
             client,
             image,
@@ -547,6 +589,7 @@ def recover(params, check_mode):
                 volume=volume,
                 failures=found,
             )
+        _keep_note(client, volume, image, note)
         result.update(keys=keys, queues=queues, image=image_facts)
     result["files_compared"] = compared
     return result

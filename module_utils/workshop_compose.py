@@ -283,6 +283,27 @@ class ComposeProject:
         raise WorkshopError(f"{path} in {container.name} is not a file", container=container.name, path=path)
 
 
+def tree_digests(container, path):
+    """{path relative to `path`: sha256} of every file under `path` in `container` (a stopped one too,
+    its volumes included), streamed from the Docker API without a copy on disk."""
+    import hashlib
+    import tarfile
+
+    digests = {}
+    try:
+        stream, _stat = container.get_archive(path)
+        with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
+            for info in tar:
+                if info.isfile():
+                    digest, source = hashlib.sha256(), tar.extractfile(info)
+                    for block in iter(lambda src=source: src.read(1 << 20), b""):
+                        digest.update(block)
+                    digests[info.name.partition("/")[2]] = digest.hexdigest()
+    except docker.errors.DockerException as exc:
+        raise WorkshopError(f"Cannot read {path} in {container.name}: {exc}", container=container.name, path=path) from None
+    return digests
+
+
 class _ChunkReader:
     """A file-like reader over the byte chunks the Docker API streams."""
 

@@ -230,8 +230,8 @@ return cjson.encode(out)
 """
 
 
-def _volume_keys(engine, image, volume):
-    """The keys a Redis with AOF on (as the workshop runs it) loads from `volume`."""
+def _volume_keys(engine, image, volume, *commands):
+    """The keys a Redis with AOF on (as the workshop runs it) loads from `volume`, after `commands` (redis-cli's)."""
     server = engine.containers.run(
         image,
         ["redis-server", "--dir", "/data", "--appendonly", "yes", "--save", ""],
@@ -244,6 +244,8 @@ def _volume_keys(engine, image, volume):
         while server.exec_run(["redis-cli", "PING"]).output.strip() != b"PONG":
             assert time.monotonic() < deadline, server.logs().decode()
             time.sleep(0.2)
+        for command in commands:
+            server.exec_run(["redis-cli", *command])
         return json.loads(server.exec_run(["redis-cli", "EVAL", DUMP_KEYS, "0"]).output)
     finally:
         server.remove(force=True, v=True)
@@ -276,6 +278,15 @@ def test_restore_into_a_new_project_restores_the_bytes_and_the_redis_keys(worksh
 
     again = restore(workshop_id, dest, name, restore_confirm=workshop_id)
     assert again.changed() == 0, again.output
+
+    # The workshop's Redis ran on the volume and wrote (into its AOF; dump.rdb stays as restored): the
+    # volume no longer holds the backup's data, and the next restore puts it back.
+    written = _volume_keys(engine, redis.attrs["Image"], volume, ["SET", "written-since", "1"], ["DEL", "queue:completed"])
+    assert "written-since" in written and "queue:completed" not in written
+    fixed = restore(workshop_id, dest, name, restore_confirm=workshop_id)
+    assert fixed.changed() == 1 and f"docker volume {volume}" in fixed.output, fixed.output
+    assert _volume_keys(engine, redis.attrs["Image"], volume) == restored
+    assert restore(workshop_id, dest, name, restore_confirm=workshop_id).changed() == 0
 
 
 def test_restore_refuses_a_non_empty_target_without_the_confirmation(sealed_copy, workshop_id, engine, target):
