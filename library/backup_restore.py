@@ -205,6 +205,7 @@ from ansible.module_utils.workshop_backup import (
     MANIFEST,
     archives_of,
     describe_failures,
+    free_space,
     read_manifest,
     sha256_file,
     verify_folder,
@@ -377,6 +378,40 @@ def _route(member_path, dest_dirs, archive):
     return os.path.join(dest_dirs[top], rest) if rest else dest_dirs[top]
 
 
+def _refuse_overlap(folder, targets):
+    """A target inside the workshop's backups, or holding them (/ for one), would write into sealed backups."""
+    backups = os.path.realpath(os.path.dirname(folder))
+    for target in targets:
+        real = os.path.realpath(target)
+        common = os.path.commonpath([real, backups])
+        if common in (real, backups):
+            raise WorkshopError(
+                f"{target} is {'inside' if common == backups else 'around'} the workshop's backups ({backups}): "
+                "restore into a project folder of its own; nothing was written",
+                path=target,
+            )
+
+
+def _left_as_they_are(dest_dirs, finals, backup):
+    """A warning naming the files under the folders the restore fills that the backup does not hold."""
+    planned = set(finals)
+    extra = sorted(
+        os.path.join(top, name)
+        for root in sorted(set(dest_dirs.values()))
+        if os.path.isdir(root)
+        for top, _dirs, names in os.walk(root)
+        for name in names
+        if os.path.join(top, name) not in planned
+    )
+    if not extra:
+        return []
+    shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+    return [
+        f"{len(extra)} files are not in {backup} and were left as they are ({shown}): remove them if the "
+        "folders should hold the backup's files only"
+    ]
+
+
 def _same_file(path, member):
     return (
         os.path.isfile(path)
@@ -463,7 +498,8 @@ def recover(params, check_mode):
         if not params[needed]:
             raise WorkshopError(f"state=restored needs {needed}")
     folder = _backup_folder(params)
-    dest = params["dest"].rstrip("/")
+    dest = params["dest"].rstrip("/") or "/"
+    _refuse_overlap(folder, [dest, *params["dest_dirs"].values()])
     failures = verify_folder(folder, check_rdb=verify_rdb)
     if failures:
         raise WorkshopError(
@@ -493,21 +529,6 @@ def recover(params, check_mode):
     occupied = os.path.isdir(dest) and bool(os.listdir(dest))
     note = dict(backup=os.path.basename(folder), rdb_sha256=manifest["files"][RDB_FILE]["sha256"])
     exists, same_volume = _volume_state(client, volume, image, note)
-    if (occupied or exists) and (not params["workshop_id"] or params["confirm"] != params["workshop_id"]):
-        what = " and ".join(([f"{dest} is not empty"] if occupied else []) + ([f"the volume {volume} exists"] if exists else []))
-        raise WorkshopError(
-            f"{what}: a restore there overwrites what it holds. To confirm, set restore_confirm={params['workshop_id']}; "
-            "nothing was written",
-            path=dest,
-            volume=volume,
-        )
-    running = [c.name for c in client.containers.list(filters={"label": f"com.docker.compose.project={project_name}"})]
-    if running:
-        raise WorkshopError(
-            f"Containers of compose project {project_name} are running ({', '.join(sorted(running))}): stop them first; "
-            "nothing was written",
-            project=project_name,
-        )
     to_write = []
     unchanged = 0
     for archive, member, final in plan:
@@ -529,6 +550,30 @@ def recover(params, check_mode):
     written = [final for _a, _m, final in to_write] + [final for _r, final in config_write]
     if not same_volume:
         written.append(f"docker volume {volume}: {RDB_FILE}, loaded with AOF off, then a fresh AOF")
+    # Asked only when there is something to write: a re-run on what is restored already changes nothing.
+    if written and (occupied or exists) and (not params["workshop_id"] or params["confirm"] != params["workshop_id"]):
+        what = " and ".join(([f"{dest} is not empty"] if occupied else []) + ([f"the volume {volume} exists"] if exists else []))
+        raise WorkshopError(
+            f"{what}: a restore there overwrites what it holds. To confirm, set restore_confirm={params['workshop_id']}; "
+            "nothing was written",
+            path=dest,
+            volume=volume,
+        )
+    running = [c.name for c in client.containers.list(filters={"label": f"com.docker.compose.project={project_name}"})]
+    if written and running:
+        raise WorkshopError(
+            f"Containers of compose project {project_name} are running ({', '.join(sorted(running))}): stop them first; "
+            "nothing was written",
+            project=project_name,
+        )
+    warnings += _left_as_they_are(params["dest_dirs"], [final for _a, _m, final in plan], os.path.basename(folder))
+    env_file = os.path.join(folder, "config", ".env")
+    env_project = read_dotenv(env_file).get("COMPOSE_PROJECT_NAME") if "config/.env" in config else None
+    if env_project and normalize_project_name(env_project) != project_name:
+        warnings.append(
+            f"The restored .env says COMPOSE_PROJECT_NAME={env_project}: docker compose in {dest} uses that project "
+            f"and its volume, not {volume}; set COMPOSE_PROJECT_NAME={project_name} in {dest}/.env"
+        )
     result = dict(
         backup=os.path.basename(folder),
         path=folder,
@@ -541,6 +586,54 @@ def recover(params, check_mode):
     )
     if check_mode or not written:
         return result
+    # Each archive with a member to write is extracted whole next to its place, then its members moved.
+    needed = sum(m["size"] for a in {a for a, _m, _f in to_write} for m in archives[a] if "size" in m)
+    needed += sum(manifest["files"][relpath]["size"] for relpath, _final in config_write)
+    free = free_space(dest)
+    if free < needed:
+        raise WorkshopError(
+            f"Not enough space to restore into {dest}: about {needed >> 20} MiB needed, {free >> 20} MiB free; "
+            "free space or choose another folder; nothing was written",
+            path=dest,
+            needed_bytes=needed,
+            free_bytes=free,
+        )
+    try:
+        compared = _write_files(folder, dest, archives, to_write, config_write, manifest)
+    except OSError as exc:
+        raise WorkshopError(
+            f"Cannot restore into {exc.filename or dest}: {exc.strerror}. What was moved into place stays; fix it and "
+            f"run again with restore_confirm={params['workshop_id']} (files already equal to the backup are left alone)",
+            path=exc.filename or dest,
+        ) from None
+    if not same_volume:
+        _create_volume(client, volume, project_name, params["redis_volume"])
+        _clear_redis_files(client, volume, image)
+        found, keys, queues, image_facts = _load_and_compare(
+            client,
+            image,
+            label,
+            os.path.join(folder, RDB_FILE),
+            manifest.get("redis") or {},
+            params["load_timeout"],
+            volume=volume,
+            enable_aof=True,
+        )
+        if found:
+            raise WorkshopError(
+                f"The Redis data loaded into {volume} differs from the backup: {'; '.join(describe_failures(found))}",
+                volume=volume,
+                failures=found,
+            )
+        _keep_note(client, volume, image, note)
+        result.update(keys=keys, queues=queues, image=image_facts)
+    result["files_compared"] = compared
+    return result
+
+
+def _write_files(folder, dest, archives, to_write, config_write, manifest):
+    """Put the backup's files in place: each archive extracted into a temporary folder in dest, checked
+    against the manifest, its members moved into place; the configuration copied. Returns how many were compared."""
     os.makedirs(dest, mode=0o755, exist_ok=True)
     compared = 0
     for archive in sorted({a for a, _m, _f in to_write}):
@@ -570,29 +663,7 @@ def recover(params, check_mode):
             if sha256_file(target.tmp) != manifest["files"][relpath]["sha256"]:
                 raise WorkshopError(f"{relpath} changed while copied to {final}: run again", path=final)
         compared += 1
-    if not same_volume:
-        _create_volume(client, volume, project_name, params["redis_volume"])
-        _clear_redis_files(client, volume, image)
-        found, keys, queues, image_facts = _load_and_compare(
-            client,
-            image,
-            label,
-            os.path.join(folder, RDB_FILE),
-            manifest.get("redis") or {},
-            params["load_timeout"],
-            volume=volume,
-            enable_aof=True,
-        )
-        if found:
-            raise WorkshopError(
-                f"The Redis data loaded into {volume} differs from the backup: {'; '.join(describe_failures(found))}",
-                volume=volume,
-                failures=found,
-            )
-        _keep_note(client, volume, image, note)
-        result.update(keys=keys, queues=queues, image=image_facts)
-    result["files_compared"] = compared
-    return result
+    return compared
 
 
 def _create_volume(client, name, project, key):

@@ -261,7 +261,10 @@ def test_restore_into_a_new_project_restores_the_bytes_and_the_redis_keys(worksh
     assert str(dest / "data" / "outputs") in preview.output and f"docker volume {volume}" in preview.output
     assert not dest.exists() and not engine.volumes.list(filters={"name": volume})
 
-    restore(workshop_id, dest, name)
+    first = restore(workshop_id, dest, name)
+    # Restored under another project name than its .env's: compose there would use the other volume.
+    assert f"The restored .env says COMPOSE_PROJECT_NAME={COMPOSE_PROJECT}" in first.text
+    assert f"set COMPOSE_PROJECT_NAME={name} in {dest}/.env" in first.text
 
     assert tree(dest / "data" / "outputs") == tree(PROJECT_DIR / "data" / "outputs")
     assert tree(dest / "data" / "outputs")  # the workshop played produced outputs
@@ -276,8 +279,13 @@ def test_restore_into_a_new_project_restores_the_bytes_and_the_redis_keys(worksh
     assert restored == json.loads(rdb.eval(DUMP_KEYS, 0))
     assert restored["queue:completed"][0] == "zset" and restored["queue:completed"][1]  # the finished jobs came back
 
-    again = restore(workshop_id, dest, name, restore_confirm=workshop_id)
+    # Nothing left to write: no confirmation asked, nothing changed. A file the backup does not hold is
+    # named and left as it is.
+    (dest / "data" / "outputs" / "user001" / "kept-by-the-admin.png").write_bytes(b"not in the backup")
+    again = restore(workshop_id, dest, name)
     assert again.changed() == 0, again.output
+    assert "1 files are not in backup-" in again.text and "kept-by-the-admin.png" in again.text
+    assert (dest / "data" / "outputs" / "user001" / "kept-by-the-admin.png").read_bytes() == b"not in the backup"
 
     # The workshop's Redis ran on the volume and wrote (into its AOF; dump.rdb stays as restored): the
     # volume no longer holds the backup's data, and the next restore puts it back.

@@ -247,3 +247,20 @@ def test_check_mode_names_the_backup_and_touches_nothing(tmp_path, capsys):
     assert result["changed"] is True and result["backup"] == folder.name
     assert not record.exists()
     assert sorted(os.listdir(folder.parent)) == [folder.name]
+
+
+@pytest.mark.parametrize(
+    ("target", "word"),
+    [("backups/ws/backup-20261201T000000Z", "inside"), ("backups/ws/project", "inside"), ("backups", "around"), ("/", "around")],
+)
+def test_a_restore_into_the_workshops_backups_or_around_them_is_refused(tmp_path, target, word):
+    """Restored into its own backup folder, a restore wrote the project's files into the sealed backup."""
+    from conftest import load_module
+
+    folder = tmp_path / "backups" / "ws" / "backup-20261201T000000Z"
+    folder.mkdir(parents=True)
+    dest = target if target == "/" else str(tmp_path / target)
+    with pytest.raises(WorkshopError) as refused:
+        load_module("backup_restore")._refuse_overlap(str(folder), [str(tmp_path / "project"), dest])
+    assert refused.value.msg.startswith(f"{dest} is {word} the workshop's backups ({tmp_path / 'backups' / 'ws'})")
+    load_module("backup_restore")._refuse_overlap(str(folder), [str(tmp_path / "project"), str(tmp_path / "backups-elsewhere")])
