@@ -100,6 +100,13 @@ options:
     description: For V(restored), the workshop id, to overwrite a non-empty O(dest) or an existing Redis volume.
     type: str
     default: ""
+  protected_dirs:
+    description:
+      - For V(restored), folders O(dest) and O(dest_dirs) must be neither inside nor around (the workshop's
+        backups); the backup's own folder always counts.
+    type: list
+    elements: path
+    default: []
   workshop_id:
     description: For V(restored), the workshop's id, which O(confirm) must equal.
     type: str
@@ -378,18 +385,18 @@ def _route(member_path, dest_dirs, archive):
     return os.path.join(dest_dirs[top], rest) if rest else dest_dirs[top]
 
 
-def _refuse_overlap(folder, targets):
+def _refuse_overlap(targets, protected):
     """A target inside the workshop's backups, or holding them (/ for one), would write into sealed backups."""
-    backups = os.path.realpath(os.path.dirname(folder))
-    for target in targets:
-        real = os.path.realpath(target)
-        common = os.path.commonpath([real, backups])
-        if common in (real, backups):
-            raise WorkshopError(
-                f"{target} is {'inside' if common == backups else 'around'} the workshop's backups ({backups}): "
-                "restore into a project folder of its own; nothing was written",
-                path=target,
-            )
+    for backups in (os.path.realpath(folder) for folder in protected):
+        for target in targets:
+            real = os.path.realpath(target)
+            common = os.path.commonpath([real, backups])
+            if common in (real, backups):
+                raise WorkshopError(
+                    f"{target} is {'inside' if common == backups else 'around'} the workshop's backups ({backups}): "
+                    "restore into a project folder of its own; nothing was written",
+                    path=target,
+                )
 
 
 def _left_as_they_are(dest_dirs, finals, backup):
@@ -407,7 +414,7 @@ def _left_as_they_are(dest_dirs, finals, backup):
         return []
     shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
     return [
-        f"{len(extra)} files are not in {backup} and were left as they are ({shown}): remove them if the "
+        f"{len(extra)} files are not in {backup} and are left as they are ({shown}): remove them if the "
         "folders should hold the backup's files only"
     ]
 
@@ -489,6 +496,12 @@ def _keep_note(client, name, image, note):
             info.size, info.mode, info.mtime = len(text), 0o600, int(time.time())
             tar.addfile(info, io.BytesIO(text))
         probe.put_archive("/data", archive.getvalue())
+    except docker.errors.DockerException as exc:
+        raise WorkshopError(
+            f"The backup's data is in the volume {name}, but its note {RESTORE_NOTE} could not be written ({exc}): "
+            "the next restore will load it again",
+            volume=name,
+        ) from None
     finally:
         probe.remove(force=True, v=True)
 
@@ -499,7 +512,8 @@ def recover(params, check_mode):
             raise WorkshopError(f"state=restored needs {needed}")
     folder = _backup_folder(params)
     dest = params["dest"].rstrip("/") or "/"
-    _refuse_overlap(folder, [dest, *params["dest_dirs"].values()])
+    # The backup's own folder (a fetched copy's too) and the workshop's backups it names.
+    _refuse_overlap([dest, *params["dest_dirs"].values()], [os.path.dirname(folder), *params["protected_dirs"]])
     failures = verify_folder(folder, check_rdb=verify_rdb)
     if failures:
         raise WorkshopError(
@@ -694,6 +708,7 @@ def main():
             dest_project_name=dict(type="str"),
             redis_volume=dict(type="str", default="redis-data"),
             confirm=dict(type="str", default="", no_log=False),
+            protected_dirs=dict(type="list", elements="path", default=[]),
             workshop_id=dict(type="str"),
         ),
         mutually_exclusive=[*CONNECTION_MUTUALLY_EXCLUSIVE, ("backup_dir", "path")],

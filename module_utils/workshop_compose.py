@@ -299,7 +299,7 @@ def tree_digests(container, path):
                     for block in iter(lambda src=source: src.read(1 << 20), b""):
                         digest.update(block)
                     digests[info.name.partition("/")[2]] = digest.hexdigest()
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, tarfile.TarError, OSError) as exc:  # requests' errors are OSErrors
         raise WorkshopError(f"Cannot read {path} in {container.name}: {exc}", container=container.name, path=path) from None
     return digests
 

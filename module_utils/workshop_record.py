@@ -35,7 +35,7 @@ def read_record(path):
 
 
 # The values the phases, the checklist and the fleet summary read, by key ("*": every entry of an
-# object), and what each is when set (null always passes): a hand edit of another type is named here
+# object), and what each is when set (null passes, but not for an object): a hand edit of another type is named here
 # instead of failing somewhere later ("'list' object has no attribute 'get'") or passing for what it
 # is not (the text "false" is truthy).
 _TYPED_KEYS = (
@@ -68,7 +68,7 @@ def _misshapen_key(record):
     for path, kind in _TYPED_KEYS:
         for key, value in _values_at(record, path.split(".")):
             # bool is an int to Python; a count of true is no count.
-            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            if (value is not None or kind is dict) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
                 return f"{key} is {_kind(value)}, not {_KINDS[kind]}"
     return None
 

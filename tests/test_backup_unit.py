@@ -496,6 +496,8 @@ def test_an_unchanged_verification_keeps_its_record_untouched(tmp_path):
         ({"drain": {"counts_at_end": [1, 2]}}, "drain.counts_at_end is a list, not a JSON object"),
         ({"share": {"participants": "x"}}, "share.participants is text, not a JSON object"),
         ({"archive": {"targets": {"nas": {"verified": "yes"}}}}, "archive.targets.nas.verified is text, not true or false"),
+        ({"archive": {"targets": {"nas": None}}}, "archive.targets.nas is null, not a JSON object"),
+        ({"backup": {"verify": None}}, "backup.verify is null, not a JSON object"),
     ],
 )
 def test_a_hand_edited_run_record_of_another_shape_is_named_and_left_as_it_is(tmp_path, record, named):

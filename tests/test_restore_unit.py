@@ -260,7 +260,12 @@ def test_a_restore_into_the_workshops_backups_or_around_them_is_refused(tmp_path
     folder = tmp_path / "backups" / "ws" / "backup-20261201T000000Z"
     folder.mkdir(parents=True)
     dest = target if target == "/" else str(tmp_path / target)
+    refuse = load_module("backup_restore")._refuse_overlap
     with pytest.raises(WorkshopError) as refused:
-        load_module("backup_restore")._refuse_overlap(str(folder), [str(tmp_path / "project"), dest])
+        refuse([str(tmp_path / "project"), dest], [str(folder.parent)])
     assert refused.value.msg.startswith(f"{dest} is {word} the workshop's backups ({tmp_path / 'backups' / 'ws'})")
-    load_module("backup_restore")._refuse_overlap(str(folder), [str(tmp_path / "project"), str(tmp_path / "backups-elsewhere")])
+    refuse([str(tmp_path / "project"), str(tmp_path / "backups-elsewhere")], [str(folder.parent)])
+    # A copy fetched from a target sits in a scratch folder of its own: the workshop's backups still count.
+    fetched = tmp_path / "backups" / "ws" / ".restore-fetched-nas" / "backup-20261201T000000Z"
+    with pytest.raises(WorkshopError, match="is inside the workshop's backups"):
+        refuse([str(tmp_path / "backups" / "ws" / "restored")], [str(fetched.parent), str(folder.parent)])
