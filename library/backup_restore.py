@@ -21,8 +21,10 @@ description:
     safely into a temporary folder inside O(dest), compared with the manifest, and only then moved
     into place; configuration goes to O(dest) (mode 0600); the RDB is loaded with AOF off into a
     throwaway Redis on the volume, compared, then C(CONFIG SET appendonly yes) writes a fresh AOF
-    so the workshop's Redis (AOF on) starts with the data. A non-empty O(dest) or an existing volume
-    is refused unless O(confirm) is O(workshop_id); files already equal are left alone.
+    so the workshop's Redis (AOF on) starts with the data. When something would be written, a non-empty
+    O(dest) (or O(dest_dirs) folder outside it) or an existing volume is refused unless O(confirm) is
+    O(workshop_id); files already equal are left alone, and a volume holding what an earlier restore of
+    the backup left there (its note of every file's sha256) is too.
   - Extraction refuses, before writing anything of the archive, a member with an absolute path or
     a C(..) component, a symbolic or hard link leading outside, and device files or pipes, naming
     the member.
@@ -97,7 +99,9 @@ options:
     type: str
     default: redis-data
   confirm:
-    description: For V(restored), the workshop id, to overwrite a non-empty O(dest) or an existing Redis volume.
+    description:
+      - For V(restored), the workshop id, to overwrite a non-empty O(dest) (or a non-empty folder of O(dest_dirs)
+        outside it) or an existing Redis volume.
     type: str
     default: ""
   protected_dirs:
@@ -540,7 +544,14 @@ def recover(params, check_mode):
         if relpath.endswith(".vault")
     ]
     config = [relpath for relpath in config if not relpath.endswith(".vault")]
-    occupied = os.path.isdir(dest) and bool(os.listdir(dest))
+    # dest, and any folder of restore_dest_dirs placed outside it, that already holds something.
+    occupied = [
+        folder
+        for folder in sorted({dest, *params["dest_dirs"].values()})
+        if (folder == dest or os.path.commonpath([os.path.abspath(folder), os.path.abspath(dest)]) != os.path.abspath(dest))
+        and os.path.isdir(folder)
+        and os.listdir(folder)
+    ]
     note = dict(backup=os.path.basename(folder), rdb_sha256=manifest["files"][RDB_FILE]["sha256"])
     exists, same_volume = _volume_state(client, volume, image, note)
     to_write = []
@@ -566,7 +577,9 @@ def recover(params, check_mode):
         written.append(f"docker volume {volume}: {RDB_FILE}, loaded with AOF off, then a fresh AOF")
     # Asked only when there is something to write: a re-run on what is restored already changes nothing.
     if written and (occupied or exists) and (not params["workshop_id"] or params["confirm"] != params["workshop_id"]):
-        what = " and ".join(([f"{dest} is not empty"] if occupied else []) + ([f"the volume {volume} exists"] if exists else []))
+        what = " and ".join(
+            [f"{folder} is not empty" for folder in occupied] + ([f"the volume {volume} exists"] if exists else [])
+        )
         raise WorkshopError(
             f"{what}: a restore there overwrites what it holds. To confirm, set restore_confirm={params['workshop_id']}; "
             "nothing was written",

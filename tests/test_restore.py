@@ -308,3 +308,16 @@ def test_restore_refuses_a_non_empty_target_without_the_confirmation(sealed_copy
     assert f"{dest} is not empty" in run.text and f"To confirm, set restore_confirm={workshop_id}" in run.text
     assert sorted(os.listdir(dest)) == ["notes.txt"]
     assert not engine.volumes.list(filters={"name": f"{name}_redis-data"})
+
+    # An empty project folder, but the outputs placed on another disk where files already are.
+    (dest / "notes.txt").unlink()
+    other_disk = dest.parent / f"{name}-outputs"
+    other_disk.mkdir()
+    (other_disk / "kept.png").write_bytes(b"an earlier workshop's")
+    try:
+        moved = {"outputs": str(other_disk), **{top: str(dest / "data" / top) for top in ("inputs", "user_data", "workflows")}}
+        run = restore(workshop_id, dest, name, expect_ok=False, restore_dest_dirs=moved)
+        assert run.returncode != 0 and f"{other_disk} is not empty" in run.text, run.output[-3000:]
+        assert os.listdir(dest) == [] and os.listdir(other_disk) == ["kept.png"]
+    finally:
+        shutil.rmtree(other_disk)
