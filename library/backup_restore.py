@@ -225,7 +225,7 @@ from ansible.module_utils.workshop_compose import ComposeProject, normalize_proj
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import atomic_file, move_into_place
+from ansible.module_utils.workshop_files import atomic_file, inside, move_into_place
 from ansible.module_utils.workshop_rdb import verify_rdb
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_restore import (
@@ -394,10 +394,9 @@ def _refuse_overlap(targets, protected):
     for backups in (os.path.realpath(folder) for folder in protected):
         for target in targets:
             real = os.path.realpath(target)
-            common = os.path.commonpath([real, backups])
-            if common in (real, backups):
+            if inside(real, backups) or inside(backups, real):
                 raise WorkshopError(
-                    f"{target} is {'inside' if common == backups else 'around'} the workshop's backups ({backups}): "
+                    f"{target} is {'inside' if inside(real, backups) else 'around'} the workshop's backups ({backups}): "
                     "restore into a project folder of its own; nothing was written",
                     path=target,
                 )
@@ -548,7 +547,7 @@ def recover(params, check_mode):
     occupied = [
         folder
         for folder in sorted({dest, *params["dest_dirs"].values()})
-        if (folder == dest or os.path.commonpath([os.path.abspath(folder), os.path.abspath(dest)]) != os.path.abspath(dest))
+        if (folder == dest or not inside(os.path.abspath(folder), os.path.abspath(dest)))
         and os.path.isdir(folder)
         and os.listdir(folder)
     ]

@@ -92,7 +92,8 @@ class Entry:
         self.path, self.via, self.target = path, via, target
 
 
-def _inside(path, root):
+def inside(path, root):
+    """Whether `path` is `root` or below it (both absolute, as given: resolve links first where they matter)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
@@ -126,7 +127,7 @@ def walk_tree(root):
                         "restore its target or remove the link, then back up again",
                         path=entry.path,
                     )
-                if via is None and _inside(target, real_root):
+                if via is None and inside(target, real_root):
                     stat = entry.stat(follow_symlinks=False)
                     link = os.path.relpath(target, os.path.dirname(os.path.realpath(folder) + os.sep + entry.name))
                     found.append(Entry(relpath, "link", 0, stat.st_mtime_ns, entry.path, target=link))

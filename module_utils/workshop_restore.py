@@ -29,7 +29,7 @@ from ansible.module_utils.workshop_backup import (
     sha256_file,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import Sha256, atomic_file
+from ansible.module_utils.workshop_files import Sha256, atomic_file, inside
 
 try:
     import docker.errors
@@ -45,10 +45,6 @@ _REFUSED_TYPES = {
 }
 # The Redis release that first wrote each RDB format version (src/rdb.h RDB_VERSION).
 RDB_WRITERS = {9: "5.0", 10: "7.0", 11: "7.2", 12: "7.4"}
-
-
-def _inside(path, root):
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _escapes(relpath):
@@ -128,7 +124,7 @@ def _real_parent(root, real_root, relpath, archive, member):
     parent = os.path.join(root, os.path.dirname(relpath))
     os.makedirs(parent, mode=0o700, exist_ok=True)
     real = os.path.realpath(parent)
-    if not _inside(real, real_root):
+    if not inside(real, real_root):
         _refuse(archive, member, f"its folder leads through a link to {real}, outside the folder it is extracted into")
     return real
 
@@ -164,13 +160,13 @@ def safe_extract(archive, dest):
             if info.issym():
                 _remove_existing(path)
                 os.symlink(info.linkname, path)
-                if not _inside(os.path.realpath(path), real_root):
+                if not inside(os.path.realpath(path), real_root):
                     os.unlink(path)
                     _refuse(archive, info.name, f"link to {info.linkname} resolves outside the folder it is extracted into")
                 written.append({"path": name, "link": info.linkname})
             elif info.islnk():
                 source = os.path.realpath(os.path.join(real_root, info.linkname))
-                if not _inside(source, real_root) or not os.path.isfile(source):
+                if not inside(source, real_root) or not os.path.isfile(source):
                     _refuse(archive, info.name, f"hard link to {info.linkname}, which is not a file extracted before it")
                 _remove_existing(path)
                 os.link(source, path)
