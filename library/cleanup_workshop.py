@@ -23,6 +23,9 @@ description:
     sha256 kept with the object, or its ETag against the local file), since the run record says what was
     true when it was copied.
   - Writes the run record section C(cleanup) = C({at, done, removed, logs_rolled, outputs_removed}).
+  - Works with the workshop's lock held (C(.lock) in O(backup_dir), see M(workshop_lock)), taken and given back
+    by this run itself; another run holding it (a backup, archive or shutdown) makes the task fail, naming it,
+    with nothing removed.
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:
@@ -121,6 +124,7 @@ from ansible.module_utils.workshop_archive import opened_targets
 from ansible.module_utils.workshop_cleanup import cleanup
 from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_lock import held_while_running
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_s3 import target_argument_spec
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
@@ -197,9 +201,13 @@ def main():
     if module.params["remove_outputs"] and any(target["type"] == "s3" for target in module.params["targets"]):
         require_libraries(module, "boto3")
     try:
-        result = run(module)
+        purpose = f"cleanup of {module.params['workshop_id']}"
+        with held_while_running(module.params["backup_dir"], purpose, module.check_mode) as warning:
+            result = run(module)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **dict({"backup_dir": module.params["backup_dir"]}, **exc.context))
+    if warning:
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -19,7 +19,9 @@ description:
     backup not verified off-host, the newest copy of a workshop on a target, outputs not held identically
     by a backup verified off-host; each is listed in RV(protected) with the reason.
   - V(planned) only reads. V(applied) deletes exactly the planned list and records it in the run record
-    section C(retention) (C({at, schedule, deleted, moved, protected, unreached})).
+    section C(retention) (C({at, schedule, deleted, moved, protected, unreached})), with the workshop's lock
+    held (C(.lock) in O(backup_dir), see M(workshop_lock)), taken and given back by this run itself; another
+    run holding it (a backup, archive or shutdown) makes the task fail, naming it, with nothing deleted.
   - A target that does not answer (no connection, a timeout; a refused host key or login still fails) is left
     where it stopped, named in RV(unreached), in a warning and in the run record (the verification checklist's
     cleanup line asks for a re-run until it answers); the host and the other targets are done all the
@@ -197,12 +199,15 @@ bytes:
   type: int
 """
 
+import contextlib
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_archive import opened_targets
 from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_lock import held_while_running
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_retention import (
     apply_plan,
@@ -324,10 +329,20 @@ def main():
     wants_s3 = any(t["type"] == "s3" for t in module.params["targets"]) or bool(module.params["share_target"])
     if wants_s3:
         require_libraries(module, "boto3")
+    # Applying deletes: with the workshop's lock held (no backup, archive or shutdown meanwhile). A plan only reads.
+    folder = module.params["backup_dir"]
+    lock = (
+        held_while_running(folder, f"retention of {os.path.basename(folder)}", module.check_mode)
+        if module.params["state"] == "applied"
+        else contextlib.nullcontext("")
+    )
     try:
-        result = run(module)
+        with lock as warning:
+            result = run(module)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **dict({"backup_dir": module.params["backup_dir"]}, **exc.context))
+    if warning:
+        module.warn(warning)
     module.exit_json(**result)
 
 

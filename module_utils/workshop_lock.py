@@ -3,9 +3,10 @@
 The lock is `<workshop folder>/.lock`, a JSON owner record {run_id, host, pid, since, purpose}
 created with O_EXCL, so of two runs only one gets it. It is held across many module calls (the
 whole backup), so its owner is the run (the ansible-playbook process on the controller), not a
-module's process. A lock whose owner is gone is taken over, with a warning: gone means the owner
-process is dead when it ran on this same host, or the lock is older than `stale_after` seconds
-(the only test possible when the controller is another machine).
+module's process; a phase whose work is one module run (cleanup, retention) holds it for that run
+instead (`held_while_running`), its owner that module's process. A lock whose owner is gone is taken
+over, with a warning: gone means the owner process is dead when it ran on this same host, or the
+lock is older than `stale_after` seconds (the only test possible when the controller is another machine).
 
 A module writing into a partial backup folder also holds a kernel lock (flock) on that folder
 for as long as it works in it; the kernel drops it when the process dies. A partial folder is
@@ -22,7 +23,7 @@ import socket
 import time
 
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import fsync_dir
+from ansible.module_utils.workshop_files import fsync_dir, make_workshop_folder
 from ansible.module_utils.workshop_time import utc_iso
 
 LOCK_NAME = ".lock"
@@ -191,6 +192,26 @@ def release(folder, run_id, check_mode=False):
         os.unlink(path)
         fsync_dir(folder)
     return dict(lock_file=path, released=True, owner=current, warning="")
+
+
+@contextlib.contextmanager
+def held_while_running(folder, purpose, check_mode=False):
+    """The lock of `folder` held for as long as the `with` body runs, by this module's own process.
+
+    For a phase whose work is all in one module run (cleanup, retention): no separate take and release
+    tasks, and a run killed mid-way leaves a lock whose process is gone, which the next run takes over.
+    In check mode it only checks that no live run holds the lock (as a take would), and writes nothing.
+    Yields the warning of a take-over ('' when there was none)."""
+    require_absolute(folder, "backup_dir")
+    if not check_mode:
+        make_workshop_folder(folder)
+    owner = new_owner(f"{this_host()}-{os.getpid()}-{purpose.split()[0]}", purpose=purpose)
+    taken = acquire(folder, owner, check_mode=check_mode)
+    try:
+        yield taken["warning"]
+    finally:
+        if not check_mode:
+            release(folder, owner["run_id"])
 
 
 def holds_lock(folder, run_id):

@@ -26,7 +26,7 @@ from ansible.module_utils.workshop_backup import (
 )
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import tree_usage, walk_tree
-from ansible.module_utils.workshop_lock import Busy, acquire, is_busy, new_owner, read_owner, release
+from ansible.module_utils.workshop_lock import Busy, acquire, held_while_running, is_busy, new_owner, read_owner, release
 from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 from ansible.module_utils.workshop_redis import WorkshopRedis
 from scratch_redis import running_redis
@@ -106,6 +106,38 @@ def test_the_module_returns_its_owner_and_takes_no_part_in_changed(tmp_path, cap
 def test_check_mode_takes_no_lock(tmp_path):
     acquire(str(tmp_path), new_owner("run-1"), check_mode=True)
     assert not (tmp_path / ".lock").exists()
+
+
+def test_a_lock_held_while_running_is_this_process_s_and_goes_when_the_work_ends_or_fails(tmp_path):
+    folder = tmp_path / "berlin"
+    with held_while_running(str(folder), "cleanup of berlin") as warning:
+        owner = read_owner(str(folder / ".lock"))
+        assert warning == "" and owner["pid"] == os.getpid() and owner["purpose"] == "cleanup of berlin"
+        with pytest.raises(WorkshopError, match=r"Another run holds the lock .*\(cleanup of berlin\)"):
+            acquire(str(folder), new_owner("a-backup"))
+    assert not (folder / ".lock").exists() and oct(folder.stat().st_mode & 0o777) == "0o700"
+    with pytest.raises(RuntimeError, match="the work failed"), held_while_running(str(folder), "retention of berlin"):
+        raise RuntimeError("the work failed")
+    assert not (folder / ".lock").exists()
+
+
+def test_a_lock_held_while_running_takes_over_a_dead_run_s_leaves_a_live_one_s_and_check_mode_writes_nothing(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    acquire(str(tmp_path), new_owner("killed-cleanup", pid=gone.pid))
+    with held_while_running(str(tmp_path), "cleanup of berlin") as warning:
+        assert "killed-cleanup" in warning and "is not running any more" in warning
+    assert not (tmp_path / ".lock").exists()
+    acquire(str(tmp_path), new_owner("a-backup", purpose="backup of berlin"))
+    for check_mode in (True, False):
+        refused = pytest.raises(WorkshopError, match=r"Another run holds the lock .*\(backup of berlin\)")
+        with refused, held_while_running(str(tmp_path), "cleanup of berlin", check_mode):
+            pytest.fail("the work ran without the lock")
+    assert read_owner(str(tmp_path / ".lock"))["run_id"] == "a-backup"
+    release(str(tmp_path), "a-backup")
+    with held_while_running(str(tmp_path / "new"), "cleanup of new", check_mode=True) as warning:
+        assert warning == ""
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_relative_folder_is_refused_at_once():

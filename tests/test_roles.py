@@ -4,6 +4,7 @@ holds the jobs; the Docker Engine named does not answer, as on a workshop alread
 
 import gzip
 import json
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -175,21 +176,24 @@ def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, p
 
 
 @pytest.mark.parametrize("playbook", ["playbooks/cleanup.yml", "playbooks/retention.yml"])
-def test_a_lock_held_by_another_run_is_named_not_lost_in_the_release(site, tmp_path, playbook):
-    """The release after a refused take must not run: its result (a file's owner, a user name) has no run id."""
-    from ansible.module_utils.workshop_lock import acquire, new_owner, release
+def test_a_lock_held_by_another_run_refuses_the_phase_naming_it_and_stays_its(site, tmp_path, playbook):
+    """The phase's module holds the workshop's lock while it works: a lock another live run holds refuses
+    the run, naming that run, and stays that run's."""
+    from ansible.module_utils.workshop_lock import acquire, new_owner, read_owner, release
 
     inventory = ini_inventory(tmp_path, site.settings)
     folder = str(site.backups / "ws")
     acquire(folder, new_owner("held-by-a-test", purpose="another run"))  # this live process holds it
     try:
         run = run_playbook(playbook, "-i", str(inventory), extra_vars={"retention_enabled": "true"}, expect_ok=False)
+        after = read_owner(os.path.join(folder, ".lock"))
     finally:
         release(folder, "held-by-a-test")
 
     assert run.returncode != 0
     assert "Another run holds the lock" in " ".join(run.output.split()), run.output[-3000:]
-    assert "has no attribute 'run_id'" not in run.output
+    assert "held-by-a-test (another run)" in " ".join(run.output.split())
+    assert after["run_id"] == "held-by-a-test"
 
 
 def test_a_rerun_on_a_queue_drained_before_drains_nothing_and_more_jobs_or_open_frontends_drain_again(site, tmp_path):
