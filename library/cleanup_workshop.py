@@ -23,9 +23,9 @@ description:
     sha256 kept with the object, or its ETag against the local file), since the run record says what was
     true when it was copied.
   - Writes the run record section C(cleanup) = C({at, done, removed, logs_rolled, outputs_removed}).
-  - Works with the workshop's lock held (C(.lock) in O(backup_dir), see M(workshop_lock)), taken and given back
-    by this run itself; another run holding it (a backup, archive or shutdown) makes the task fail, naming it,
-    with nothing removed.
+  - Works with the workshop's lock held (C(.lock) in O(backup_dir), as the workshop_lock module keeps it),
+    taken and given back by this run itself; another run holding it (a backup, archive or shutdown) makes the
+    task fail, naming it, with nothing removed.
 version_added: "0.3.0"
 author: comfy-wrapup contributors (@comfy-wrapup)
 requirements:

@@ -20,8 +20,9 @@ description:
     by a backup verified off-host; each is listed in RV(protected) with the reason.
   - V(planned) only reads. V(applied) deletes exactly the planned list and records it in the run record
     section C(retention) (C({at, schedule, deleted, moved, protected, unreached})), with the workshop's lock
-    held (C(.lock) in O(backup_dir), see M(workshop_lock)), taken and given back by this run itself; another
-    run holding it (a backup, archive or shutdown) makes the task fail, naming it, with nothing deleted.
+    held (C(.lock) in O(backup_dir), as the workshop_lock module keeps it), taken and given back by this run
+    itself; another run holding it (a backup, archive or shutdown) makes the task fail, naming it, with
+    nothing deleted.
   - A target that does not answer (no connection, a timeout; a refused host key or login still fails) is left
     where it stopped, named in RV(unreached), in a warning and in the run record (the verification checklist's
     cleanup line asks for a re-run until it answers); the host and the other targets are done all the
