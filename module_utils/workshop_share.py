@@ -197,7 +197,7 @@ def build_archive(dest, files, password, compress_level=6):
             fd = os.open(target.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as raw:
                 archive = pyzipper.AESZipFile(raw, "w", compression=pyzipper.ZIP_DEFLATED, compresslevel=compress_level)
-                with archive:
+                try:
                     if password:
                         archive.setpassword(password.encode())
                         archive.setencryption(pyzipper.WZ_AES, nbits=256)
@@ -206,6 +206,13 @@ def build_archive(dest, files, password, compress_level=6):
                         info.compress_type = pyzipper.ZIP_STORED if stored(arcname) else pyzipper.ZIP_DEFLATED
                         with open(path, "rb") as source, archive.open(info, "w", force_zip64=True) as entry:
                             shutil.copyfileobj(source, entry, CHUNK)
+                except BaseException:
+                    # An entry that failed (a full disk) leaves pyzipper's writing handle open (its close has no
+                    # `finally`, unlike zipfile's), and the archive then refuses to close, again when collected,
+                    # in whatever code runs then. Nothing more is written to it: the partial file goes.
+                    archive.fp = None
+                    raise
+                archive.close()
             # The digest is of the bytes on disk, read back, not of what was meant to be written.
             digest = sha256_file(target.tmp)
             size = os.path.getsize(target.tmp)

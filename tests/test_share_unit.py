@@ -403,6 +403,31 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     assert grown < 24, f"the build grew the process by {grown} MiB"
 
 
+def test_an_archive_cut_short_by_the_disk_fails_naming_it_leaves_nothing_and_no_half_open_zip(tmp_path):
+    """A write refused mid-entry (here the file size limit, EFBIG, as a full disk refuses with ENOSPC) is named
+    with the archive, the partial file goes, and the process ends without pyzipper's "cannot close" traceback."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(os.urandom(3 << 20))
+    script = f"""
+import gc, resource, signal
+import ansible.module_utils
+ansible.module_utils.__path__.append({str(Path(__file__).resolve().parent.parent / "module_utils")!r})
+from ansible.module_utils.workshop_errors import WorkshopError
+from ansible.module_utils.workshop_share import build_archive
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    build_archive({str(tmp_path / "user001.zip")!r}, [("outputs/clip.mp4", {str(clip)!r}, 0, 0)], "pw")
+except WorkshopError as exc:
+    print(exc.msg)
+gc.collect()
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.startswith(f"Cannot write the archive {tmp_path / 'user001.zip'}: File too large"), run.stdout
+    assert run.stderr == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clip.mp4"]
+
+
 def test_saved_workflows_go_in_when_asked(workshop, tmp_path):
     user_data = workshop / "data" / "user_data"
     (user_data / "user001" / "workflows").mkdir(parents=True)
