@@ -23,7 +23,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import atomic_file, sha256_file, walk_tree, write_atomically
+from ansible.module_utils.workshop_files import atomic_file, inside, sha256_file, walk_tree, write_atomically
 from ansible.module_utils.workshop_s3 import s3_client, s3_error
 from ansible.module_utils.workshop_time import utc_iso
 
@@ -116,28 +116,31 @@ def parse_roster(text):
 
 
 def participant_files(outputs_dir, user_data_dir, user):
-    """(arcname, path, size, mtime_ns) of a participant's own files: outputs/..., and workflows/... when asked.
+    """A participant's own files and what was left out: ([(arcname, path, size, mtime_ns)], [paths left out]).
 
-    A link inside a participant's folder to another participant's folder is never followed into
-    the archive: only their own files go in.
+    Only what really lies in their own folder goes in (outputs/..., and workflows/... when asked): a link
+    leading anywhere else (another participant's folder, the project's .env, /etc) is left out, and so
+    is a participant folder that is itself a link to another place.
     """
-    files = []
+    files, left_out = [], []
     for root, prefix in ((outputs_dir, "outputs/"), (user_data_dir, "workflows/")):
         if not root:
             continue
         folder = os.path.join(root, user)
         if not os.path.isdir(folder):
             continue
-        real_root = os.path.realpath(root) + os.sep
-        real_own = os.path.realpath(folder) + os.sep
+        real_own = os.path.join(os.path.realpath(root), user)
+        if os.path.realpath(folder) != real_own:
+            left_out.append(folder)
+            continue
         for entry in walk_tree(folder):
             if entry.kind != "file":
                 continue
-            real = os.path.realpath(entry.path)
-            if real.startswith(real_root) and not real.startswith(real_own):
-                continue
-            files.append((prefix + entry.relpath, entry.path, entry.size, entry.mtime_ns))
-    return files
+            if inside(os.path.realpath(entry.path), real_own):
+                files.append((prefix + entry.relpath, entry.path, entry.size, entry.mtime_ns))
+            else:
+                left_out.append(entry.path)
+    return files, left_out
 
 
 def build_roster(outputs_dir, credentials, roster, pattern, user_data_dir=None):
@@ -155,7 +158,7 @@ def build_roster(outputs_dir, credentials, roster, pattern, user_data_dir=None):
     for user in sorted(users):
         if not re.match(r"^[a-zA-Z0-9_-]{1,100}$", user):
             raise WorkshopError(f"'{user}' is not a participant id (letters, digits, _ and -): fix the roster", user=user)
-        files = participant_files(outputs_dir, user_data_dir, user)
+        files, left_out = participant_files(outputs_dir, user_data_dir, user)
         info = roster.get(user, {})
         participants.append(
             {
@@ -164,6 +167,7 @@ def build_roster(outputs_dir, credentials, roster, pattern, user_data_dir=None):
                 "email": info.get("email", ""),
                 "files": files,
                 "bytes": sum(f[2] for f in files),
+                "left_out": left_out,
             }
         )
     return participants
@@ -517,6 +521,13 @@ def share(params, check_mode, now=None, client_factory=None):
         warnings.append(
             f"No workshop password in {source} for {', '.join(generated)}: their archives are encrypted with "
             f"generated passwords, {kept} in {os.path.join(share_dir, PASSWORDS_NAME)} (owner only); send each their own"
+        )
+    left_out = [path for p in participants for path in p["left_out"]]
+    if left_out:
+        warnings.append(
+            f"Left out of the archives, as links leading out of their participant's own folder: {', '.join(left_out[:10])}"
+            + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+            + ". Only what lies in a participant's own folder is shared"
         )
     changed = bool(built or uploaded or linked) or (new_state != state and bool(plans))
     if changed and not check_mode:

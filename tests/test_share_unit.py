@@ -125,6 +125,26 @@ def test_each_participant_gets_only_their_own_files_encrypted_with_their_passwor
     assert oct(state.stat().st_mode & 0o777) == "0o700" and oct((state / "share-state.json").stat().st_mode & 0o777) == "0o600"
 
 
+def test_links_leading_out_of_a_participant_s_own_folder_are_left_out_and_named(workshop, tmp_path):
+    outputs = workshop / "data" / "outputs"
+    (workshop / ".env").write_text("REDIS_PASSWORD=never-shared\n")
+    os.symlink("../../../.env", outputs / "user003" / "env.txt")
+    os.symlink("/etc/hostname", outputs / "user003" / "host.txt")
+    os.symlink("user001", outputs / "user007")  # a participant folder that is another's
+
+    result = share(params(workshop, tmp_path), check_mode=False)
+
+    entries = {p["user"]: p for p in result["participants"]}
+    assert sorted(entries) == ["user001", "user002", "user003", "user004"] and "user007" in result["absent"]
+    archive = tmp_path / "served" / entries["user003"]["location"].split("/served/")[1]
+    rc, _ = open_with_7z(archive, PASSWORDS["user003"], tmp_path / "x")
+    assert rc == 0 and tree(tmp_path / "x") == {f"outputs/{name}": data for name, data in MADE["user003"].items()}
+    [warning] = result["warnings"]
+    for left_out in ("user001/stolen.mp4", "user003/env.txt", "user003/host.txt", "user007"):
+        assert str(outputs / left_out) in warning, left_out
+    assert "never-shared" not in json.dumps(result)
+
+
 def test_a_second_run_on_unchanged_outputs_changes_nothing_and_a_new_file_rebuilds_one(workshop, tmp_path):
     first = share(params(workshop, tmp_path), check_mode=False)
     archives = {p["user"]: p["sha256"] for p in first["participants"]}
@@ -153,7 +173,8 @@ def test_participants_without_a_workshop_password_are_named_with_where_their_gen
     result = share(params(workshop, tmp_path), check_mode=False)
 
     passwords = Path(params(workshop, tmp_path)["share_dir"]) / "share-passwords.json"
-    [warning] = result["warnings"]
+    warning, links = result["warnings"]
+    assert "user001/stolen.mp4" in links  # the fixture's link into user002's folder
     assert f"No workshop password in {workshop / 'USER_CREDENTIALS.txt'} for user002, user003, user004" in warning
     assert str(passwords) in warning and sorted(json.loads(passwords.read_text())) == ["user002", "user003", "user004"]
     assert PASSWORDS["user001"] not in warning
@@ -162,7 +183,8 @@ def test_participants_without_a_workshop_password_are_named_with_where_their_gen
         "(no such file, or no password in it) for user001, user002"
         in share(params(workshop, tmp_path), check_mode=True)["warnings"][0]
     )
-    assert share(params(workshop, tmp_path, encryption="generated"), check_mode=True)["warnings"] == []  # the admin's choice
+    generated = share(params(workshop, tmp_path, encryption="generated"), check_mode=True)["warnings"]
+    assert not [w for w in generated if "No workshop password" in w]  # the admin's choice
 
 
 def test_generated_passwords_are_kept_and_none_builds_plain_zips(workshop, tmp_path):
