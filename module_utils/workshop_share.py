@@ -98,7 +98,7 @@ def parse_roster(text):
         if "user" not in columns:
             raise WorkshopError(f"The roster's header {rows[0]} has no user id column (user, user_id or id)")
         rows = rows[1:]
-    roster = {}
+    roster, row_of = {}, {}
     for number, row in enumerate(rows, start=1):
 
         def cell(name, row=row):
@@ -111,6 +111,11 @@ def parse_roster(text):
         email = cell("email")
         if email and not re.match(r"^[^@\s]+@[^@\s]+$", email):
             raise WorkshopError(f"Roster row {number} ({user}): '{email}' is not an email address")
+        if user in row_of:
+            raise WorkshopError(
+                f"Roster rows {row_of[user]} and {number} both name {user}: keep the one whose address is right", user=user
+            )
+        row_of[user] = number
         roster[user] = {"name": cell("name"), "email": email}
     return roster
 
@@ -148,16 +153,23 @@ def build_roster(outputs_dir, credentials, roster, pattern, user_data_dir=None):
 
     Each is {user, name, email, files, bytes}; one with no files is absent (listed, no archive).
     """
-    matcher = re.compile(pattern)
-    users = set(credentials) | set(roster)
+    # ASCII: \d would also take other scripts' digits (Arabic-Indic ones, say), which no participant id has.
+    matcher = re.compile(pattern, re.ASCII)
+    folders = set()
     if os.path.isdir(outputs_dir):
-        users |= {
+        folders = {
             name for name in os.listdir(outputs_dir) if matcher.match(name) and os.path.isdir(os.path.join(outputs_dir, name))
         }
+    users = set(credentials) | set(roster) | folders
     participants = []
     for user in sorted(users):
-        if not re.match(r"^[a-zA-Z0-9_-]{1,100}$", user):
-            raise WorkshopError(f"'{user}' is not a participant id (letters, digits, _ and -): fix the roster", user=user)
+        if not re.match(r"^[a-zA-Z0-9_-]{1,100}$", user, re.ASCII):
+            sources = (("the roster", roster), ("the credentials file", credentials), (f"folder {outputs_dir}", folders))
+            where = [source for source, ids in sources if user in ids]
+            raise WorkshopError(
+                f"'{user}' (in {' and '.join(where)}) is not a participant id (letters, digits, _ and -): fix or rename it",
+                user=user,
+            )
         files, left_out = participant_files(outputs_dir, user_data_dir, user)
         info = roster.get(user, {})
         participants.append(

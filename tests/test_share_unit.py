@@ -87,6 +87,8 @@ def test_credentials_and_roster_parse_as_the_platform_writes_them():
         "user002": {"name": "", "email": ""},
     }
     assert parse_roster("Email,Name,User\nz@x.org,Zed,user009\n") == {"user009": {"name": "Zed", "email": "z@x.org"}}
+    with pytest.raises(WorkshopError, match="Roster rows 1 and 3 both name user002"):
+        parse_roster("user002,Bob Two,bob@x.org\nuser003,Cy,\nuser002,Bob Dup,bobdup@x.org\n")
     with pytest.raises(WorkshopError, match="not an email"):
         parse_roster("user001,Ada,not-an-address\n")
 
@@ -143,6 +145,16 @@ def test_links_leading_out_of_a_participant_s_own_folder_are_left_out_and_named(
     for left_out in ("user001/stolen.mp4", "user003/env.txt", "user003/host.txt", "user007"):
         assert str(outputs / left_out) in warning, left_out
     assert "never-shared" not in json.dumps(result)
+
+
+def test_a_folder_with_other_scripts_digits_is_no_participant_and_a_bad_id_is_named_where_it_is(workshop, tmp_path):
+    (workshop / "data" / "outputs" / "user\u0660\u0660\u0669").mkdir()  # Arabic-Indic digits: \d took them
+
+    preview = share(params(workshop, tmp_path), check_mode=True)
+    assert [p["user"] for p in preview["roster"]] == [f"user00{n}" for n in range(1, 7)]
+    bad_roster = params(workshop, tmp_path, roster_csv="user,name,email\nuser 01,Ada,ada@example.org\n")
+    with pytest.raises(WorkshopError, match=r"'user 01' \(in the roster\) is not a participant id"):
+        share(bad_roster, check_mode=True)
 
 
 def test_a_second_run_on_unchanged_outputs_changes_nothing_and_a_new_file_rebuilds_one(workshop, tmp_path):
