@@ -13,6 +13,7 @@ import hashlib
 import json
 import operator
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -31,10 +32,15 @@ from ansible.module_utils.workshop_files import (  # pylint: disable=unused-impo
     walk_tree,
     write_atomically,
 )
+from ansible.module_utils.workshop_time import epoch_of, utc_iso
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "backup-"
 PARTIAL_PREFIX = ".partial-backup-"
+BACKUP_TIME = re.compile(r"^backup-(\d{8}T\d{6}Z)")
+# A backup named this much later than the host's clock was not sealed by it (a hand rename, a clock
+# set wrong): sorted by name, it would stay the newest for good.
+FUTURE_SLACK = 3600
 # Times a file that changes while it is read is read again before the backup gives up on it.
 READ_TRIES = 3
 # Space kept free beyond the estimate, for file system overhead and the manifests.
@@ -478,15 +484,38 @@ def check_outputs_dir(outputs_dir, project_dir, env_file, containers):
         raise WorkshopError(f"The outputs folder {outputs_dir} does not exist: fix workshop_outputs_dir", path=outputs_dir)
 
 
-def sealed_backups(backup_dir):
-    """Names of the sealed backups in `backup_dir`, oldest first."""
+def backup_epoch(name):
+    """Creation time (epoch) of a backup, from its name `backup-YYYYmmddTHHMMSSZ` (the seal's clock); None
+    for another name."""
+    match = BACKUP_TIME.match(name or "")
+    if not match:
+        return None
+    text = match.group(1)
+    return epoch_of(f"{text[0:4]}-{text[4:6]}-{text[6:8]}T{text[9:11]}:{text[11:13]}:{text[13:15]}Z")
+
+
+def sealed_backups(backup_dir, now=None):
+    """Names of the sealed backups in `backup_dir`, oldest first (by name: the seal's UTC time).
+
+    A backup named after the host's clock (by more than FUTURE_SLACK) is refused, naming it: it would
+    be "the newest" whatever is sealed later, verified, archived and trusted instead of it."""
     if not os.path.isdir(backup_dir):
         return []
-    return sorted(
+    names = sorted(
         name
         for name in os.listdir(backup_dir)
         if name.startswith(PREFIX) and os.path.isfile(os.path.join(backup_dir, name, MANIFEST))
     )
+    now = time.time() if now is None else now
+    future = [name for name in names if (backup_epoch(name) or 0) > now + FUTURE_SLACK]
+    if future:
+        raise WorkshopError(
+            f"{os.path.join(backup_dir, future[-1])} is named after this host's clock ({utc_iso(now)}): a backup is "
+            "named when it is sealed, so this one was renamed or copied by hand, or the clock was wrong then. "
+            "Named so, it would stay the newest backup whatever is sealed later: move it out of the workshop's folder",
+            path=os.path.join(backup_dir, future[-1]),
+        )
+    return names
 
 
 def read_manifest(folder, from_disk=False):
@@ -750,6 +779,11 @@ def verify_folder(folder, check_rdb=None):
     """
     manifest = read_manifest(folder)
     failures = []
+    name = os.path.basename(folder.rstrip(os.sep))
+    if name.startswith(PREFIX) and manifest.get("name", name) != name:
+        failures.append(
+            {"file": MANIFEST, "member": None, "reason": f"names the backup {manifest.get('name')}: copied or renamed by hand"}
+        )
     listed = manifest.get("files", {})
     present = {relpath: size for relpath, size, _dummy in list_tree(folder) if relpath != MANIFEST}
     archives = archives_of(folder)

@@ -23,6 +23,7 @@ import shutil
 import tarfile
 import time
 
+from ansible.module_utils.workshop_backup import backup_epoch
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import (
     WORKSHOP_FOLDER_MODE,
@@ -37,7 +38,6 @@ from ansible.module_utils.workshop_retention import (
     YEARLY_PATTERN,
     OffsiteCheck,
     archive_digests,
-    backup_epoch,
     outputs_in_offsite_backup,
     workshop_facts,
 )
@@ -225,7 +225,7 @@ def cleanup(params, check_mode, now=None):
     archive targets, workshop_archive.make_target: an output goes only when one of them holds its backup now).
     """
     now = time.time() if now is None else now
-    facts = workshop_facts(params["backup_dir"])
+    facts = workshop_facts(params["backup_dir"], now)
     removed = temporaries(params["backup_dir"], params["project_dir"])
     # Logs: roll, verify, and only then remove the loose originals.
     sources = log_sources(facts, params["workshop_id"], params["project_dir"])

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 
 from ansible.module_utils.workshop_archive import check_present
-from ansible.module_utils.workshop_backup import MANIFEST, read_manifest, sealed_backups, trusted_members
+from ansible.module_utils.workshop_backup import MANIFEST, backup_epoch, read_manifest, sealed_backups, trusted_members
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
 from ansible.module_utils.workshop_files import WORKSHOP_FOLDER_MODE, fsync_dir, sha256_file, sha256_stream
 from ansible.module_utils.workshop_lock import STALE_AFTER, lock_path, owner_gone, read_owner
@@ -37,7 +37,6 @@ LOGS_DIR = "logs"
 YEARLY_PATTERN = re.compile(r"^workshop-logs-(\d{4})\.tar\.gz$")
 LOOSE_LOG_PATTERN = re.compile(r"^workshop-logs-.*\.txt(\.gz)?$")
 LOOSE_SNAPSHOT_PATTERN = re.compile(r"^redis-snapshot-.*\.rdb$")
-BACKUP_TIME = re.compile(r"^backup-(\d{8}T\d{6}Z)")
 DELETING_PREFIX = ".retention-deleting-"
 
 
@@ -60,15 +59,6 @@ def check_schedule(schedule):
             raise WorkshopError(f"retention_schedule.{name} is {days!r}: give a whole number of days (0 or more)")
         merged[name] = value
     return merged
-
-
-def backup_epoch(name):
-    """Creation time (epoch) of a backup, from its name `backup-YYYYmmddTHHMMSSZ` (the seal's clock)."""
-    match = BACKUP_TIME.match(name or "")
-    if not match:
-        return None
-    text = match.group(1)
-    return epoch_of(f"{text[0:4]}-{text[4:6]}-{text[6:8]}T{text[9:11]}:{text[11:13]}:{text[13:15]}Z")
 
 
 def age_days(now, since):
@@ -104,11 +94,12 @@ def item(where, path, age, rule, size):
 # --- what the run record says --------------------------------------------------------------------
 
 
-def workshop_facts(folder):
-    """What retention needs of one workshop folder: its record, end, backups and their verification."""
+def workshop_facts(folder, now=None):
+    """What retention needs of one workshop folder: its record, end, backups and their verification (a
+    backup named after `now`, the moment ages count from, is refused: sealed_backups)."""
     record = read_record(os.path.join(folder, RECORD_NAME))
     verify = (record.get("backup") or {}).get("verify") or {}
-    sealed = sealed_backups(folder)
+    sealed = sealed_backups(folder, now)
     newest_verified = verify.get("backup") if verify.get("ok") is True and verify.get("backup") in sealed else None
     failed = verify.get("backup") if verify.get("ok") is False else None
     offsite = {}
@@ -128,7 +119,7 @@ def workshop_facts(folder):
     }
 
 
-def workshop_folders(backup_root):
+def workshop_folders(backup_root, now=None):
     """Workshop folders under the backup root: those with a run record or a backup (not logs/)."""
     if not os.path.isdir(backup_root):
         return []
@@ -137,7 +128,7 @@ def workshop_folders(backup_root):
         folder = os.path.join(backup_root, name)
         if name == LOGS_DIR or name.startswith(".") or not os.path.isdir(folder) or os.path.islink(folder):
             continue
-        if os.path.isfile(os.path.join(folder, RECORD_NAME)) or sealed_backups(folder):
+        if os.path.isfile(os.path.join(folder, RECORD_NAME)) or sealed_backups(folder, now):
             found.append(folder)
     return found
 
@@ -377,7 +368,7 @@ def plan_host(params, now, plan, check):
     """The host's part: every workshop folder under the backup root, the project's loose exports, outputs."""
     schedule = params["schedule"]
     backup_root = params["backup_root"]
-    folders = workshop_folders(backup_root)
+    folders = workshop_folders(backup_root, now)
     current = params.get("backup_dir")
     if current and os.path.isdir(current) and current not in folders:
         folders.append(current)
@@ -391,7 +382,7 @@ def plan_host(params, now, plan, check):
             plan.protect("host", folder + "/", why)
             plan.locked[os.path.basename(folder.rstrip("/"))] = why
             continue
-        facts = workshop_facts(folder)
+        facts = workshop_facts(folder, now)
         facts_of[folder] = facts
         _plan_workshop(facts, schedule, now, plan, check)
     _plan_loose(params, schedule, now, plan)

@@ -479,6 +479,26 @@ def _seal_params(partial, record):
     )
 
 
+def test_a_backup_copied_under_another_name_fails_verification_and_one_named_in_the_future_is_refused(tmp_path):
+    """A backup is named when it is sealed: a copy renamed by hand into the future would stay "the newest"
+    whatever is sealed after it, verified, archived and trusted by the shutdown guard in its place."""
+    folder = _sealed_backup(tmp_path)
+    copy = folder.with_name("backup-20991231T000000Z")
+    shutil.copytree(folder, copy)
+
+    assert verify_folder(str(folder)) == []
+    assert verify_folder(str(copy)) == [
+        {"file": "MANIFEST.json", "member": None, "reason": "names the backup backup-1: copied or renamed by hand"}
+    ]
+    with pytest.raises(WorkshopError, match=r"backup-20991231T000000Z is named after this host's clock") as refused:
+        workshop_backup.sealed_backups(str(folder.parent))
+    assert refused.value.context["path"] == str(copy)
+    # Within the hour after the clock (two hosts' clocks a little apart) a name is taken as it is.
+    soon = copy.with_name(workshop_backup.backup_name(time.time() + 600))
+    copy.rename(soon)
+    assert workshop_backup.sealed_backups(str(folder.parent)) == ["backup-1", soon.name]
+
+
 def test_a_flipped_byte_is_named_down_to_the_member_and_recorded_as_failed(tmp_path):
     folder = _sealed_backup(tmp_path)
     record = tmp_path / "ws" / "run-record.json"
