@@ -206,6 +206,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_archive import opened_targets
+from ansible.module_utils.workshop_backup import FUTURE_SLACK
 from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_lock import held_while_running
@@ -250,6 +251,12 @@ def run(module):
     params = module.params
     schedule = check_schedule(params["schedule"])
     now = parse_now(params["now"])
+    if params["now"] and now > time.time() + FUTURE_SLACK:
+        # A what-if belongs in a plan; applied, a mistyped year deletes what is due only then.
+        module.warn(
+            f"Ages count from now={params['now']}, after this host's clock ({utc_iso(time.time())}): what the schedule "
+            f"makes due only then is {'deleted now' if params['state'] == 'applied' and not module.check_mode else 'listed'}"
+        )
     share_targets = [params["share_target"]] if params["share_target"] else []
     targets = opened_targets(params["targets"], params["known_hosts"], check_mode=module.check_mode)
     opened_shares = opened_targets(share_targets, params["known_hosts"], use="share", check_mode=module.check_mode)

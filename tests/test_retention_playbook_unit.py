@@ -41,9 +41,15 @@ def test_retention_is_off_unless_enabled_then_check_lists_what_the_run_deletes(t
     assert "retention not configured: set retention_enabled=true" in off.output and off.changed() == 0
     assert snapshot.exists() and "retention" not in json.loads(record.read_text())
 
-    on = settings(tmp_path, root, project, retention_enabled="true")
-    preview = run_playbook("playbooks/retention.yml", "-e", on, "--diff", check=True)
+    unconfirmed = settings(tmp_path, root, project, retention_enabled="true")
+    listed = run_playbook("playbooks/retention.yml", "-e", unconfirmed)
     line = f"host: {snapshot} (100.0 days old; database snapshots: 90 days)"
+    assert line in flat(listed.output) and "Would delete 1 files" in flat(listed.output) and listed.changed() == 0
+    told = "nothing was deleted. What the schedule would delete is listed above; to delete it, run again with -e"
+    assert f"{told} retention_confirm={W}" in flat(listed.output)
+    assert snapshot.exists() and "retention" not in json.loads(record.read_text())
+    on = settings(tmp_path, root, project, retention_enabled="true", retention_confirm=W)
+    preview = run_playbook("playbooks/retention.yml", "-e", on, "--diff", check=True)
     assert line in flat(preview.output) and preview.changed() == 1 and snapshot.exists()
     assert f"-host: {snapshot}" in preview.output  # --diff
     applied = run_playbook("playbooks/retention.yml", "-e", on)
@@ -58,7 +64,9 @@ def test_retention_is_off_unless_enabled_then_check_lists_what_the_run_deletes(t
     # A target that does not answer: named in a warning and in the kept list; the run goes on (exit 0).
     attic = dict(name="attic", type="ssh", host="127.0.0.1", port=1, user="root", path="/srv/attic")
     unanswered = run_playbook(
-        "playbooks/retention.yml", "-e", settings(tmp_path, root, project, retention_enabled="true", retention_targets=[attic])
+        "playbooks/retention.yml",
+        "-e",
+        settings(tmp_path, root, project, retention_enabled="true", retention_confirm=W, retention_targets=[attic]),
     )
     said = flat(unanswered.output)
     assert "Retention did not finish on target 'attic', which does not answer" in said and "Connection refused" in said

@@ -185,7 +185,8 @@ def test_a_lock_held_by_another_run_refuses_the_phase_naming_it_and_stays_its(si
     folder = str(site.backups / "ws")
     acquire(folder, new_owner("held-by-a-test", purpose="another run"))  # this live process holds it
     try:
-        run = run_playbook(playbook, "-i", str(inventory), extra_vars={"retention_enabled": "true"}, expect_ok=False)
+        deleting = {"retention_enabled": "true", "retention_confirm": "ws"}  # unconfirmed, retention only lists (no lock)
+        run = run_playbook(playbook, "-i", str(inventory), extra_vars=deleting, expect_ok=False)
         after = read_owner(os.path.join(folder, ".lock"))
     finally:
         release(folder, "held-by-a-test")
