@@ -62,6 +62,12 @@ options:
     type: str
     choices: [workshop, generated, none]
     default: workshop
+  record:
+    description:
+      - The workshop's run record. When it says the queue was drained, output files written more than ten minutes
+        after that end (C(drain.final_time)) belong to a later workshop on the host, so the run fails, naming them,
+        and builds nothing.
+    type: path
   days:
     description: The share period in days, from the first delivery; links never outlive it.
     type: int
@@ -205,7 +211,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.workshop_connection import require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_s3 import target_argument_spec
-from ansible.module_utils.workshop_share import HAS_PYZIPPER, MAX_LINK_SECONDS, PYZIPPER_IMPORT_ERROR, share
+from ansible.module_utils.workshop_share import HAS_PYZIPPER, MAX_LINK_SECONDS, PYZIPPER_IMPORT_ERROR, share, workshop_end
 
 
 def share_target_spec():
@@ -227,6 +233,7 @@ def main():
             share_dir=dict(type="path", required=True),
             workshop_id=dict(type="str", required=True),
             encryption=dict(type="str", choices=["workshop", "generated", "none"], default="workshop"),
+            record=dict(type="path"),
             days=dict(type="int", default=30),
             link_lifetime=dict(type="int", default=MAX_LINK_SECONDS),
             target=share_target_spec(),
@@ -252,6 +259,7 @@ def main():
     if not 1 <= params["link_lifetime"] <= MAX_LINK_SECONDS:
         module.fail_json(msg=f"link_lifetime must be 1..{MAX_LINK_SECONDS} seconds (SigV4 allows 7 days at most)")
     try:
+        params["ended"] = workshop_end(params["record"])
         result = share(params, module.check_mode)
     except WorkshopError as exc:
         module.fail_json(msg=exc.msg, **exc.context)

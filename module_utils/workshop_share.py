@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import atomic_file, inside, sha256_file, walk_tree, write_atomically
+from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_s3 import s3_client, s3_error
-from ansible.module_utils.workshop_time import utc_iso
+from ansible.module_utils.workshop_time import epoch_of, utc_iso
 
 try:
     import pyzipper
@@ -46,6 +47,9 @@ STATE_NAME = "share-state.json"
 PASSWORDS_NAME = "share-passwords.json"
 FOLDER_MODE = 0o700
 CHUNK = 1 << 20
+# An output written this long (seconds) after the drain's end (its last completion) is not the workshop's:
+# the outputs folder has moved on to a later workshop on the host.
+LATE_AFTER_END = 600
 
 
 # ---------------------------------------------------------------- roster
@@ -377,6 +381,34 @@ def presign(client, target, key, seconds):
 # ---------------------------------------------------------------- the phase
 
 
+def workshop_end(record_path):
+    """The workshop's end (epoch) as its run record has it: the drain's final_time, once drained; else None."""
+    if not record_path:
+        return None
+    drain = read_record(record_path).get("drain") or {}
+    return epoch_of(drain.get("final_time")) if drain.get("drained") is True else None
+
+
+def refuse_later_files(participants, workshop_id, ended):
+    """Fail, naming them, when files in the participants' folders were written well after the workshop ended."""
+    late = sorted(
+        (mtime_ns, path)
+        for participant in participants
+        for _arcname, path, _size, mtime_ns in participant["files"]
+        if mtime_ns / 1e9 > ended + LATE_AFTER_END
+    )
+    if late:
+        mtime_ns, path = late[-1]
+        raise WorkshopError(
+            f"{len(late)} files in the participants' folders were written after workshop {workshop_id} ended "
+            f"({utc_iso(ended)}), the newest {path} at {utc_iso(mtime_ns / 1e9)}: they are a later workshop's, and "
+            "would go to this one's participants. Share a workshop before the next one starts on the host; if this "
+            "one went on after its drain, reopen and drain it again (-e drain_reopen=true, then the drain) so that "
+            "its end is recorded anew. Nothing was built or sent",
+            late_files=len(late),
+        )
+
+
 def share(params, check_mode, now=None, client_factory=None):
     """Build, deliver and link every attending participant's archive; returns the result of the phase.
 
@@ -391,6 +423,8 @@ def share(params, check_mode, now=None, client_factory=None):
     credentials = read_credentials(params.get("credentials_file"))
     roster = parse_roster(params.get("roster_csv") or "")
     participants = build_roster(params["outputs_dir"], credentials, roster, params["pattern"], params.get("user_data_dir"))
+    if params.get("ended") is not None:
+        refuse_later_files(participants, params["workshop_id"], params["ended"])
     if not check_mode:
         # The workshop folder, when this phase is the first to make it, gets its one mode (0700).
         parent = os.path.dirname(share_dir.rstrip("/"))

@@ -157,6 +157,34 @@ def test_a_folder_with_other_scripts_digits_is_no_participant_and_a_bad_id_is_na
         share(bad_roster, check_mode=True)
 
 
+def test_outputs_written_after_the_workshop_ended_are_a_later_workshop_s_and_nothing_is_shared(workshop, tmp_path):
+    from ansible.module_utils.workshop_record import save_record
+    from ansible.module_utils.workshop_share import workshop_end
+    from ansible.module_utils.workshop_time import utc_iso
+
+    outputs = workshop / "data" / "outputs"
+    ended = time.time() - 86400  # yesterday's workshop; its participants' files were written before its end
+    for path in outputs.rglob("*"):
+        os.utime(path, (ended - 3600, ended - 3600), follow_symlinks=False)
+    record = tmp_path / "run-record.json"
+    save_record(str(record), {"drain": {"drained": True, "final_time": utc_iso(ended)}})
+    assert workshop_end(str(record)) == pytest.approx(ended, abs=0.001)
+
+    assert share(params(workshop, tmp_path, ended=ended), check_mode=True)["built"] == [
+        "user001",
+        "user002",
+        "user003",
+        "user004",
+    ]
+    (outputs / "user002" / "today.png").write_bytes(b"today's workshop")  # the host's next workshop
+    with pytest.raises(WorkshopError, match=r"1 files in the participants' folders were written after workshop ws ended"):
+        share(params(workshop, tmp_path, ended=ended), check_mode=False)
+    assert not (tmp_path / "served").exists() and not (tmp_path / "backups" / "ws" / "share").exists()
+    # Not drained (or reopened): no end to compare with.
+    save_record(str(record), {"drain": {"drained": False, "final_time": utc_iso(ended)}})
+    assert workshop_end(str(record)) is None and workshop_end(None) is None
+
+
 def test_a_second_run_on_unchanged_outputs_changes_nothing_and_a_new_file_rebuilds_one(workshop, tmp_path):
     first = share(params(workshop, tmp_path), check_mode=False)
     archives = {p["user"]: p["sha256"] for p in first["participants"]}
