@@ -57,11 +57,18 @@ def s3_client(target, use="archive"):
     import boto3
     import botocore.config
 
+    options = {}
+    if "response_checksum_validation" in botocore.config.Config.OPTION_DEFAULTS:
+        # botocore 1.36+ checks a response's checksum when the server sends one; it then cannot read a
+        # GET's error (NoSuchKey: "StreamingChecksumBody has no attribute strip"). Every object read here
+        # is checked against its sha256 anyway; a checksum asked for (ChecksumMode) is still checked.
+        options["response_checksum_validation"] = "when_required"
     config = botocore.config.Config(
         signature_version="s3v4",
         retries={"max_attempts": 5, "mode": "standard"},
         # Path-style addressing works with every S3-compatible server (MinIO, rclone, R2, B2).
         s3={"addressing_style": "path"},
+        **options,
     )
     session = boto3.session.Session(
         aws_access_key_id=target.get("access_key") or None,

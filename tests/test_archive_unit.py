@@ -370,6 +370,20 @@ def test_fetch_refuses_a_damaged_copy(tmp_path, s3server, capsys, fault_case):  
     fault_case.observed(f"failed on {failed['file']}; nothing at dest")
 
 
+def test_fetch_names_an_object_missing_from_the_copy(tmp_path, s3server, capsys):  # noqa: F811
+    """botocore 1.36+ could not read a GET's error with response checksums on ("'StreamingChecksumBody' object
+    has no attribute 'strip'", a bare Module failed): the target and the key are named instead."""
+    backup_dir, name, record = make_backup(tmp_path)
+    run_main(s3_args(s3server, backup_dir, record), capsys)
+    key = remote_key("comfy", WORKSHOP, name, "redis/dump.rdb")
+    s3server.path_of(key).unlink()  # a copy someone thinned out by hand, its MANIFEST still there
+    failed = run_main(dict(state="fetched", target=s3server.target(), workshop_id=WORKSHOP, dest=str(tmp_path / "r")), capsys)
+    # (rclone answers InternalError for a file gone from under its cache; S3 itself NoSuchKey.)
+    assert failed["failed"] is True and f"Archive target 's3test' ({s3server.endpoint_url}): reading s3://" in failed["msg"]
+    assert key in failed["msg"] and failed["key"] == key
+    assert not (tmp_path / "r" / name).exists()
+
+
 def test_secrets_never_show_in_the_output(tmp_path, s3server):  # noqa: F811
     backup_dir, _name, record = make_backup(tmp_path, big=1 << 20)
     args = s3_args(s3server, backup_dir, record)
