@@ -15,7 +15,7 @@ import pytest
 from s3server import s3  # noqa: F401 - a fixture
 from smtpserver import smtp  # noqa: F401 - a fixture
 
-from conftest import run_playbook
+from conftest import REPO, run_playbook
 
 # Runs ansible-playbook (no Docker): the playbook tier, not make test-unit.
 pytestmark = pytest.mark.playbook
@@ -140,7 +140,8 @@ def test_share_playbook_check_apply_idempotent_refresh(site):
     new_links = [LINK.search(m[2].get_content()).group(1) for m in mailbox.messages[2:]]
     assert [link.split("?")[0] for link in new_links] == [link.split("?")[0] for link in old_links]
     assert new_links != old_links and all(fetch(link)[0] == 200 for link in new_links)
-    assert "--tags share_refresh --limit localhost" in refreshed.text
+    command = f"cd {REPO} && ansible-playbook -i {REPO / 'inventory' / 'local'} playbooks/share.yml --tags share_refresh"
+    assert f"{command} --limit localhost -e workshop_id=ws-share" in " ".join(refreshed.text.split())
 
 
 def test_no_target_and_no_served_url_shares_nothing_and_says_why(site):
