@@ -286,7 +286,13 @@ def offsite_members(facts, check):
 
 
 def outputs_in_offsite_backup(outputs_dir, facts, check):
-    """([(path, relpath, size, mtime)] of outputs held identically by a backup a target holds now), [(path, why)])."""
+    """([(path, relpath, size, mtime)] of outputs held identically by a backup a target holds now), [(path, why)]).
+
+    None while the workshop has no verified newest backup: an off-host copy alone would do, but a workshop
+    whose backups do not verify is one for the admin to look at first."""
+    if facts["newest_verified"] is None:
+        why = "its newest backup failed verification" if facts["failed"] else "no verified backup of the workshop is known"
+        return [], [(outputs_dir.rstrip("/") + "/", f"{why} (run record backup.verify): no output is removed")]
     kept, not_kept = [], []
     known = None  # asked of the targets only when there is an output to remove
     for root, dirs, files in os.walk(outputs_dir):

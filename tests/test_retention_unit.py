@@ -330,6 +330,24 @@ def test_outputs_go_30_days_after_the_workshops_end_only_when_held_identically_o
     assert (outputs / "user002" / "img0.png").exists() and not (outputs / "user001" / "img0.png").exists()
 
 
+def test_no_output_goes_while_the_newest_backup_fails_verification(tmp_path, nas, capsys):
+    """The outputs are held off-host all the same, but a workshop whose newest backup does not verify is one
+    for the admin to look at before anything of it goes (an admin's trial: retention would delete them)."""
+    root, folder, project, outputs, _names, record = workshop(
+        tmp_path, [40, 20], verified=0, failed=1, offsite={"nas": (0, True)}, target=nas
+    )
+    before = files_under(outputs)
+    args = args_for(root, folder, project, outputs, record, outputs_dir=str(outputs), targets=[nas], state="planned")
+
+    result = run_main("retention_enforce", args, capsys)
+
+    assert not [i for i in result["deleted"] if i["path"].startswith(str(outputs))]
+    assert protected(result, outputs) == [
+        "its newest backup failed verification (run record backup.verify): no output is removed"
+    ]
+    assert files_under(outputs) == before
+
+
 def test_host_data_goes_only_while_a_target_still_holds_its_copy(tmp_path, nas, sshd, capsys):
     # The run record says the 577-day-old backup was verified on nas; what nas holds now decides.
     root, folder, project, outputs, names, record = workshop(
