@@ -510,17 +510,14 @@ def share(params, check_mode, now=None, client_factory=None):
             else:
                 moved = s3_deliver(client, target, plan["path"], key, entry["sha256"], check_mode)
             entry["location"] = f"s3://{target['bucket']}/{key}"
-            keep = (
-                not params.get("refresh")
-                and not changed_content
-                and not moved
-                and old.get("link")
-                and (old.get("link_expires") or 0) > now + 3600
-            )
+            seconds = max(0, min(MAX_LINK_SECONDS, params.get("link_lifetime") or MAX_LINK_SECONDS, ends - now))
+            # A link is kept while it has an hour left; a refresh renews one past the half of what a new one would
+            # get, so a second refresh soon after (cron and a hand run) issues, and mails, nothing again.
+            left_needed = seconds / 2 if params.get("refresh") else 3600
+            keep = not changed_content and not moved and old.get("link") and (old.get("link_expires") or 0) > now + left_needed
             if keep:
                 entry.update(link=old["link"], link_expires=old["link_expires"], link_issued=old.get("link_issued"))
             else:
-                seconds = max(0, min(MAX_LINK_SECONDS, params.get("link_lifetime") or MAX_LINK_SECONDS, ends - now))
                 if seconds <= 0:
                     raise WorkshopError(f"The share period ended at {utc_iso(ends)}: no link is issued after it")
                 entry.update(

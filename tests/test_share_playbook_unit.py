@@ -134,6 +134,14 @@ def test_share_playbook_check_apply_idempotent_refresh(site):
     again = share(site)
     assert again.changed() == 0 and len(mailbox.messages) == 2
 
+    # Renewed right away, links keep: a refresh renews those past half their life (cron and a hand run mail once).
+    assert share(site, "--tags", "share_refresh").changed() == 0 and len(mailbox.messages) == 2
+    state_path = folder / "share" / "share-state.json"
+    state = json.loads(state_path.read_text())
+    for entry in state["participants"].values():  # four days on: past the half of the links' seven
+        entry["link_issued"] -= 4 * 86400
+        entry["link_expires"] -= 4 * 86400
+    state_path.write_text(json.dumps(state))
     refreshed = share(site, "--tags", "share_refresh")
     assert refreshed.changed() >= 2 and len(mailbox.messages) == 4
     old_links = [LINK.search(m[2].get_content()).group(1) for m in mailbox.messages[:2]]
