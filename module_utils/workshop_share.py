@@ -113,6 +113,10 @@ def parse_roster(text):
         if not user:
             raise WorkshopError(f"Roster row {number} has no user id: {row}")
         email = cell("email")
+        if re.search(r"[\x00-\x1f\x7f]", cell("name")):
+            # It goes into the message's To: header, which no line break or control character may enter.
+            name = cell("name")
+            raise WorkshopError(f"Roster row {number} ({user}): the name {name!r} holds a line break or control character")
         if email and not re.match(r"^[^@\s]+@[^@\s]+$", email):
             raise WorkshopError(f"Roster row {number} ({user}): '{email}' is not an email address")
         if user in row_of:

@@ -71,6 +71,13 @@ def _smtp(smtp):
         if smtp.get("username"):
             server.login(smtp["username"], smtp.get("password") or "")
         return server
+    except smtplib.SMTPAuthenticationError as exc:
+        raise WorkshopError(
+            f"The SMTP server {host}:{port} ({security}) refused the login of {smtp['username']}: {exc.smtp_code} "
+            f"{exc.smtp_error.decode(errors='replace')}; check share_smtp's username and the password in the vault",
+            host=host,
+            port=port,
+        ) from None
     except (OSError, smtplib.SMTPException) as exc:
         raise WorkshopError(
             f"Cannot reach the SMTP server {host}:{port} ({security}): {exc}; check share_smtp (host, port, security, "

@@ -91,6 +91,8 @@ def test_credentials_and_roster_parse_as_the_platform_writes_them():
         parse_roster("user002,Bob Two,bob@x.org\nuser003,Cy,\nuser002,Bob Dup,bobdup@x.org\n")
     with pytest.raises(WorkshopError, match="not an email"):
         parse_roster("user001,Ada,not-an-address\n")
+    with pytest.raises(WorkshopError, match=r"Roster row 2 \(user002\): the name 'Bob\\r\\nBcc: x@y.org' holds a line break"):
+        parse_roster('user001,Ada,ada@x.org\nuser002,"Bob\r\nBcc: x@y.org",bob@x.org\n')
 
 
 def test_each_participant_gets_only_their_own_files_encrypted_with_their_password(workshop, tmp_path):
@@ -437,7 +439,8 @@ def test_messages_go_over_tls_with_the_login(workshop, tmp_path, security):
         # A certificate nobody vouches for, or a wrong login, stops the sending with the server named.
         with pytest.raises(WorkshopError, match=rf"Cannot reach the SMTP server 127.0.0.1:{port} \({security}\).*CERTIFICATE"):
             send_messages({**good, "resend": True, "smtp": {**good["smtp"], "ca_file": None}}, check_mode=False)
-        with pytest.raises(WorkshopError, match=rf"Cannot reach the SMTP server 127.0.0.1:{port} \({security}\).*535"):
+        refused = rf"The SMTP server 127.0.0.1:{port} \({security}\) refused the login of team: 535 .*check share_smtp's username"
+        with pytest.raises(WorkshopError, match=refused):
             send_messages({**good, "resend": True, "smtp": {**good["smtp"], "password": "wrong"}}, check_mode=False)
         assert len(mailbox.messages) == 2
     finally:
