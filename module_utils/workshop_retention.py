@@ -288,8 +288,8 @@ def offsite_members(facts, check):
 def outputs_in_offsite_backup(outputs_dir, facts, check):
     """([(path, relpath, size, mtime)] of outputs held identically by a backup a target holds now), [(path, why)]).
 
-    None while the workshop has no verified newest backup: an off-host copy alone would do, but a workshop
-    whose backups do not verify is one for the admin to look at first."""
+    No output at all while the workshop has no verified newest backup: an off-host copy alone would do, but a
+    workshop whose backups do not verify is one for the admin to look at first."""
     if facts["newest_verified"] is None:
         why = "its newest backup failed verification" if facts["failed"] else "no verified backup of the workshop is known"
         return [], [(outputs_dir.rstrip("/") + "/", f"{why} (run record backup.verify): no output is removed")]
