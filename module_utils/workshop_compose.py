@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
+from ansible.module_utils.workshop_files import sha256_stream
 
 try:
     import docker
@@ -286,7 +287,6 @@ class ComposeProject:
 def tree_digests(container, path):
     """{path relative to `path`: sha256} of every file under `path` in `container` (a stopped one too,
     its volumes included), streamed from the Docker API without a copy on disk."""
-    import hashlib
     import tarfile
 
     digests = {}
@@ -295,10 +295,7 @@ def tree_digests(container, path):
         with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
             for info in tar:
                 if info.isfile():
-                    digest, source = hashlib.sha256(), tar.extractfile(info)
-                    for block in iter(lambda src=source: src.read(1 << 20), b""):
-                        digest.update(block)
-                    digests[info.name.partition("/")[2]] = digest.hexdigest()
+                    digests[info.name.partition("/")[2]] = sha256_stream(tar.extractfile(info))
     except (docker.errors.DockerException, tarfile.TarError, OSError) as exc:  # requests' errors are OSErrors
         raise WorkshopError(f"Cannot read {path} in {container.name}: {exc}", container=container.name, path=path) from None
     return digests
