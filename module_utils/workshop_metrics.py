@@ -829,7 +829,7 @@ def _figures(tally, read, registered_users, cutoff, final_time):
     counts["success_rate"] = _percent(counted["completed"], counted["completed"] + counted["failed"])
     run_seconds, longest_run = tally["runs"]
     used, succeeded, failed = tally["models"]
-    return {
+    figures = {
         "records": read,
         "jobs": counts,
         "durations": _durations_of(run_seconds, longest_run),
@@ -847,3 +847,25 @@ def _figures(tally, read, registered_users, cutoff, final_time):
             for entry in _ranked(tally["batch_sizes"], tie=lambda size: size)
         ],
     }
+    # The long series hold numbers and times of our own making; every other figure may hold a record's text.
+    return {name: figure if name in _SERIES else well_formed(figure) for name, figure in figures.items()}
+
+
+_SERIES = frozenset(("duration_seconds", "queue_depth", "timeline"))
+
+
+def well_formed(value):
+    """`value` (text, or dicts and lists of it) with each lone surrogate in its text made U+FFFD.
+
+    A record's JSON may escape one ("\\udcff": JavaScript's JSON.stringify writes a broken string so),
+    and no UTF-8 file (the report, metrics.json) can hold it: the report stopped at such an error text."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        # UTF-16 pairs what surrogates make a character and replaces only the lone ones.
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {well_formed(key): well_formed(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(well_formed(item) for item in value)
+    return value

@@ -458,6 +458,25 @@ def test_ranked_figures_render_in_rank_order_from_metrics_json(written):
     assert bars == ["zoe", "amy", "bob", "cat"]  # 10, 4, 1, 0 jobs
 
 
+def test_a_lone_surrogate_in_a_record_reaches_the_report_as_the_replacement_character(inputs, tmp_path):
+    """JavaScript's JSON.stringify escapes a broken string's lone surrogate ("\\udcff"), and json.loads gives it
+    back; no UTF-8 file can hold one, and the report stopped at it. The figures carry U+FFFD instead."""
+    from ansible.module_utils.workshop_metrics import compute_metrics
+    from ansible.module_utils.workshop_report import write_report
+
+    jobs = afternoon_jobs()
+    record = json.loads('{"error": "CUDA \\udcff error", "user_id": "eve\\udcff", "id": "j\\udcff"}')
+    jobs[-1].update(record, completed_at="2026-01-15T11:40:35Z")  # also the longest run, so its id is named
+    metrics = compute_metrics(jobs, ["amy", "bob", "zoe", "cat"])
+    text = json.dumps(metrics, ensure_ascii=False)
+    assert "\udcff" not in text and text.count("\ufffd") >= 3
+
+    inputs["metrics"], inputs["logs"] = metrics, None
+    changed, texts, _stamp = write_report(str(tmp_path / "report"), inputs, "2026-01-15T12:00:00Z")
+    assert changed and "CUDA \ufffd error" in texts["report.md"]
+    assert "CUDA \ufffd error" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+
+
 # --- labels, units, and "not measured" instead of made-up values --------------------------------------
 
 
