@@ -900,14 +900,22 @@ def fetch_backup(store, workshop_id, backup, dest, check_mode=False):
     got = store.read_sha256(manifest_key, dest=os.path.join(partial, MANIFEST))
     entries = backup_entries(partial)
     if entries[-1][2] != got:
-        raise WorkshopError(f"The manifest {manifest_key} changed while it was read: fetch again", key=manifest_key)
+        raise WorkshopError(
+            f"The manifest {manifest_key} changed while it was read: fetch again", key=manifest_key, backup=backup
+        )
     for relpath, size, sha256 in entries[:-1]:
         path = os.path.join(partial, relpath)
         if _local_matches(path, size, sha256):
             continue
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         temporary = path + ".part"
-        digest = store.read_sha256(store.key(workshop_id, backup, relpath), dest=temporary)
+        # Owner-only, as in the backup itself: the configuration holds the workshop's secrets.
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        try:
+            digest = store.read_sha256(store.key(workshop_id, backup, relpath), dest=temporary)
+        except WorkshopError as exc:
+            exc.context.update(file=relpath, backup=backup)  # the restore test records which file failed
+            raise
         if digest != sha256 or os.path.getsize(temporary) != size:
             os.remove(temporary)
             raise WorkshopError(
@@ -915,6 +923,7 @@ def fetch_backup(store, workshop_id, backup, dest, check_mode=False):
                 f"manifest (sha256 {digest}, manifest {sha256}): this copy is damaged; fetch from another target",
                 key=store.key(workshop_id, backup, relpath),
                 file=relpath,
+                backup=backup,
             )
         os.rename(temporary, path)
     for root, _dummy, _dummy in os.walk(partial):
@@ -926,10 +935,6 @@ def fetch_backup(store, workshop_id, backup, dest, check_mode=False):
 
 def _local_matches(path, size, sha256):
     return os.path.isfile(path) and os.path.getsize(path) == size and sha256_file(path) == sha256
-
-
-def remove_partial_fetch(dest, backup):
-    shutil.rmtree(os.path.join(dest, FETCH_PREFIX + backup), ignore_errors=True)
 
 
 # --- the run record ----------------------------------------------------------------------------

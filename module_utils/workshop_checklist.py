@@ -283,7 +283,8 @@ def line_restore(record, facts):
         evidence += f" ({', '.join(details)})"
     newest = _get(record, "backup", "name")
     if newest and test.get("backup") and newest != test.get("backup"):
-        evidence += f"; the newest backup {newest} was not restore-tested itself"
+        # A pass of an older backup says nothing of the one a recovery would use.
+        return _not(f"{evidence}, but the newest backup {newest} was not restore-tested: run playbooks/restore_test.yml")
     return _ok(evidence)
 
 

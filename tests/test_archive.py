@@ -175,6 +175,24 @@ def test_killed_upload_resumes_altered_object_is_caught_and_down_volumes_needs_t
     entry = record_of(workshop_id)["archive"]["targets"]["s3test"]
     assert entry["verified"] is False and [f["file"] for f in entry["failures"]] == ["redis/dump.rdb"]
 
+    # A restore test from the damaged copy fails naming the file, and the run record says so.
+    restore_test = ("playbooks/restore_test.yml", "-e", f"@{vars_file}")
+    test_vars = {"workshop_id": workshop_id, "restore_source": "s3test"}
+    failed = run_playbook(*restore_test, extra_vars=test_vars, env=S3_ENV, expect_ok=False)
+    assert failed.returncode != 0 and "redis/dump.rdb" in failed.text, failed.output[-3000:]
+    outcome = record_of(workshop_id)["restore_test"]
+    failed_files = [f["file"] for f in outcome["failures"]]
+    assert (outcome["ok"], outcome["backup"], failed_files) == (False, folder.name, ["redis/dump.rdb"])
+    # What that test fetched before it failed (outputs.tar) never stands in for the target's copy: repaired
+    # dump.rdb, truncated outputs.tar, the next test reads outputs.tar from the target and fails on it.
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    with open(s3server.path_of(key), "r+b") as tar_object:
+        tar_object.truncate(1000)
+    failed = run_playbook(*restore_test, extra_vars=test_vars, env=S3_ENV, expect_ok=False)
+    assert failed.returncode != 0 and "outputs.tar" in failed.text, failed.output[-3000:]
+    assert [f["file"] for f in record_of(workshop_id)["restore_test"]["failures"]] == ["outputs.tar"]
+
     # The only off-host copy is damaged: down_volumes is refused, nothing stopped.
     refused = run_playbook("playbooks/shutdown.yml", "-e", f"@{vars_file}", extra_vars=down, expect_ok=False)
     assert refused.returncode != 0 and "s3test: " + folder.name + " NOT verified" in refused.text

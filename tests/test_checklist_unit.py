@@ -179,6 +179,12 @@ def _no_report(record, folder):
             "make a new backup and run playbooks/restore_test.yml again",
         ),
         (
+            _set(["restore_test", "backup"], "backup-20261129T170000Z"),
+            "restore",
+            "backup backup-20261129T170000Z restored 2026-11-30 09:12 UTC (8 files equal to the manifest, 94 keys loaded, "
+            f"in 4.2 s), but the newest backup {BACKUP} was not restore-tested: run playbooks/restore_test.yml",
+        ),
+        (
             _drop("share"),
             "notified",
             "the outputs were not shared (no share in the run record; sharing needs share_target or share_base_url): "
