@@ -399,6 +399,13 @@ def test_reopen_brings_the_frontends_back_and_the_next_drain_records_its_own_tim
     assert again["announcement"]["cutoff"] != first["announcement"]["cutoff"]
     assert again["drain"]["reopened_at"] is None  # announced: a re-run keeps this cut-off, even after a timeout
 
+    # The frontends started by hand after that drain, then the reopen asked for: that drain is over all the same.
+    compose("up", "-d")
+    run_playbook("playbooks/drain.yml", extra_vars={"drain_reopen": True})
+    ended = json.loads(RECORD.read_text())["drain"]
+    assert ended["drained"] is False and ended["reopened_at"] and ended["final_time"] == again["drain"]["final_time"]
+    assert run_playbook("playbooks/drain.yml", extra_vars={"drain_reopen": True}).changed() == 0
+
 
 def test_an_unknown_frontend_pattern_is_named(staging_workshop, fresh_record):
     run = run_playbook("playbooks/drain.yml", extra_vars={"drain_frontend_pattern": "^frontend-"}, expect_ok=False)
