@@ -175,7 +175,7 @@ def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, p
     assert sorted(str(path) for path in site.root.rglob("*")) == before  # nothing written anywhere
 
 
-@pytest.mark.parametrize("playbook", ["playbooks/cleanup.yml", "playbooks/retention.yml"])
+@pytest.mark.parametrize("playbook", ["playbooks/cleanup.yml", "playbooks/retention.yml", "playbooks/restore_test.yml"])
 def test_a_lock_held_by_another_run_refuses_the_phase_naming_it_and_stays_its(site, tmp_path, playbook):
     """The phase's module holds the workshop's lock while it works: a lock another live run holds refuses
     the run, naming that run, and stays that run's."""
