@@ -275,19 +275,31 @@ def _docker(params):
     return client, None
 
 
-def _image(params, project):
+def _image(params, project, client, folder):
+    """(image to run, its name for people): redis_image, else the workshop's Redis container's, else the one
+    the backup recorded (a workshop taken down: its containers are gone), when this Docker Engine has it."""
     if params["redis_image"]:
         return params["redis_image"], params["redis_image"]
-    if project is None:
-        raise WorkshopError("Set redis_image (restore_redis_image), or project_dir to take the image of the workshop's Redis")
     try:
+        if project is None:
+            raise WorkshopError("Set redis_image (restore_redis_image), or project_dir to take the image of the workshop's Redis")
         return redis_image(project, params["redis_service"])
     except WorkshopError as exc:
-        raise WorkshopError(
-            f"{exc.msg}. The workshop's Redis image is not to be found there: set restore_redis_image to it "
-            "(the platform runs redis:7-alpine)",
-            **exc.context,
-        ) from None
+        found = exc
+    try:
+        recorded = (read_manifest(folder).get("redis") or {}).get("image")
+    except WorkshopError:
+        recorded = None  # the restore names an unreadable manifest itself
+    if recorded:
+        try:
+            return client.images.get(recorded).id, recorded
+        except docker.errors.ImageNotFound:
+            advice = f"the backup recorded {recorded}, which this Docker Engine does not have: pull it or set restore_redis_image"
+        except docker.errors.DockerException as exc:
+            raise WorkshopError(f"Cannot look up the image {recorded} the backup recorded: {exc}", image=recorded) from None
+    else:
+        advice = "set restore_redis_image to the workshop's Redis image (the platform runs redis:7-alpine)"
+    raise WorkshopError(f"{found.msg}. No Redis image to load the snapshot with: {advice}", **found.context) from None
 
 
 def _load_and_compare(client, image, label, rdb_path, recorded, timeout, volume=None, enable_aof=False):
@@ -322,7 +334,7 @@ def test_restore(params, check_mode):
     if check_mode:
         return dict(result, changed=True, ok=None)
     client, project = _docker(params)
-    image, label = _image(params, project)
+    image, label = _image(params, project, client, folder)
     started = time.monotonic()
     scratch_root = params["scratch_root"] or os.path.dirname(folder)
     os.makedirs(scratch_root, mode=0o700, exist_ok=True)
@@ -529,7 +541,7 @@ def recover(params, check_mode):
         )
     manifest = read_manifest(folder)
     client, project = _docker(params)
-    image, label = _image(params, project)
+    image, label = _image(params, project, client, folder)
     project_name = _project_name(params, folder)
     volume = f"{project_name}_{params['redis_volume']}"
     # Everything the backup would write, member by member, and what is already there.

@@ -134,6 +134,13 @@ source:
   description: Where the file was read, C(<container>:<path>) or the host path.
   returned: always
   type: str
+image:
+  description:
+    - The image the Redis container runs, as its compose file names it (null for O(source=host)).
+    - A restore test or restore of a workshop already taken down runs a throwaway Redis of it.
+  returned: success and not check mode
+  type: str
+  sample: redis:7-alpine
 """
 
 import os
@@ -242,6 +249,7 @@ def take_snapshot(params, check_mode):
         checksum=summary["checksum"],
         lastsave=saved["lastsave"],
         rdb_saves=saved["rdb_saves"],
+        image=container.attrs.get("Config", {}).get("Image") if container is not None else None,
     )
 
 

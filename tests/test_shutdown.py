@@ -143,12 +143,17 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
         assert "ready to exit" in log_text(f"{shutdown_record['logs_kept_in']}/redis.log.gz")
         again = shutdown(workshop_id, "down_volumes")
         assert again.changed() == 0, again.output
+        # The workshop's containers are gone: the restore test loads the snapshot into a Redis of the image
+        # the backup recorded.
+        tested = run_playbook("playbooks/restore_test.yml", extra_vars={"workshop_id": workshop_id})
+        assert f"Restore test of {folder.name} (from local) PASSED" in tested.text, tested.output[-3000:]
     finally:
         back_up_and_running(rdb)
     # The data is gone from the workshop, and still whole in the backup.
     assert rdb.zcard("queue:completed") == 0
     facts = json.loads((folder / "MANIFEST.json").read_text())["redis"]
     assert facts["queues"]["queue:completed"] == completed
+    assert facts["image"].startswith("comfy-wrapup/staging-redis:")
 
 
 # --- one project ---------------------------------------------------------------------------------
