@@ -91,13 +91,16 @@ def s3_call_errors():
 
 def s3_error(target, action, key, exc, use="archive"):
     """A WorkshopError for a failed S3 call: which target (`use`: a key of USES), bucket, key and what the server said."""
+    code = None
     if isinstance(exc, s3_call_errors()[1]):
         code = exc.response.get("Error", {}).get("Code", "?")
         said = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
     else:
         said = str(exc)
     where = f"s3://{target.get('bucket')}/{key}" if key else f"s3://{target.get('bucket')}"
-    hint = " Check access_key/secret_key (or AWS_ACCESS_KEY_ID)." if "Access" in said or "Signature" in said else ""
+    # A HEAD's refusal has no body to say why: only its status, 403.
+    refused = code in ("401", "403") or "Access" in said or "Signature" in said
+    hint = " Check access_key/secret_key (or AWS_ACCESS_KEY_ID) and the bucket's permissions." if refused else ""
     # botocore's connection failures (no answer, timeouts), not the server's answers (ClientError).
     unreached = any(cls.__name__ in S3_UNREACHED for cls in type(exc).__mro__)
     return (WorkshopUnreachable if unreached else WorkshopError)(

@@ -384,6 +384,15 @@ def test_fetch_names_an_object_missing_from_the_copy(tmp_path, s3server, capsys)
     assert not (tmp_path / "r" / name).exists()
 
 
+def test_a_wrong_secret_key_is_named_as_refused_credentials(tmp_path, s3server, capsys):  # noqa: F811
+    """The first call is a HEAD, whose refusal is a bare 403 with no body to say why."""
+    backup_dir, _name, record = make_backup(tmp_path, big=1 << 20)
+    wrong = "WRONG-" + "x" * 34
+    failed = run_main(s3_args(s3server, backup_dir, record, target={**s3server.target(), "secret_key": wrong}), capsys)
+    assert failed["failed"] is True and "403" in failed["msg"], failed["msg"]
+    assert "Check access_key/secret_key" in failed["msg"] and wrong not in json.dumps(failed)
+
+
 def test_secrets_never_show_in_the_output(tmp_path, s3server):  # noqa: F811
     backup_dir, _name, record = make_backup(tmp_path, big=1 << 20)
     args = s3_args(s3server, backup_dir, record)
