@@ -5,6 +5,7 @@ holds the jobs; the Docker Engine named does not answer, as on a workshop alread
 import gzip
 import json
 import os
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -173,6 +174,25 @@ def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, p
     assert f"workshop_id '{workshop_id}' on ws is not a safe folder name" in " ".join(run.output.split())
     assert "TASK [workshop : Refuse a workshop id" in run.output
     assert sorted(str(path) for path in site.root.rglob("*")) == before  # nothing written anywhere
+
+
+def test_hosts_of_one_run_sharing_a_workshop_id_are_refused_and_the_others_go_on(site, tmp_path):
+    """Two fleet hosts with one id would write over each other's archive keys and share links."""
+    host = f"ansible_connection=local ansible_python_interpreter={_host_python()}"
+    inventory = tmp_path / "hosts"
+    inventory.write_text(
+        f"[workshop]\nws workshop_id=dup {host}\nws2 workshop_id=dup {host}\nws3 workshop_id=own {host}\n\n"
+        "[workshop:vars]\n" + "".join(f"{name}={value}\n" for name, value in site.settings.items())
+    )
+
+    run = run_playbook("playbooks/state.yml", "-i", str(inventory), expect_ok=False)
+
+    text = " ".join(run.output.split())
+    assert "workshop_id 'dup' of ws is also the id of ws2 in this run" in text, run.output[-3000:]
+    assert "workshop_id 'dup' of ws2 is also the id of ws in this run" in text
+    recap = dict(re.findall(r"^(ws\d?)\s+: .*failed=(\d+)", run.output, re.M))
+    assert recap == {"ws": "1", "ws2": "1", "ws3": "0"}
+    assert "Workshop own on ws3" in text
 
 
 @pytest.mark.parametrize("playbook", ["playbooks/cleanup.yml", "playbooks/retention.yml", "playbooks/restore_test.yml"])
