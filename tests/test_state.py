@@ -1,10 +1,12 @@
 """post_workshop.yml's first play, workshop_state, locally and over real SSH."""
 
+import os
 import re
 
 import pytest
 
 from conftest import (
+    BACKUP_ROOT,
     COMPOSE_PROJECT,
     PROJECT_DIR,
     REDIS_PORT,
@@ -68,12 +70,26 @@ def test_a_wrong_password_is_named_but_never_shown(staging_workshop, tmp_path):
 def test_an_unknown_compose_project_lists_the_known_ones(staging_workshop, fault_case):
     fault_case(
         "Unknown compose project (state report)",
-        expected="the state report says the services were not read, naming 'nosuch' and the known projects",
+        expected="the state report says the services were not read, naming 'nosuch' and the known projects; the drain "
+        "stops before announcing anything",
     )
     run = run_playbook("post_workshop.yml", "--tags", "state", extra_vars={"workshop_compose_project": "nosuch"})
     assert "Services: not read: No containers of compose project 'nosuch'" in run.text
     assert COMPOSE_PROJECT in run.output
-    fault_case.observed(f"'No containers of compose project nosuch'; known: {COMPOSE_PROJECT} listed")
+
+    # The drain stops before it announces a cut-off or records anything: a re-run must not reuse one never read out.
+    workshop_id = f"nosuch-{os.urandom(3).hex()}"
+    drain = run_playbook(
+        "post_workshop.yml",
+        "--tags",
+        "drain",
+        extra_vars={"workshop_compose_project": "nosuch", "workshop_id": workshop_id},
+        expect_ok=False,
+    )
+    assert "Cannot close submissions on localhost: No containers of compose project 'nosuch'" in drain.text, drain.output[-3000:]
+    assert "Nothing was announced and no frontend was stopped" in drain.text
+    assert not (BACKUP_ROOT / workshop_id).exists()
+    fault_case.observed(f"'No containers of compose project nosuch'; known: {COMPOSE_PROJECT} listed; the drain stopped first")
 
 
 def test_post_workshop_runs_over_ssh(staging_workshop, rdb, sshd, tmp_path):
