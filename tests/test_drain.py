@@ -110,6 +110,7 @@ def test_check_mode_changes_nothing(staging_workshop, rdb, fresh_record, cleanup
     assert {key: rdb.dump(key) for key in before} == before
     assert not RECORD.exists()
     assert "1 running" in run.output
+    assert "Check mode, nothing waited for: " in run.text and "Queue NOT drained" not in run.text
 
 
 @pytest.mark.fault
