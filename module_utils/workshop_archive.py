@@ -736,8 +736,9 @@ def copy_backup(store, folder, workshop_id, backup, progress, deadline=None, che
         if present and not same:
             raise WorkshopError(
                 f"Archive target '{store.target['name']}' already holds {store.where(workshop_id, backup)}{relpath} with other "
-                f"content than the backup's manifest: it is never overwritten. Move it aside on the target, or archive "
-                f"under another prefix, then run again. Nothing else was changed",
+                f"content than the backup's manifest: it is never overwritten. Either the backup on this host changed "
+                f"since it was copied (verify it: --tags verify, and keep the copy) or the copy was altered on the target "
+                f"(then move it aside there, or archive under another prefix) before running again. Nothing else was changed",
                 key=key,
             )
         if same:

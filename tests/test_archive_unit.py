@@ -140,6 +140,7 @@ def test_s3_never_overwrites_a_different_object(tmp_path, s3server, capsys):  # 
 
     failed = run_main(s3_args(s3server, backup_dir, record), capsys)
     assert failed["failed"] is True and failed["key"] == key and "never overwritten" in failed["msg"]
+    assert "Either the backup on this host changed since it was copied" in failed["msg"]
     assert s3server.client().get_object(Bucket="workshops", Key=key)["Body"].read() == b"someone else's file"
     assert "archive" not in read_record(record)
 
