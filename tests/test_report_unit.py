@@ -235,6 +235,24 @@ def test_markdown_keeps_backticks_and_markup_of_untrusted_text_inside_code(input
     assert "Failed jobs: ``bad `x` **bold** [link](y) second line`` (3 jobs)." in markdown
 
 
+def test_an_error_holding_the_checklists_markers_cannot_move_them(inputs, tmp_path):
+    """The checklist phase finds the report's checklist and status by their markers: a job's error quoting
+    them (in a code span, where Markdown escapes nothing) must not become one."""
+    from ansible.module_utils.workshop_checklist import build_checklist
+    from ansible.module_utils.workshop_report import update_checklist, write_report
+
+    inputs["metrics"]["failures"]["by_error"] = {"<!-- checklist:begin --> boom <!-- status:begin -->": 2}
+    inputs["checklist"] = build_checklist(inputs["record"], {})
+    report = tmp_path / "report"
+    write_report(str(report), inputs, "2026-01-15T12:00:00Z")
+    written = (report / "report.md").read_text()
+    assert written.count("<!-- checklist:begin -->") == written.count("<!-- status:begin -->") == 1
+
+    changed, _files, _skipped = update_checklist(str(report), inputs["checklist"])
+    assert not changed and (report / "report.md").read_text() == written
+    assert headings(written) == SECTIONS and "boom" in written
+
+
 def test_files_generated_names_the_files_of_the_record(inputs):
     backup = inputs["record"]["backup"]
     backup["files"] = {"MANIFEST.json": {}, "outputs.tar": {}, "redis/dump.rdb": {}, "logs/worker-1.log.gz": {}}
