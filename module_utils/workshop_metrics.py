@@ -478,76 +478,91 @@ def _longer(first, second):
 
 
 def job_counts(jobs):
-    statuses = Counter(job.get("status") for job in jobs)
-    counts = {"submitted": len(jobs), **{status: statuses[status] for status in STATUSES}}
+    return _counts_of(Counter(job.get("status") for job in jobs), len(jobs))
+
+
+def _counts_of(statuses, submitted):
+    """The jobs figure of the `statuses` Counter of `submitted` jobs: each platform status, and a status the
+    platform does not have (a typo, another case) counted under `other` with its names, never lost."""
+    counts = {"submitted": submitted, **{status: statuses[status] for status in STATUSES}}
+    others = {str(status): n for status, n in statuses.items() if status not in STATUSES and n}
+    if others:
+        counts["other"] = sum(others.values())
+        counts["other_statuses"] = dict(sorted(others.items()))
     counts["success_rate"] = _percent(statuses["completed"], statuses["completed"] + statuses["failed"])
     return counts
 
 
 def _completed_runs(jobs, times):
-    """(run time in seconds: completed_at - started_at, job) of every completed job with both times."""
+    """(run time in seconds: completed_at - started_at, job) of every completed job with both times, and how
+    many more there are whose times go backwards (completed before started: a clock or record at fault)."""
     times = job_times(jobs) if times is None else times
-    return [
+    measured = [
         ((when.completed - when.started).total_seconds(), job)
         for job, when in zip(jobs, times)
         if job.get("status") == "completed" and when.started is not None and when.completed is not None
     ]
+    return [entry for entry in measured if entry[0] >= 0], sum(1 for seconds, _dummy in measured if seconds < 0)
 
 
 def durations(jobs, times=None):
-    """Run time (completed_at - started_at, seconds) of the completed jobs."""
-    measured = _completed_runs(jobs, times)
+    """Run time (completed_at - started_at, seconds) of the completed jobs; those whose times go backwards
+    are left out of every figure and counted (`backwards`)."""
+    measured, backwards = _completed_runs(jobs, times)
     values = [seconds for seconds, _dummy in measured]
-    return _durations_of(values, _longest(values, [job.get("id") for _dummy, job in measured]))
+    return _durations_of(values, _longest(values, [job.get("id") for _dummy, job in measured]), backwards)
 
 
 def run_times(jobs, times=None):
     """Run time of every completed job (durations' values, to the millisecond), shortest first: the report's histogram."""
-    return _run_times_of(seconds for seconds, _dummy in _completed_runs(jobs, times))
+    return _run_times_of(seconds for seconds, _dummy in _completed_runs(jobs, times)[0])
 
 
 def _run_times_of(values):
     return sorted(round(seconds, 3) for seconds in values)
 
 
-def _durations_of(values, longest):
-    """The durations figure of run times `values` (seconds), the longest of them and its job being `longest` (_longest)."""
+def _durations_of(values, longest, backwards=0):
+    """The durations figure of run times `values` (seconds), the longest of them and its job being `longest` (_longest);
+    `backwards` jobs whose times go backwards were left out of them."""
     if not values:
-        return {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "max_job_id": None}
-    longest, job_id = longest
-    return {
-        "count": len(values),
-        "mean": _round(statistics.fmean(values)),
-        "median": _round(float(statistics.median(values))),
-        "p95": _round(float(percentile(values, 95))),
-        "max": _round(longest),
-        "max_job_id": job_id,
-    }
+        figure = {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "max_job_id": None}
+    else:
+        longest, job_id = longest
+        figure = {
+            "count": len(values),
+            "mean": _round(statistics.fmean(values)),
+            "median": _round(float(statistics.median(values))),
+            "p95": _round(float(percentile(values, 95))),
+            "max": _round(longest),
+            "max_job_id": job_id,
+        }
+    return dict(figure, backwards=backwards) if backwards else figure
 
 
 def waits(jobs, times=None):
-    """Time in the queue (started_at - created_at, seconds) of every job that started."""
+    """Time in the queue (started_at - created_at, seconds) of every job that started; those started before they
+    were created are left out and counted (`backwards`)."""
     times = job_times(jobs) if times is None else times
     measured = [
         ((when.started - when.created).total_seconds(), job)
         for job, when in zip(jobs, times)
         if when.created is not None and when.started is not None
     ]
-    values = [seconds for seconds, _dummy in measured]
-    return _waits_of(values, _longest(values, [job.get("id") for _dummy, job in measured]))
+    values = [seconds for seconds, _dummy in measured if seconds >= 0]
+    ids = [job.get("id") for seconds, job in measured if seconds >= 0]
+    return _waits_of(values, _longest(values, ids), len(measured) - len(values))
 
 
-def _waits_of(values, longest):
-    """The wait figure of queue times `values` (seconds), the longest of them and its job being `longest` (_longest)."""
+def _waits_of(values, longest, backwards=0):
+    """The wait figure of queue times `values` (seconds), the longest of them and its job being `longest` (_longest);
+    `backwards` jobs started before they were created were left out of them."""
     if not values:
-        return {"count": 0, "mean": None, "max": None, "max_job_id": None}
-    longest, job_id = longest
-    return {
-        "count": len(values),
-        "mean": _round(statistics.fmean(values)),
-        "max": _round(longest),
-        "max_job_id": job_id,
-    }
+        figure = {"count": 0, "mean": None, "max": None, "max_job_id": None}
+    else:
+        longest, job_id = longest
+        figure = {"count": len(values), "mean": _round(statistics.fmean(values)), "max": _round(longest), "max_job_id": job_id}
+    return dict(figure, backwards=backwards) if backwards else figure
 
 
 def queue_depth(jobs, times=None):
@@ -742,6 +757,7 @@ def _tally(jobs):
     parse = parse_time
     statuses, users, errors = [], [], []
     run_seconds, run_ids, wait_seconds, wait_ids = [], [], [], []
+    runs_backwards = waits_backwards = 0
     created_all, activity = [], []
     changes = {}  # not a Counter: its missing keys cost a Python call each (__missing__)
     changed = changes.get
@@ -757,8 +773,11 @@ def _tally(jobs):
             created_all.append(created)
             activity.append(created)
             if started is not None:
-                wait_seconds.append((started - created).total_seconds())
-                wait_ids.append(get("id"))
+                if started >= created:
+                    wait_seconds.append((started - created).total_seconds())
+                    wait_ids.append(get("id"))
+                else:
+                    waits_backwards += 1
             left = started or completed
             if left is not None or status not in terminal:
                 changes[created] = changed(created, 0) + 1
@@ -776,8 +795,11 @@ def _tally(jobs):
         used += names
         if status == "completed":
             if started is not None and completed is not None:
-                run_seconds.append((completed - started).total_seconds())
-                run_ids.append(get("id"))
+                if completed >= started:
+                    run_seconds.append((completed - started).total_seconds())
+                    run_ids.append(get("id"))
+                else:
+                    runs_backwards += 1
             succeeded += names
         elif status == "failed":
             failed += names
@@ -790,6 +812,7 @@ def _tally(jobs):
         "errors": Counter(errors),
         "runs": (run_seconds, _longest(run_seconds, run_ids)),
         "waits": (wait_seconds, _longest(wait_seconds, wait_ids)),
+        "backwards": {"runs": runs_backwards, "waits": waits_backwards},
         "changes": _by_iso(changes),
         "first": min(created_all, default=None),
         "last": max(activity, default=None),
@@ -812,6 +835,7 @@ def _merged(tallies):
             (values, longest), (more, more_longest) = total[part], tally[part]
             values.extend(more)
             total[part] = (values, _longer(longest, more_longest))
+            total["backwards"][part] += tally["backwards"][part]
         changes = total["changes"]
         for instant, change in tally["changes"].items():
             changes[instant] = changes.get(instant, 0) + change
@@ -824,17 +848,15 @@ def _merged(tallies):
 
 def _figures(tally, read, registered_users, cutoff, final_time):
     """Every figure of compute_metrics from the tally of the valid jobs and the records figure `read`."""
-    counted = tally["statuses"]
-    counts = {"submitted": tally["valid"], **{status: counted[status] for status in STATUSES}}
-    counts["success_rate"] = _percent(counted["completed"], counted["completed"] + counted["failed"])
+    counts = _counts_of(tally["statuses"], tally["valid"])
     run_seconds, longest_run = tally["runs"]
     used, succeeded, failed = tally["models"]
     figures = {
         "records": read,
         "jobs": counts,
-        "durations": _durations_of(run_seconds, longest_run),
+        "durations": _durations_of(run_seconds, longest_run, tally["backwards"]["runs"]),
         "duration_seconds": _run_times_of(run_seconds),
-        "wait": _waits_of(*tally["waits"]),
+        "wait": _waits_of(*tally["waits"], tally["backwards"]["waits"]),
         "queue_depth": _depth_series(tally["changes"]),
         "timeline": _timeline_of(tally["first"], tally["last"]),
         "drain": drain(cutoff, final_time),

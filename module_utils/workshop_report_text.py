@@ -205,6 +205,8 @@ def _performance(metrics, reason):
                 f" (median {format_duration(durations['median'])}, 95th percentile {format_duration(durations['p95'])},"
                 f" over {plural(durations.get('count'), 'completed job')})"
             )
+        if as_number(durations.get("backwards")):
+            runs.append(f"; {plural(durations['backwards'], 'job')} left out: completed before started, by their records")
         return runs
 
     def longest(seconds):
@@ -223,6 +225,8 @@ def _performance(metrics, reason):
         _field("Longest job", _get(durations, "max"), longest, no_duration),
     ]
     others = [(name, _get(jobs, name)) for name in ("cancelled", "pending", "running")]
+    unknown = _get(jobs, "other_statuses")
+    others += sorted(unknown.items()) if isinstance(unknown, dict) else []
     if any(n for _dummy, n in others):
         lines.append(("Not completed otherwise", [", ".join(f"{name}: {format_number(n or 0)}" for name, n in others)]))
     lines.append(_field("Job records", _get(metrics, "records"), _records, why if metrics is None else "not counted"))

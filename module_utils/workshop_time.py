@@ -56,12 +56,18 @@ def parse_time(value):
     elif isinstance(value, str):
         value = _from_text(value)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc)
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):  # NaN, infinity, milliseconds taken for seconds
+            return None
     if not isinstance(value, datetime):
         return None
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except (OverflowError, ValueError):  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
+        return None
 
 
 def epoch_of(value):

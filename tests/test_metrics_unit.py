@@ -362,6 +362,35 @@ def test_records_without_the_needed_fields_are_counted_as_invalid_never_a_crash(
     json.dumps(result, sort_keys=True)  # no None or int among the keys
 
 
+def test_times_that_go_backwards_are_left_out_of_the_averages_and_counted():
+    jobs = [
+        job("a", "amy", "completed", 0, 10, 40),  # waited 10 s, ran 30 s
+        job("b", "amy", "completed", 0, 20, 80),  # waited 20 s, ran 60 s
+        job("late", "bob", "completed", 0, 100, 10),  # completed 90 s before it started
+        job("early", "bob", "completed", 50, 20, 30),  # started 30 s before it was created
+    ]
+    metrics = compute_metrics(jobs, ["amy", "bob"])
+    assert metrics["durations"] == {
+        "count": 3, "mean": 33.333, "median": 30.0, "p95": 57.0, "max": 60.0, "max_job_id": "b", "backwards": 1,
+    }  # fmt: skip
+    assert metrics["wait"] == {"count": 3, "mean": 43.333, "max": 100.0, "max_job_id": "late", "backwards": 1}
+    assert min(metrics["duration_seconds"]) >= 0
+
+
+def test_a_status_the_platform_does_not_have_is_counted_as_other_with_its_name():
+    jobs = [job("a", "amy", "completed", 0, 1, 2), job("b", "amy", "Completed", 0, 1, 2), job("c", "bob", "timeout", 0)]
+    counts = compute_metrics(jobs, ["amy", "bob"])["jobs"]
+    assert counts["submitted"] == 3 and counts["completed"] == 1
+    assert (counts["other"], counts["other_statuses"]) == (2, {"Completed": 1, "timeout": 1})
+
+
+@pytest.mark.parametrize("created", [1769594591000, "0001-01-01T00:00:00+01:00", float("nan"), 1e300])
+def test_a_time_out_of_range_is_unset_never_a_crash(created):
+    odd = {**job("odd", "amy", "completed", 0, 1, 2), "created_at": created}
+    metrics = compute_metrics([odd, job("ok", "amy", "completed", 0, 1, 2)], ["amy"])
+    assert metrics["jobs"]["submitted"] == 2 and metrics["wait"]["count"] == 1
+
+
 def test_the_readers_skip_records_without_user_id_or_status():
     pairs = [
         ("job:a", json.dumps(job("a", "amy", "pending", 0))),
