@@ -413,6 +413,15 @@ def test_an_unknown_frontend_pattern_is_named(staging_workshop, fresh_record):
     assert f"No service of compose project '{COMPOSE_PROJECT}' matches pattern '^frontend-'" in run.output
 
 
+def test_alone_with_an_unknown_compose_project_the_drain_stops_before_announcing(staging_workshop, fresh_record):
+    announcement = RECORD.parent / "announcement.txt"
+    announcement.unlink(missing_ok=True)
+    run = run_playbook("playbooks/drain.yml", extra_vars={"workshop_compose_project": "nosuch"}, expect_ok=False)
+    assert "Cannot close submissions on localhost: No containers of compose project 'nosuch'" in run.text, run.output[-3000:]
+    assert not RECORD.exists() and not announcement.exists()
+    assert set(frontend_states().values()) == {"running"}
+
+
 @pytest.fixture(scope="module")
 def step_pause(staging_workshop):
     """The staging queue manager sleeps 0.25 s between the Redis commands of every move of a job.
