@@ -183,8 +183,9 @@ def _participants(metrics, reason):
         _field("Total registered", _get(people, "registered"), listed, why),
         _field("Attended", _get(people, "attended"), listed, why),
         _field("Dropouts", _get(people, "dropouts"), listed, why),
+        # The checklist's template calls it the completion rate: registered participants who submitted a job.
         _field(
-            "Attendance rate", _get(people, "attendance_rate"), format_percent, why if people is None else "nobody registered"
+            "Completion rate", _get(people, "attendance_rate"), format_percent, why if people is None else "nobody registered"
         ),
     ]
     unregistered = _get(people, "unregistered")

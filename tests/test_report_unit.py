@@ -107,7 +107,7 @@ def test_markdown_has_every_section_in_order_and_no_placeholder(inputs):
         "- Total registered: 20",
         "- Attended: 18",
         "- Dropouts: 2 (`user07`, `user16`)",
-        "- Attendance rate: 90.0%",
+        "- Completion rate: 90.0%",
         "- Total jobs submitted: 57",
         "- Successfully completed: 53",
         "- Failed: 4",
