@@ -631,6 +631,8 @@ def _notes(record, context):
         runs = [format_stamp(drain["final_time"])]
         if drain.get("total_jobs") is not None:
             runs.append(f", {format_number(drain['total_jobs'])} jobs completed in total")
+        if drain.get("reopened_at") and drain.get("drained") is False:
+            runs.append(f"; submissions reopened {format_stamp(drain['reopened_at'])}, not drained since")
         lines.append(("Queue drained", runs))
     if drain and drain.get("stuck_jobs"):
         lines.append(("Stuck jobs at the end of the drain", [format_number(count_of(drain["stuck_jobs"]))]))

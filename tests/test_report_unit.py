@@ -253,6 +253,12 @@ def test_an_error_holding_the_checklists_markers_cannot_move_them(inputs, tmp_pa
     assert headings(written) == SECTIONS and "boom" in written
 
 
+def test_a_drain_ended_by_a_reopen_says_so(inputs):
+    inputs["record"]["drain"].update(drained=False, reopened_at="2026-01-15T17:05:00+00:00")
+    line = field(render_markdown(**inputs), "Queue drained")
+    assert line.endswith("; submissions reopened 2026-01-15 17:05 UTC, not drained since"), line
+
+
 def test_files_generated_names_the_files_of_the_record(inputs):
     backup = inputs["record"]["backup"]
     backup["files"] = {"MANIFEST.json": {}, "outputs.tar": {}, "redis/dump.rdb": {}, "logs/worker-1.log.gz": {}}
