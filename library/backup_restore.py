@@ -371,7 +371,9 @@ def test_restore(params, check_mode):
     if params["record"]:
         record = read_record(params["record"])
         changed = _outcome(record.get("restore_test") or {}) != _outcome(json.loads(json.dumps(entry)))
-        save_record(params["record"], {**record, "restore_test": entry})
+        # Also by backup: testing an older one afterwards must not hide that the newest passed.
+        by_backup = dict(record.get("restore_tests") or {}, **{name: entry})
+        save_record(params["record"], {**record, "restore_test": entry, "restore_tests": by_backup})
     return dict(
         result,
         changed=changed,

@@ -260,6 +260,10 @@ def line_restore(record, facts):
     test = _get(record, "restore_test")
     if not isinstance(test, dict):
         return _not("no restore test yet: run playbooks/restore_test.yml")
+    newest = _get(record, "backup", "name")
+    of_newest = _get(record, "restore_tests", newest) if newest and test.get("backup") != newest else None
+    if isinstance(of_newest, dict):  # the last test was of an older backup; the newest was tested before it
+        test = of_newest
     when = format_stamp(test["at"]) if test.get("at") else "at an unrecorded time"
     if not _yes(test.get("ok")):
         failures = [f for f in test.get("failures") or [] if isinstance(f, dict)]
@@ -281,7 +285,6 @@ def line_restore(record, facts):
         details.append(f"in {test['seconds']} s")
     if details:
         evidence += f" ({', '.join(details)})"
-    newest = _get(record, "backup", "name")
     if newest and test.get("backup") and newest != test.get("backup"):
         # A pass of an older backup says nothing of the one a recovery would use.
         return _not(f"{evidence}, but the newest backup {newest} was not restore-tested: run playbooks/restore_test.yml")

@@ -241,6 +241,17 @@ def test_each_line_fails_alone_with_its_reason(workshop, change, key, reason):
     assert checklist["failing"] == [line["item"] for line in failing]
 
 
+def test_a_pass_of_the_newest_backup_stands_when_an_older_one_is_tested_after_it(workshop):
+    record = read_record(str(workshop / "run-record.json"))
+    older = dict(RESTORE_TEST, backup="backup-20261129T170000Z", at="2026-11-30T10:00:00+00:00")
+    record.update(restore_test=older, restore_tests={BACKUP: RESTORE_TEST, older["backup"]: older})
+    line = lines_by_key(checklist_of(workshop, record))["restore"]
+    assert line["ok"] and line["evidence"].startswith(f"backup {BACKUP} restored 2026-11-30 09:12 UTC"), line
+
+    record["restore_tests"][BACKUP] = dict(RESTORE_TEST, ok=False)  # the newest's own test failed
+    assert not lines_by_key(checklist_of(workshop, record))["restore"]["ok"]
+
+
 def test_a_failed_verification_fails_the_backup_lines_naming_the_member(workshop):
     record_path = str(workshop / "run-record.json")
     assert record_verify(record_path, BACKUP, [{"file": "logs/worker-1.log.gz", "member": None, "reason": "sha256 differs"}])

@@ -85,6 +85,7 @@ def test_the_restore_test_passes_on_a_fresh_backup_and_records_what_it_measured(
 
     result = record_of(workshop_id)["restore_test"]
     assert result["ok"] is True and result["failures"] == []
+    assert record_of(workshop_id)["restore_tests"] == {folder.name: result}  # by backup too
     assert (result["backup"], result["source"]) == (folder.name, "local")
     assert result["files_compared"] == restored_file_count(folder) > 10
     assert 0 < result["seconds"] < 120
