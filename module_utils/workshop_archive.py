@@ -899,7 +899,16 @@ def fetch_backup(store, workshop_id, backup, dest, check_mode=False):
         return {"changed": True, "path": final, "backup": backup, "files": None, "bytes": None}
     os.makedirs(partial, mode=0o700, exist_ok=True)
     got = store.read_sha256(manifest_key, dest=os.path.join(partial, MANIFEST))
-    entries = backup_entries(partial)
+    try:
+        entries = backup_entries(partial)
+    except WorkshopError as exc:
+        raise WorkshopError(
+            f"The manifest {store.where(workshop_id, backup)}{MANIFEST} on archive target '{store.target['name']}' cannot "
+            f"be read ({exc.msg}): this copy is damaged; fetch from another target",
+            key=manifest_key,
+            file=MANIFEST,
+            backup=backup,
+        ) from None
     if entries[-1][2] != got:
         raise WorkshopError(
             f"The manifest {manifest_key} changed while it was read: fetch again", key=manifest_key, backup=backup

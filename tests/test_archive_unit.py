@@ -371,6 +371,16 @@ def test_fetch_refuses_a_damaged_copy(tmp_path, s3server, capsys, fault_case):  
     fault_case.observed(f"failed on {failed['file']}; nothing at dest")
 
 
+def test_fetch_names_a_damaged_manifest_on_the_target_not_its_local_copy(tmp_path, s3server, capsys):  # noqa: F811
+    backup_dir, name, record = make_backup(tmp_path)
+    run_main(s3_args(s3server, backup_dir, record), capsys)
+    key = remote_key("comfy", WORKSHOP, name, "MANIFEST.json")
+    s3server.client().put_object(Bucket="workshops", Key=key, Body=b'{"files": {"outputs.tar')
+    failed = run_main(dict(state="fetched", target=s3server.target(), workshop_id=WORKSHOP, dest=str(tmp_path / "r")), capsys)
+    assert failed["failed"] is True and (failed["file"], failed["key"], failed["backup"]) == ("MANIFEST.json", key, name)
+    assert f"The manifest s3://workshops/{key} on archive target 's3test' cannot be read" in failed["msg"], failed["msg"]
+
+
 def test_fetch_names_an_object_missing_from_the_copy(tmp_path, s3server, capsys):  # noqa: F811
     """botocore 1.36+ could not read a GET's error with response checksums on ("'StreamingChecksumBody' object
     has no attribute 'strip'", a bare Module failed): the target and the key are named instead."""
