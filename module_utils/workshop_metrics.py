@@ -333,14 +333,14 @@ def jobs_from_rdb(path, prefix=JOB_PREFIX, db=0, now_ms=None):
 
 
 def _integer(value):
-    """An int input value; None for links (["4", 0]), text, booleans and fractions."""
+    """A size input's positive whole value, also given as a float or as digits; None for links (["4", 0]),
+    other text, booleans, fractions, zero and below."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
+    digits = isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9
+    if digits or (isinstance(value, float) and value.is_integer()):
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 # class_type -> (input names that name a model, whether it is a latent node), worked out once per class_type.

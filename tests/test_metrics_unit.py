@@ -496,6 +496,16 @@ def test_percentile_of_nothing():
             [],
         ),
         (json.dumps(sdxl(640, 480)), [("ckpt_name", SDXL)], ["640x480"], [1]),
+        (  # sizes given as digits count; zero, fractions, other text and huge digit runs do not
+            {
+                "1": {"class_type": "EmptyLatentImage", "inputs": {"width": "768", "height": "512", "batch_size": "4"}},
+                "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64.0, "height": 64, "batch_size": 0}},
+                "3": {"class_type": "EmptyLatentImage", "inputs": {"width": "७६८", "height": 1.5, "batch_size": "9" * 5000}},
+            },
+            [],
+            ["768x512", "64x64"],
+            [4],
+        ),
         (None, [], [], []),
         ({}, [], [], []),
         ("not json", [], [], []),
