@@ -79,11 +79,22 @@ def test_the_whole_checklist_in_check_mode_over_ssh_changes_nothing_then_runs_th
     before = workshop_state(rdb, played_workshop_id)
     assert before["redis"] and before["containers"]  # a played workshop, so there is something to change
 
+    # The most destructive shutdown, previewed before the first backup: its guard defers to the backup the run would make.
+    down_volumes = {"shutdown_mode": "down_volumes", "shutdown_confirm": played_workshop_id}
     preview = run_playbook(
-        "post_workshop.yml", "--check", "--diff", "--tags", "all,shutdown", "-i", str(inventory), extra_vars=RETENTION_VARS
+        "post_workshop.yml",
+        "--check",
+        "--diff",
+        "--tags",
+        "all,shutdown",
+        "-i",
+        str(inventory),
+        extra_vars={**RETENTION_VARS, **down_volumes},
     )
 
-    assert preview.recap["vps"]["failed"] == 0 and preview.recap["vps"]["unreachable"] == 0
+    assert preview.recap["vps"]["failed"] == 0 and preview.recap["vps"]["unreachable"] == 0, preview.output[-3000:]
+    assert "the backup this run would make (checked by the real run before anything stops)" in preview.text
+    assert f"Volumes that would be DELETED: {COMPOSE_PROJECT}_redis-data" in preview.text
     assert preview.recap["vps"]["changed"] > 0  # it says what it would do...
     # ...ends with the verification checklist of the record as it is (nothing backed up yet)...
     tail = checklist_at_the_end(preview)

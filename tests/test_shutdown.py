@@ -156,18 +156,6 @@ def test_down_with_volumes_runs_after_a_verified_backup_and_the_backup_restores_
     assert facts["image"].startswith("comfy-wrapup/staging-redis:")
 
 
-def test_a_preview_of_the_whole_run_with_down_volumes_defers_to_the_backup_it_would_make(workshop_id, engine):
-    """No backup yet: the run would make one before the shutdown, so the preview cannot refuse for want of it."""
-    before = project_state(engine)
-    extra = {"workshop_id": workshop_id, "shutdown_mode": "down_volumes", "shutdown_confirm": workshop_id}
-
-    run = run_playbook("post_workshop.yml", "--tags", "all,shutdown", extra_vars=extra, check=True)
-
-    assert f"Volumes that would be DELETED: {COMPOSE_PROJECT}_redis-data" in run.text, run.output[-3000:]
-    assert "the backup this run would make (checked by the real run before anything stops)" in run.text
-    assert project_state(engine) == before and not backups(workshop_id)
-
-
 # --- one project ---------------------------------------------------------------------------------
 
 
