@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest, sealed_backups, sha256_file
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
-from ansible.module_utils.workshop_files import Sha256, fsync_dir
+from ansible.module_utils.workshop_files import Sha256, fsync_dir, open_owner_only
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_s3 import s3_call_errors, s3_client, s3_error
 from ansible.module_utils.workshop_time import utc_iso
@@ -426,7 +426,8 @@ class S3Target:
         """sha256 of the object at `key`, read in full (written to `dest` as it is read, when given)."""
         body = self._call("reading", key, "get_object", Key=key)["Body"]
         digest = Sha256()
-        with open(dest or os.devnull, "wb") as out:
+        # A fetched file is owner-only, as the backup's own: the configuration holds the workshop's secrets.
+        with open_owner_only(dest) if dest else open(os.devnull, "wb") as out:
             try:
                 for block in iter(lambda: body.read(CHUNK), b""):
                     digest.update(block)
@@ -656,7 +657,7 @@ class SshTarget:
         if dest is None:
             completed = self.run('sha256sum < "$1" | cut -d" " -f1', path, what=f"reading {path}")
             return completed.stdout.decode().strip()
-        with open(dest, "wb") as out:
+        with open_owner_only(dest) as out:  # owner-only, as the backup's own files
             process = subprocess.Popen(self._command('cat "$1"', path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             digest = Sha256()
             for block in iter(lambda: process.stdout.read(CHUNK), b""):
@@ -919,8 +920,6 @@ def fetch_backup(store, workshop_id, backup, dest, check_mode=False):
             continue
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         temporary = path + ".part"
-        # Owner-only, as in the backup itself: the configuration holds the workshop's secrets.
-        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         try:
             digest = store.read_sha256(store.key(workshop_id, backup, relpath), dest=temporary)
         except WorkshopError as exc:

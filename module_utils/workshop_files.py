@@ -238,6 +238,12 @@ def move_into_place(source, path):
     fsync_dir(os.path.dirname(path))
 
 
+def open_owner_only(path):
+    """`path` opened for writing in binary, emptied, and created mode 0600 (a file of secrets or of participants'
+    data: a fetched configuration, an archive being written)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def write_atomically(path, data, mode=0o640):
     """Write `data` (bytes) to `path` through its temporary name, then rename (atomic_file)."""
     try:

@@ -53,6 +53,11 @@ def files_of(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
+def modes_of(folder):
+    """The permission bits of every file under `folder`."""
+    return {path.stat().st_mode & 0o777 for path in folder.rglob("*") if path.is_file()}
+
+
 def descendants(pid):
     """Every process started under `pid` (Ansible's workers call setsid: a process group misses them)."""
     found = []
@@ -353,6 +358,7 @@ def test_fetch_from_s3_returns_the_newest_backup_byte_exact(tmp_path, s3server, 
     assert fetched["backup"] == new and fetched["path"] == str(tmp_path / "restore" / new)
     assert fetched["files"] == len(expected) and fetched["bytes"] == sum(map(len, expected.values()))
     assert files_of(tmp_path / "restore" / new) == expected
+    assert modes_of(tmp_path / "restore" / new) == {0o600}  # the configuration holds the workshop's secrets
     assert run_main(args, capsys)["changed"] is False
     named = run_main(dict(args, backup=old), capsys)
     assert files_of(named["path"]) == files_of(backup_dir / old)
@@ -549,6 +555,7 @@ def test_ssh_fetch_brings_the_backup_back(tmp_path, sshd, capsys):
     args = ssh_args(sshd, tmp_path, backup_dir, record, state="fetched", dest=str(tmp_path / "back"))
     fetched = run_main(args, capsys)
     assert fetched["backup"] == name and files_of(fetched["path"]) == files_of(backup_dir / name)
+    assert modes_of(Path(fetched["path"])) == {0o600}
     assert run_main(args, capsys)["changed"] is False
 
 
