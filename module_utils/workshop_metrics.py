@@ -497,12 +497,22 @@ def _completed_runs(jobs, times):
     """(run time in seconds: completed_at - started_at, job) of every completed job with both times, and how
     many more there are whose times go backwards (completed before started: a clock or record at fault)."""
     times = job_times(jobs) if times is None else times
-    measured = [
+    return _forward(
         ((when.completed - when.started).total_seconds(), job)
         for job, when in zip(jobs, times)
         if job.get("status") == "completed" and when.started is not None and when.completed is not None
-    ]
-    return [entry for entry in measured if entry[0] >= 0], sum(1 for seconds, _dummy in measured if seconds < 0)
+    )
+
+
+def _forward(measured):
+    """The (seconds, job) pairs of `measured` whose times go forward, and how many go backwards."""
+    kept, backwards = [], 0
+    for entry in measured:
+        if entry[0] >= 0:
+            kept.append(entry)
+        else:
+            backwards += 1
+    return kept, backwards
 
 
 def durations(jobs, times=None):
@@ -544,14 +554,13 @@ def waits(jobs, times=None):
     """Time in the queue (started_at - created_at, seconds) of every job that started; those started before they
     were created are left out and counted (`backwards`)."""
     times = job_times(jobs) if times is None else times
-    measured = [
+    measured, backwards = _forward(
         ((when.started - when.created).total_seconds(), job)
         for job, when in zip(jobs, times)
         if when.created is not None and when.started is not None
-    ]
-    values = [seconds for seconds, _dummy in measured if seconds >= 0]
-    ids = [job.get("id") for seconds, job in measured if seconds >= 0]
-    return _waits_of(values, _longest(values, ids), len(measured) - len(values))
+    )
+    values = [seconds for seconds, _dummy in measured]
+    return _waits_of(values, _longest(values, [job.get("id") for _dummy, job in measured]), backwards)
 
 
 def _waits_of(values, longest, backwards=0):
