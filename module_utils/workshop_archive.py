@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_backup import MANIFEST, PREFIX, read_manifest, sealed_backups, sha256_file
 from ansible.module_utils.workshop_errors import WorkshopError, WorkshopUnreachable
-from ansible.module_utils.workshop_files import Sha256, fsync_dir, open_owner_only
+from ansible.module_utils.workshop_files import Sha256, fsync_dir, open_for_writing
 from ansible.module_utils.workshop_record import read_record, save_record
 from ansible.module_utils.workshop_s3 import s3_call_errors, s3_client, s3_error
 from ansible.module_utils.workshop_time import utc_iso
@@ -427,7 +427,7 @@ class S3Target:
         body = self._call("reading", key, "get_object", Key=key)["Body"]
         digest = Sha256()
         # A fetched file is owner-only, as the backup's own: the configuration holds the workshop's secrets.
-        with open_owner_only(dest) if dest else open(os.devnull, "wb") as out:
+        with open_for_writing(dest) if dest else open(os.devnull, "wb") as out:
             try:
                 for block in iter(lambda: body.read(CHUNK), b""):
                     digest.update(block)
@@ -657,7 +657,7 @@ class SshTarget:
         if dest is None:
             completed = self.run('sha256sum < "$1" | cut -d" " -f1', path, what=f"reading {path}")
             return completed.stdout.decode().strip()
-        with open_owner_only(dest) as out:  # owner-only, as the backup's own files
+        with open_for_writing(dest) as out:  # owner-only, as the backup's own files
             process = subprocess.Popen(self._command('cat "$1"', path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             digest = Sha256()
             for block in iter(lambda: process.stdout.read(CHUNK), b""):

@@ -29,7 +29,7 @@ from ansible.module_utils.workshop_files import (
     WORKSHOP_FOLDER_MODE,
     atomic_file,
     fsync_dir,
-    open_owner_only,
+    open_for_writing,
     sha256_stream,
 )
 from ansible.module_utils.workshop_lock import is_busy
@@ -175,7 +175,7 @@ def write_yearly(archive, add):
         # One writer per host at a time (two workshops' cleanups on one host).
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         with atomic_file(archive) as target:
-            with open_owner_only(target.tmp) as raw, tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as out:
+            with open_for_writing(target.tmp) as raw, tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as out:
                 if expected:
                     with tarfile.open(archive, "r:gz") as old:
                         for info in old:

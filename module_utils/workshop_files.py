@@ -238,19 +238,17 @@ def move_into_place(source, path):
     fsync_dir(os.path.dirname(path))
 
 
-def open_owner_only(path):
-    """`path` opened for writing in binary, emptied, and created mode 0600 (a file of secrets or of participants'
-    data: a fetched configuration, an archive being written)."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+def open_for_writing(path, mode=0o600):
+    """`path` opened for writing in binary, emptied, and created with `mode`; by default owner-only (a file of
+    secrets or of participants' data: a fetched configuration, an archive being written)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb")
 
 
 def write_atomically(path, data, mode=0o640):
     """Write `data` (bytes) to `path` through its temporary name, then rename (atomic_file)."""
     try:
-        with atomic_file(path) as target:
-            fd = os.open(target.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
+        with atomic_file(path) as target, open_for_writing(target.tmp, mode) as out:
+            out.write(data)
     except OSError as exc:
         raise WorkshopError(f"Cannot write {path}: {exc.strerror}", path=path) from None
 

@@ -23,7 +23,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import atomic_file, inside, open_owner_only, sha256_file, walk_tree, write_atomically
+from ansible.module_utils.workshop_files import atomic_file, inside, open_for_writing, sha256_file, walk_tree, write_atomically
 from ansible.module_utils.workshop_record import read_record
 from ansible.module_utils.workshop_s3 import s3_client, s3_error
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
@@ -218,7 +218,7 @@ def build_archive(dest, files, password, compress_level=6):
     """
     try:
         with atomic_file(dest) as target:
-            with open_owner_only(target.tmp) as raw:
+            with open_for_writing(target.tmp) as raw:
                 archive = pyzipper.AESZipFile(raw, "w", compression=pyzipper.ZIP_DEFLATED, compresslevel=compress_level)
                 try:
                     if password:
