@@ -72,12 +72,20 @@ EXAMPLES = r"""
 
 RETURN = r"""
 services:
-  description: One entry per container, with its lines, bytes (uncompressed) and restart count.
+  description:
+    - One entry per container, with its lines, bytes (uncompressed) and restart count.
+    - C(until) is where its export ended (UTC); a running container's later lines are for the next export.
   returned: always
   type: list
   elements: dict
   sample:
-    - {service: worker-1, container: comfy-worker-1, file: worker-1.log.gz, lines: 5120, bytes: 612000, restart_count: 0}
+    - service: worker-1
+      container: comfy-worker-1
+      file: worker-1.log.gz
+      lines: 5120
+      bytes: 612000
+      restart_count: 0
+      until: "2026-11-28T18:42:07+00:00"
 combined:
   description: The combined file, its lines and bytes (uncompressed).
   returned: always
@@ -104,7 +112,7 @@ from ansible.module_utils.workshop_compose import (
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_logs import export_container, log_file_name, same_content, write_combined
-from ansible.module_utils.workshop_time import parse_time
+from ansible.module_utils.workshop_time import iso, parse_time
 
 
 def docker_time(value):
@@ -154,6 +162,7 @@ def export(params, check_mode):
             )
             end = until if until is not None else export_end(container, now)
             entry["lines"], entry["bytes"], written = export_container(container, path, since, end, project.engine)
+            entry["until"] = iso(parse_time(end))
             changed = changed or (not same_content(os.path.join(params["dest"], name), path) if check_mode else written)
             parts.append((service if services_seen[service] == 1 else container.name, path))
             entries.append(entry)
