@@ -10,7 +10,7 @@ gives an unchanged checklist (a second run rewrites nothing).
 import json
 import os
 
-from ansible.module_utils.workshop_record import unreached_targets
+from ansible.module_utils.workshop_record import failures_text, unreached_targets
 from ansible.module_utils.workshop_report_text import (
     _get,
     as_number,
@@ -117,10 +117,7 @@ def _backup_problem(record, prefix):
         return f"backup {name} is not verified: run --tags backup (it verifies what it writes)"
     if state == "failed":
         failures = [f for f in (backup_verify(record) or {}).get("failures") or [] if isinstance(f, dict)]
-        mine = [f for f in failures if str(f.get("file") or "").startswith(prefix)] or failures
-        where = "; ".join(
-            f"{f.get('file')}{' member ' + str(f['member']) if f.get('member') else ''}: {f.get('reason')}" for f in mine[:3]
-        )
+        where = failures_text([f for f in failures if str(f.get("file") or "").startswith(prefix)] or failures)
         return f"backup {name} FAILED verification ({where or 'what failed was not recorded'}): make a new backup (--tags backup)"
     return None
 
@@ -261,16 +258,18 @@ def line_restore(record, facts):
     if not isinstance(test, dict):
         return _not("no restore test yet: run playbooks/restore_test.yml")
     newest = _get(record, "backup", "name")
-    of_newest = _get(record, "restore_tests", newest) if newest and test.get("backup") != newest else None
+    # Only a test of another, named backup defers to the newest's own: a fetch that failed before a backup
+    # was chosen names none, and its failure stands.
+    tested = test.get("backup")
+    of_newest = _get(record, "restore_tests", newest) if newest and tested and tested != newest else None
     if isinstance(of_newest, dict):  # the last test was of an older backup; the newest was tested before it
         test = of_newest
     when = format_stamp(test["at"]) if test.get("at") else "at an unrecorded time"
     if not _yes(test.get("ok")):
-        failures = [f for f in test.get("failures") or [] if isinstance(f, dict)]
-        what = "; ".join(f"{f.get('file')}: {f.get('reason')}" for f in failures[:3]) or "what failed was not recorded"
+        what = failures_text(test.get("failures")) or "what failed was not recorded"
+        which = f"backup {test['backup']}" if test.get("backup") else f"the newest backup on {test.get('source')} (not fetched)"
         return _not(
-            f"the restore test of backup {test.get('backup')} FAILED {when} ({what}): make a new backup and "
-            "run playbooks/restore_test.yml again"
+            f"the restore test of {which} FAILED {when} ({what}): make a new backup and run playbooks/restore_test.yml again"
         )
     evidence = f"backup {test.get('backup')} restored {when}"
     if test.get("source") and test.get("source") != "local":

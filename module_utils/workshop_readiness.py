@@ -26,6 +26,7 @@ from datetime import date, datetime, timedelta, timezone
 from ansible.module_utils.workshop_backup import MANIFEST, read_manifest, sealed_backups
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import tree_usage
+from ansible.module_utils.workshop_record import failures_text
 from ansible.module_utils.workshop_time import parse_time
 
 # The lines, in the order they are shown.
@@ -172,9 +173,11 @@ def check_restore_test(record, record_path, max_age_days, now, newest=None, will
         return line("restore_test", False, f"No restore test in {record_path}{plan or ': run playbooks/restore_test.yml'}")
     age = (now - then).total_seconds() / 86400
     days = math.floor(age)
-    which = f"{entry.get('backup')} at {_stamp(then)}"
+    # No backup named: the fetch from the off-host target failed before one was chosen.
+    tested = entry.get("backup") or f"the newest backup on {entry.get('source')}, not fetched"
+    which = f"{tested} at {_stamp(then)}"
     if not entry.get("ok"):
-        failures = "; ".join(f"{f.get('file')}: {f.get('reason')}" for f in (entry.get("failures") or [])[:3])
+        failures = failures_text(entry.get("failures"))
         return line(
             "restore_test",
             False,

@@ -109,6 +109,20 @@ def save_record(path, record):
     write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
 
 
+def failures_text(failures, limit=3):
+    """The first `limit` failures of a verification or restore test as the record keeps them, one phrase:
+    "file member m: reason; ..." ("reason" alone for a failure of no file, such as a fetch); "" for none."""
+    phrases = []
+    for failure in [f for f in failures or [] if isinstance(f, dict)][:limit]:
+        where = (
+            f"{failure['file']}{' member ' + str(failure['member']) if failure.get('member') else ''}: "
+            if failure.get("file")
+            else ""
+        )
+        phrases.append(f"{where}{failure.get('reason')}")
+    return "; ".join(phrases)
+
+
 def verify_entry(name, failures, now=None, signature=None):
     """backup.verify as the report and the shutdown guard read it; with the backup folder's file
     signature (workshop_backup.folder_signature) when the verification read the files on disk."""

@@ -10,7 +10,7 @@ from ansible.module_utils.workshop_backup import archives_of, list_tree, read_ma
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import sha256_file
 from ansible.module_utils.workshop_rdb import iter_rdb
-from ansible.module_utils.workshop_record import read_record
+from ansible.module_utils.workshop_record import failures_text, read_record
 from ansible.module_utils.workshop_time import parse_time
 
 # Value types whose content the RDB reader skips: two snapshots cannot be compared on them.
@@ -28,10 +28,7 @@ def recorded_verify_problem(run_record, newest):
         return None
     if verify.get("backup") and verify["backup"] != newest:
         return None
-    failures = verify.get("failures") or []
-    named = "; ".join(
-        f"{f.get('file')}{' member ' + f['member'] if f.get('member') else ''}: {f.get('reason')}" for f in failures[:5]
-    )
+    named = failures_text(verify.get("failures"), limit=5)
     return (
         f"the run record {run_record} says backup {verify.get('backup') or newest} failed its verification"
         f"{' at ' + verify['at'] if verify.get('at') else ''}{' (' + named + ')' if named else ''}"

@@ -252,6 +252,22 @@ def test_a_pass_of_the_newest_backup_stands_when_an_older_one_is_tested_after_it
     assert not lines_by_key(checklist_of(workshop, record))["restore"]["ok"]
 
 
+def test_a_fetch_that_failed_before_a_backup_was_chosen_is_not_hidden_by_an_earlier_pass(workshop):
+    # What the restore role records when the off-host target could not even be listed.
+    record = read_record(str(workshop / "run-record.json"))
+    unreachable = {"file": None, "reason": "s3://workshops/berlin: could not connect to the endpoint"}
+    failed_fetch = dict(RESTORE_TEST, ok=False, backup=None, source="s3", at="2026-11-30T10:00:00+00:00", failures=[unreachable])
+    record.update(restore_test=failed_fetch, restore_tests={BACKUP: RESTORE_TEST})
+
+    line = lines_by_key(checklist_of(workshop, record))["restore"]
+
+    assert not line["ok"]
+    assert line["reason"] == (
+        "the restore test of the newest backup on s3 (not fetched) FAILED 2026-11-30 10:00 UTC (s3://workshops/berlin: "
+        "could not connect to the endpoint): make a new backup and run playbooks/restore_test.yml again"
+    )
+
+
 def test_a_failed_verification_fails_the_backup_lines_naming_the_member(workshop):
     record_path = str(workshop / "run-record.json")
     assert record_verify(record_path, BACKUP, [{"file": "logs/worker-1.log.gz", "member": None, "reason": "sha256 differs"}])

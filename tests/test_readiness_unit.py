@@ -365,6 +365,18 @@ def test_a_restore_test_counts_when_it_passed_within_the_max_age(record, ok, tex
     assert entry["ok"] is ok and entry["evidence" if ok else "reason"] == text
 
 
+def test_a_fetch_that_failed_before_a_backup_was_chosen_says_so():
+    record = restore_record(1, ok=False)
+    record["restore_test"].update(backup=None, source="s3")
+
+    entry = check_restore_test(record, "/b/run-record.json", 30, NOW)
+
+    assert not entry["ok"]
+    assert entry["reason"].startswith(
+        "The last restore test (the newest backup on s3, not fetched at 2026-11-28 21:00 UTC) FAILED"
+    )
+
+
 def test_a_stale_restore_test_says_one_is_run():
     entry = check_restore_test(restore_record(40), "/b/run-record.json", 30, NOW, newest="backup-20261129T170000Z", will_run=True)
     assert entry["reason"].endswith("; a restore test of backup-20261129T170000Z is run (readiness_run_restore_test)")
