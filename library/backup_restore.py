@@ -215,7 +215,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_backup import (
     MANIFEST,
     archives_of,
-    describe_failures,
     free_space,
     read_manifest,
     sha256_file,
@@ -225,9 +224,9 @@ from ansible.module_utils.workshop_compose import ComposeProject, normalize_proj
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import atomic_file, inside, move_into_place
+from ansible.module_utils.workshop_files import atomic_file, human_bytes, inside, move_into_place
 from ansible.module_utils.workshop_rdb import verify_rdb
-from ansible.module_utils.workshop_record import read_record, save_record
+from ansible.module_utils.workshop_record import describe_failures, read_record, save_record
 from ansible.module_utils.workshop_restore import (
     RDB_FILE,
     ThrowawayRedis,
@@ -635,7 +634,7 @@ def recover(params, check_mode):
     free = free_space(dest)
     if free < needed:
         raise WorkshopError(
-            f"Not enough space to restore into {dest}: about {needed >> 20} MiB needed, {free >> 20} MiB free; "
+            f"Not enough space to restore into {dest}: about {human_bytes(needed)} needed, {human_bytes(free)} free; "
             "free space or choose another folder; nothing was written",
             path=dest,
             needed_bytes=needed,

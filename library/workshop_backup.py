@@ -267,12 +267,12 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.workshop_backup import (
+    LOGS_ALLOWANCE,
     PARTIAL_PREFIX,
     backup_name,
     check_outputs_dir,
     check_space,
     config_fingerprint,
-    describe_failures,
     folder_signature,
     free_space,
     members_file,
@@ -291,7 +291,7 @@ from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import tree_usage
 from ansible.module_utils.workshop_lock import Busy, holds_lock, require_absolute, wait_not_busy
 from ansible.module_utils.workshop_rdb import verify_rdb
-from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
+from ansible.module_utils.workshop_record import describe_failures, read_record, record_backup, record_verify
 
 
 def _partials(params, check_mode, warnings):
@@ -376,8 +376,8 @@ def plan(params, check_mode):
     if needed and name in sealed:
         raise WorkshopError(f"{os.path.join(backup_dir, name)} exists already: run again in a second", path=backup_dir)
     memory = conn.call(conn.client.info, "memory").get("used_memory_dataset", 0)
-    estimate = files_bytes + memory + (64 << 20)  # logs: compressed, far below 64 MiB for a workshop
-    free = check_space(backup_dir, estimate) if needed else free_space(backup_dir)
+    estimate = files_bytes + memory + LOGS_ALLOWANCE
+    free = check_space(backup_dir, estimate, LOGS_ALLOWANCE) if needed else free_space(backup_dir)
     recorded = _recorded_backup(record).get("name")
     return dict(
         changed=bool(removed),

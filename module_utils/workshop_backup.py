@@ -27,11 +27,13 @@ from ansible.module_utils.workshop_files import (  # pylint: disable=unused-impo
     Sha256,
     atomic_file,
     fsync_dir,
+    human_bytes,
     sha256_file,  # other helpers import it from here too
     sha256_stream,
     walk_tree,
     write_atomically,
 )
+from ansible.module_utils.workshop_record import describe_failures
 from ansible.module_utils.workshop_time import epoch_of, utc_iso
 
 MANIFEST = "MANIFEST.json"
@@ -45,6 +47,8 @@ FUTURE_SLACK = 3600
 READ_TRIES = 3
 # Space kept free beyond the estimate, for file system overhead and the manifests.
 SPACE_MARGIN = 64 << 20
+# Set aside for the logs before they are exported: compressed, a workshop's are far below it.
+LOGS_ALLOWANCE = 64 << 20
 # A file read in a pass over a whole backup has its pages dropped from the page cache behind the
 # reader every this many bytes (DiskReader).
 DROP_BEHIND = 8 << 20
@@ -622,13 +626,16 @@ def free_space(backup_dir):
     return shutil.disk_usage(probe).free
 
 
-def check_space(backup_dir, needed):
-    """Raise unless the disk holding `backup_dir` has room for `needed` bytes and the margin."""
+def check_space(backup_dir, needed, logs_allowance):
+    """Raise unless the disk holding `backup_dir` has room for `needed` bytes (`logs_allowance` of them
+    set aside for the logs, not yet measured) and the margin."""
     free = free_space(backup_dir)
     if free < needed + SPACE_MARGIN:
         raise WorkshopError(
-            f"Not enough space for the backup in {backup_dir}: about {needed >> 20} MiB needed (+{SPACE_MARGIN >> 20} MiB "
-            f"margin), {free >> 20} MiB free. Free space or set workshop_backup_root to a bigger disk; nothing was written",
+            f"Not enough space for the backup in {backup_dir}: about {human_bytes(needed)} needed ("
+            f"{human_bytes(needed - logs_allowance)} of files and Redis, {human_bytes(logs_allowance)} set aside for the "
+            f"logs) and a {human_bytes(SPACE_MARGIN)} margin, {human_bytes(free)} free. Free space or set "
+            "workshop_backup_root to a bigger disk; nothing was written",
             path=backup_dir,
             needed_bytes=needed,
             free_bytes=free,
@@ -738,13 +745,6 @@ class Sealed(NamedTuple):
 
     manifest: dict
     signature: Optional[str]
-
-
-def describe_failures(failures):
-    return [
-        f"{failure['file']}{' member ' + failure['member'] if failure.get('member') else ''}: {failure['reason']}"
-        for failure in failures
-    ]
 
 
 def folder_signature(folder):

@@ -32,6 +32,16 @@ def make_workshop_folder(folder):
         ) from None
 
 
+def human_bytes(size):
+    """ "512 B", "3.1 KiB", "27.0 MiB" (binary units, as df -h and du -h give them)."""
+    size = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 @functools.lru_cache(maxsize=None)
 def _hashing_threads():
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")

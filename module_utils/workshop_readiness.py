@@ -25,7 +25,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from ansible.module_utils.workshop_backup import MANIFEST, read_manifest, sealed_backups
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import tree_usage
+from ansible.module_utils.workshop_files import human_bytes, tree_usage
 from ansible.module_utils.workshop_record import failures_text
 from ansible.module_utils.workshop_time import parse_time
 
@@ -53,15 +53,6 @@ def line(check, ok, text, figures=""):
     entry = {"check": check, "item": TITLES[check], "ok": ok, ("reason" if ok is False else "evidence"): text}
     entry["figures"] = figures
     return entry
-
-
-def human_bytes(size):
-    size = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
 
 
 def next_workshop_date(value, now):

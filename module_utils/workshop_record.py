@@ -109,18 +109,23 @@ def save_record(path, record):
     write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
 
 
-def failures_text(failures, limit=3):
-    """The first `limit` failures of a verification or restore test as the record keeps them, one phrase:
-    "file member m: reason; ..." ("reason" alone for a failure of no file, such as a fetch); "" for none."""
+def describe_failures(failures):
+    """One phrase per failure of a verification or restore test as the record keeps them: "file member m:
+    reason", or the reason alone for a failure of no file (a fetch that failed)."""
     phrases = []
-    for failure in [f for f in failures or [] if isinstance(f, dict)][:limit]:
-        where = (
-            f"{failure['file']}{' member ' + str(failure['member']) if failure.get('member') else ''}: "
-            if failure.get("file")
-            else ""
+    for failure in failures or []:
+        if not isinstance(failure, dict):
+            continue
+        member = f" member {failure['member']}" if failure.get("member") else ""
+        phrases.append(
+            f"{failure['file']}{member}: {failure.get('reason')}" if failure.get("file") else str(failure.get("reason"))
         )
-        phrases.append(f"{where}{failure.get('reason')}")
-    return "; ".join(phrases)
+    return phrases
+
+
+def failures_text(failures, limit=3):
+    """The first `limit` failures as one text ("" for none)."""
+    return "; ".join(describe_failures(failures)[:limit])
 
 
 def verify_entry(name, failures, now=None, signature=None):

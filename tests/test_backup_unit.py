@@ -25,7 +25,7 @@ from ansible.module_utils.workshop_backup import (
     write_members,
 )
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import tree_usage, walk_tree
+from ansible.module_utils.workshop_files import human_bytes, tree_usage, walk_tree
 from ansible.module_utils.workshop_lock import Busy, acquire, held_while_running, is_busy, new_owner, read_owner, release
 from ansible.module_utils.workshop_record import read_record, record_backup, record_verify
 from ansible.module_utils.workshop_redis import WorkshopRedis
@@ -899,3 +899,22 @@ def test_a_newest_manifest_that_cannot_be_read_makes_a_new_backup_with_a_warning
     [warning] = warnings
     assert str(latest / "MANIFEST.json") in warning and "a new one is made" in warning
     assert (latest / "MANIFEST.json").read_text() == content
+
+
+def test_a_backup_refused_for_space_says_what_the_estimate_is_made_of(tmp_path):
+    # An estimate a GiB beyond this disk's free space (other tests free space meanwhile, never that much):
+    # 5 MiB of files and Redis, the rest set aside for the logs.
+    needed = shutil.disk_usage(tmp_path).free + (1 << 30)
+    with pytest.raises(WorkshopError) as refused:
+        workshop_backup.check_space(str(tmp_path / "backup"), needed, needed - (5 << 20))
+    assert f"about {human_bytes(needed)} needed (5.0 MiB of files and Redis, " in str(refused.value)
+    assert "set aside for the logs) and a 64.0 MiB margin" in str(refused.value)
+    assert "nothing was written" in str(refused.value) and not (tmp_path / "backup").exists()
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 B"), (512, "512 B"), (100 << 10, "100.0 KiB"), (5 << 20, "5.0 MiB"), (3 << 30, "3.0 GiB"), (2 << 40, "2.0 TiB")],
+)
+def test_sizes_in_messages_read_as_df_h_gives_them(size, text):
+    assert human_bytes(size) == text
