@@ -28,7 +28,7 @@ def played_20(staging_workshop, rdb):
     """A workshop of 20 participants (loadgen: 80% attend), and the platform's USER_CREDENTIALS.txt for them.
     Played on an emptied workshop: outputs earlier tests of this slot left would make absent participants attend."""
     empty_staging(rdb)
-    staging("play", staging_workshop_num_users=20, staging_workshop_play_jobs_per_user="1-2", staging_workshop_play_bursts=1)
+    staging("play", staging_workshop_play_users=20, staging_workshop_play_jobs_per_user="1-2", staging_workshop_play_bursts=1)
     passwords = {user: secrets.token_urlsafe(12) for user in USERS}
     credentials = PROJECT_DIR / "USER_CREDENTIALS.txt"
     credentials.write_text("# regenerate-user-passwords.sh\n" + "".join(f"{u}:{p}\n" for u, p in passwords.items()))

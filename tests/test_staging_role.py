@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import PROJECT_DIR, STAGING_VARS, compose, run_playbook, staging
+from conftest import PROJECT_DIR, STAGING_VARS, compose, empty_staging, run_playbook, staging
 
 
 def test_up_again_changes_nothing_and_check_mode_agrees(staging_workshop):
@@ -28,6 +28,25 @@ def test_check_mode_previews_a_change_without_making_it(staging_workshop):
     assert "user007" in preview.output  # the diff shows the frontend it would add
     assert (PROJECT_DIR / "docker-compose.users.yml").read_bytes() == compose_file
     assert "user007" not in compose("config", "--services").stdout
+
+
+def test_play_plays_the_participants_the_workshop_was_brought_up_with_unless_told_otherwise(staging_workshop, rdb):
+    outputs = PROJECT_DIR / "data" / "outputs"
+    everyone = {
+        "staging_workshop_play_attendance": 1.0,
+        "staging_workshop_play_jobs_per_user": "1",
+        "staging_workshop_play_bursts": 1,
+    }
+    empty_staging(rdb)
+
+    # Brought up with STAGING_VARS' 6: a play that says 20 still plays those 6.
+    staging("play", staging_workshop_num_users=20, **everyone)
+    assert sorted(p.name for p in outputs.iterdir()) == [
+        f"user{n:03d}" for n in range(1, STAGING_VARS["staging_workshop_num_users"] + 1)
+    ]
+
+    staging("play", staging_workshop_play_users=8, **everyone)
+    assert sorted(p.name for p in outputs.iterdir()) == [f"user{n:03d}" for n in range(1, 9)]
 
 
 @pytest.mark.staging  # asks the Docker Engine before it refuses
