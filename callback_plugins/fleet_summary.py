@@ -187,8 +187,9 @@ class CallbackModule(CallbackBase):
         self.play = play.get_name().strip()
 
     def _failed(self, result, prefix=""):
-        # A failed host's workshop: -e workshop_id, which wins over the inventory as in Ansible, else its host line's.
-        workshop_id = self.workshop_id or result._host.vars.get("workshop_id")
+        # A failed host's workshop: -e workshop_id, which wins over the inventory as in Ansible (an empty one
+        # too: the run refused it, and the row is the host's), else its host line's.
+        workshop_id = self.workshop_id if self.workshop_id is not None else result._host.vars.get("workshop_id")
         if isinstance(workshop_id, str) and "{" not in workshop_id:
             self.workshop_ids.setdefault(result._host.get_name(), workshop_id)
         self.failures[result._host.get_name()] = {

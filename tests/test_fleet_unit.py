@@ -171,6 +171,11 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     assert "1 workshop: 0 went through the run, 1 failed." in screen and "not written (check mode)" in screen
     assert '- madrid (ws-loop): FAILED in play "A phase that fails on some hosts"' in screen
     assert not reports.exists()  # check mode prints and writes nothing
+    # An empty -e workshop_id is not the inventory's (lisbon): the row is the host's.
+    emptied = run_playbook(
+        str(playbook), "-i", str(inventory), "--check", "--limit", "ws-loop", extra_vars={"workshop_id": ""}, expect_ok=False
+    )
+    assert '- ws-loop (ws-loop): FAILED in play "A phase that fails on some hosts"' in emptied.output
 
     run = run_playbook(str(playbook), "-i", str(inventory), extra_vars={"fleet_summary_dest": str(reports)}, expect_ok=False)
 
