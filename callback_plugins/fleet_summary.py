@@ -16,12 +16,16 @@ description:
     every task result of the run and so knows each host's last fatal failure.
   - The summary is printed after the play recap and written to C(<fleet_summary_dest>/fleet-<UTC time>.md)
     and C(.json) on the control node (through a temporary name, then renamed). Check mode prints it and writes nothing.
+  - A run stopped with Ctrl-C gets its summary too, as Ansible exits, each workshop's line saying the play
+    and task it was stopped in (or what it had finished, or its failure).
 requirements:
   - enabled in ansible.cfg (callbacks_enabled = fleet_summary, callback_plugins = callback_plugins)
 """
 
+import atexit
 import json
 import os
+import signal
 import tempfile
 import time
 
@@ -65,6 +69,17 @@ def _extra_var(name, default):
 
 def _utc(epoch):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def interrupted_failures(hosts, entries, failures, running):
+    """failures, with a row for each host that neither failed nor reached the summary: the play and task
+    it was stopped in when the run was interrupted."""
+    stopped = dict(failures)
+    for host in hosts:
+        if host not in stopped and host not in entries:
+            play, task = running.get(host, (None, None))
+            stopped[host] = {"play": play, "task": task, "msg": "the run was interrupted here", "interrupted": True}
+    return stopped
 
 
 def summary_rows(hosts, entries, failures, workshop_ids):
@@ -117,7 +132,7 @@ def row_text(row):
     if not row["ok"]:
         error = row["error"]
         where = f' in play "{error["play"]}", task "{error["task"]}"' if error.get("task") else ""
-        return f"{head}: FAILED{where}: {error['msg']}"
+        return f"{head}: {'INTERRUPTED' if error.get('interrupted') else 'FAILED'}{where}: {error['msg']}"
     archived = "archived: " + (", ".join(row["archived"]) if row.get("archived") else "no")
     report = "report " + row["report"] if row.get("report") else "report: none"
     parts = [_drain(row), _jobs(row), _backup(row), archived, _shared(row), report]
@@ -126,14 +141,14 @@ def row_text(row):
     return f"{head}: " + "; ".join(parts)
 
 
-def summary_markdown(rows, at):
-    failed = sum(1 for row in rows if not row["ok"])
-    lines = [
-        f"# Fleet summary, {at}",
-        "",
-        f"{len(rows)} workshop{'' if len(rows) == 1 else 's'}: {len(rows) - failed} went through the run, {failed} failed.",
-        "",
-    ]
+def summary_markdown(rows, at, interrupted=False):
+    stopped = sum(1 for row in rows if not row["ok"] and row["error"].get("interrupted"))
+    failed = sum(1 for row in rows if not row["ok"]) - stopped
+    through = len(rows) - failed - stopped
+    counts = f"{len(rows)} workshop{'' if len(rows) == 1 else 's'}: {through} went through the run, {failed} failed"
+    if interrupted:
+        counts += f", {stopped} stopped by Ctrl-C. Every step is safe to re-run: run the playbook again to finish"
+    lines = [f"# Fleet summary, {at}" + (" (interrupted)" if interrupted else ""), "", counts + ".", ""]
     return "\n".join(lines + [f"- {row_text(row)}" for row in rows]) + "\n"
 
 
@@ -171,6 +186,10 @@ class CallbackModule(CallbackBase):
         self.workshop_id = None
         self.dest = ""
         self.basedir = None
+        # For a run stopped by Ctrl-C: the play and task each host was last given, and whether it was.
+        self.running = {}
+        self.interrupted = False
+        self.summarised = False
 
     def v2_playbook_on_start(self, playbook):
         # Decided from the playbook, not when the summary play starts: when every host has failed,
@@ -182,21 +201,45 @@ class CallbackModule(CallbackBase):
         self.basedir = playbook._basedir
         self.dest = _extra_var("fleet_summary_dest", "reports")
         self.workshop_id = _extra_var("workshop_id", None)
+        if self.active:
+            # Ansible stops on Ctrl-C without its stats (no v2_playbook_on_stats): note the interrupt, let
+            # Ansible's own handler stop the run, and give the summary as the process exits.
+            ansible_handler = signal.getsignal(signal.SIGINT)
+            main_process = os.getpid()
+
+            def note_interrupt(signum, frame):
+                self.interrupted = True
+                if callable(ansible_handler):
+                    ansible_handler(signum, frame)  # Ansible's raises KeyboardInterrupt, after telling its workers
+                elif ansible_handler != signal.SIG_IGN:
+                    raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, note_interrupt)
+            atexit.register(lambda: os.getpid() == main_process and self.summarise_interrupted())
 
     def v2_playbook_on_play_start(self, play):
         self.play = play.get_name().strip()
 
-    def _failed(self, result, prefix=""):
-        # A failed host's workshop: -e workshop_id, which wins over the inventory as in Ansible (an empty one
-        # too: the run refused it, and the row is the host's), else its host line's.
-        workshop_id = self.workshop_id if self.workshop_id is not None else result._host.vars.get("workshop_id")
+    def _note_workshop(self, host):
+        # The workshop of a host that may not reach the summary play: -e workshop_id, which wins over the
+        # inventory as in Ansible (an empty one too: the run refused it, and the row is the host's), else
+        # its host line's.
+        workshop_id = self.workshop_id if self.workshop_id is not None else host.vars.get("workshop_id")
         if isinstance(workshop_id, str) and "{" not in workshop_id:
-            self.workshop_ids.setdefault(result._host.get_name(), workshop_id)
+            self.workshop_ids.setdefault(host.get_name(), workshop_id)
+
+    def _failed(self, result, prefix=""):
+        self._note_workshop(result._host)
         self.failures[result._host.get_name()] = {
             "play": self.play,
             "task": result._task.get_name().strip(),
             "msg": prefix + failure_message(result._result),
         }
+
+    def v2_runner_on_start(self, host, task):
+        if host.get_name() not in self.running:
+            self._note_workshop(host)
+        self.running[host.get_name()] = (self.play, task.get_name().strip())
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         if not ignore_errors:
@@ -218,9 +261,21 @@ class CallbackModule(CallbackBase):
         hosts = sorted(set(stats.processed) | set(self.entries))
         # A failure that a rescue caught is no failure of the host: the host's final state decides.
         failures = {h: f for h, f in self.failures.items() if stats.failures.get(h) or stats.dark.get(h)}
+        self.summarise(hosts, failures)
+
+    def summarise_interrupted(self):
+        """After Ctrl-C: every host the run had reached, where it stopped (a failure, rescued or not,
+        stands: without Ansible's stats there is no telling)."""
+        if not self.interrupted or self.summarised or not self.running:
+            return
+        hosts = sorted(set(self.running) | set(self.entries) | set(self.failures))
+        self.summarise(hosts, interrupted_failures(hosts, self.entries, self.failures, self.running), interrupted=True)
+
+    def summarise(self, hosts, failures, interrupted=False):
+        self.summarised = True
         at = _utc(time.time())
         rows = summary_rows(hosts, self.entries, failures, self.workshop_ids)
-        markdown = summary_markdown(rows, at)
+        markdown = summary_markdown(rows, at, interrupted)
         check = bool(context.CLIARGS.get("check"))
         where = "on screen only (fleet_summary_dest is empty)"
         if self.dest:
@@ -239,5 +294,6 @@ class CallbackModule(CallbackBase):
                     where = f"NOT written to {stem}.md ({exc.strerror}): check fleet_summary_dest"
         self._display.banner("FLEET SUMMARY")
         for line in markdown.splitlines()[2:]:
-            self._display.display(line, color="red" if line.startswith("- ") and ": FAILED" in line else None)
+            stopped = line.startswith("- ") and (": FAILED" in line or ": INTERRUPTED" in line)
+            self._display.display(line, color="red" if stopped else None)
         self._display.display(f"Fleet summary {where}")

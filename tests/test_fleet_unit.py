@@ -5,7 +5,9 @@ that fails in a loop, one whose failure a rescue catches, one unreachable, one t
 import importlib.util
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -13,7 +15,7 @@ from ansible.module_utils.testing import patch_module_args
 from ansible.module_utils.workshop_fleet import fleet_entry
 from ansible.utils.vars import load_extra_vars
 
-from conftest import REPO, load_module, run_playbook
+from conftest import REPO, load_module, run_playbook, wait_for
 
 RECORD = {
     "drain": {"drained": True, "final_time": "2026-11-29T17:02:11+00:00", "total_jobs": 42, "counts_at_end": {"failed": 3}},
@@ -216,6 +218,68 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     assert all(line in screen for line in lines) and f"written to {written[1]}" in screen
 
 
+INTERRUPTED_PLAYBOOK = """
+- name: A phase that takes long
+  hosts: workshop
+  tasks:
+    - name: Reach the host
+      ansible.builtin.ping:
+    - name: Wait for the admin
+      ansible.builtin.shell: "touch {marker} && sleep 30"
+      changed_when: false
+- name: The summary
+  ansible.builtin.import_playbook: {summary}
+"""
+
+
+@pytest.mark.playbook
+def test_ctrl_c_gives_the_summary_with_where_each_workshop_stopped(small_fleet, tmp_path):
+    inventory, _playbook, _port = small_fleet
+    marker, reports = tmp_path / "waiting", tmp_path / "reports"
+    playbook = tmp_path / "long.yml"
+    summary = str(REPO / "playbooks" / "fleet_summary.yml")
+    playbook.write_text(INTERRUPTED_PLAYBOOK.replace("{marker}", str(marker)).replace("{summary}", summary))
+    command = [
+        "ansible-playbook",
+        str(playbook),
+        "-i",
+        str(inventory),
+        "--limit",
+        "ws-ok,ws-gone",
+        "-e",
+        f"fleet_summary_dest={reports}",
+    ]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        try:
+            # The linear strategy gives the next task once every host is done with this one: the
+            # unreachable host's failure is in by then.
+            wait_for(marker.exists, timeout=60, what="ws-ok to start the long task")
+            run.send_signal(signal.SIGINT)  # as Ctrl-C does to ansible-playbook
+            output, _ = run.communicate(timeout=60)
+        finally:
+            run.kill()
+
+    assert run.returncode == 99, output  # Ansible's own exit code for an interrupted run
+    screen = output[output.index("FLEET SUMMARY") :]
+    assert "2 workshops: 0 went through the run, 1 failed, 1 stopped by Ctrl-C." in screen
+    assert '- berlin (ws-ok): INTERRUPTED in play "A phase that takes long", task "Wait for the admin"' in screen
+    assert '- oslo (ws-gone): FAILED in play "A phase that takes long", task "Reach the host": unreachable: ' in screen
+    written = sorted(reports.iterdir())
+    assert [p.suffix for p in written] == [".json", ".md"]
+    assert written[1].read_text().startswith("# Fleet summary, ") and "(interrupted)" in written[1].read_text()
+    rows = json.loads(written[0].read_text())["workshops"]
+    assert [(row["workshop_id"], row["error"].get("interrupted", False)) for row in rows] == [("oslo", False), ("berlin", True)]
+
+
+@pytest.fixture
+def sigint_kept():
+    """Callbacks driven in pytest's own process put their Ctrl-C handler in it: pytest's goes back after."""
+    previous = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(
     ("skip_tags", "tags", "speaks"),
     [
@@ -226,7 +290,7 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
     ],
 )
 def test_no_summary_when_its_tag_is_skipped_or_the_playbook_has_no_summary_play(
-    monkeypatch, capsys, tmp_path, skip_tags, tags, speaks
+    monkeypatch, capsys, tmp_path, skip_tags, tags, speaks, sigint_kept
 ):
     """The callback speaks only in a run whose playbook has the summary play and does not skip it
     (in-process, on a real parsed playbook: the run itself is the test above)."""
@@ -257,7 +321,7 @@ def test_no_summary_when_its_tag_is_skipped_or_the_playbook_has_no_summary_play(
     assert ("Fleet summary on screen only (fleet_summary_dest is empty)" in out) is speaks
 
 
-def test_the_default_folder_is_reports_beside_the_playbook_that_was_run(monkeypatch, capsys, tmp_path):
+def test_the_default_folder_is_reports_beside_the_playbook_that_was_run(monkeypatch, capsys, tmp_path, sigint_kept):
     """Not beside playbooks/fleet_summary.yml, which post_workshop.yml imports (in-process, no -e)."""
     from ansible import context
     from ansible.executor.stats import AggregateStats
