@@ -66,7 +66,8 @@ def fleet_inventory(slots, work):
     lines = ["[workshop]"]
     for slot in slots:
         lines.append(
-            f"workshop-s{slot} ansible_connection=local ansible_python_interpreter={python} workshop_id=staging"
+            # Each host an id of its own: the run refuses two hosts with one (their archive keys and links).
+            f"workshop-s{slot} ansible_connection=local ansible_python_interpreter={python} workshop_id=staging-s{slot}"
             f" workshop_docker_host={slot_env(0)['DOCKER_HOST']} workshop_project_dir={STAGING.format(slot=slot)}"
             f" workshop_backup_root={BACKUPS.format(slot=slot)} workshop_redis_port={6379 + 1000 * slot}"
             f" workshop_queue_manager_url=http://127.0.0.1:{3000 + 1000 * slot}"
