@@ -143,11 +143,22 @@ def acquire(folder, owner, stale_after=STALE_AFTER, check_mode=False):
             continue
         if current.get("run_id") == owner["run_id"]:
             return dict(result, held_already=True, owner=current)
-        gone = owner_gone(current, stale_after, host=owner["host"])
+        # Whether the owner's process lives can be asked only on the machine it ran on: this one, where the
+        # module runs. A controller elsewhere (the same one as ours too) is the workshop host's stranger: its
+        # pid means nothing here, and only the lock's age can tell.
+        gone = owner_gone(current, stale_after)
         if not gone:
+            elsewhere = current.get("host") != this_host()
+            started = "from this same controller" if elsewhere and current.get("host") == owner["host"] else "elsewhere"
+            hint = (
+                f"if that ansible-playbook is no longer running (stopped with Ctrl-C, killed), remove {path} on "
+                f"{this_host()} and run again; otherwise it is taken over {int(stale_after)} s after it started"
+                if elsewhere
+                else f"if it is gone, remove {path}"
+            )
             raise WorkshopError(
-                f"Another run holds the lock of {folder}: {describe(current)}. Wait for it to finish; if it is gone "
-                f"(killed on another machine), remove {path}. Nothing was changed by this run",
+                f"Another run holds the lock of {folder}: {describe(current)}"
+                f"{', started ' + started if elsewhere else ''}. Wait for it to finish; {hint}. Nothing was changed by this run",
                 path=path,
                 lock_owner=current,
             )

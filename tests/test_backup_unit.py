@@ -82,6 +82,24 @@ def test_a_lock_of_another_machine_is_taken_over_only_once_stale(tmp_path):
     assert taken["taken_over"] and "older than 3600s" in taken["warning"]
 
 
+def test_a_run_from_a_remote_controller_is_never_taken_over_for_its_pid(tmp_path):
+    # Two runs from one controller (a laptop) on a workshop host: the first one's pid means nothing on the
+    # host, even when no process there has it.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    acquire(str(tmp_path), new_owner("laptop-run-1", host="admins-laptop", pid=gone.pid, purpose="backup of berlin"))
+
+    with pytest.raises(WorkshopError) as refused:
+        acquire(str(tmp_path), new_owner("laptop-run-2", host="admins-laptop", pid=os.getpid()))
+
+    assert "started from this same controller" in refused.value.msg
+    assert (
+        f"if that ansible-playbook is no longer running (stopped with Ctrl-C, killed), remove {tmp_path}/.lock"
+        in refused.value.msg
+    )
+    assert read_owner(str(tmp_path / ".lock"))["run_id"] == "laptop-run-1"
+
+
 def test_the_module_returns_its_owner_and_takes_no_part_in_changed(tmp_path, capsys):
     from ansible.module_utils.testing import patch_module_args
 
