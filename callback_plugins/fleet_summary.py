@@ -58,13 +58,17 @@ def failure_message(result):
     return "failed without a message"
 
 
-def _extra_var(name, default):
-    """A plain (untemplated) extra var of this run, else `default`."""
+def _extra_var(name, default, unusable=None):
+    """A plain (untemplated) text given as an extra var of this run; `default` when it is not given,
+    `unusable` when it is given as something else (null, a number, a template: the run reads those)."""
     try:
-        value = load_extra_vars(DataLoader()).get(name, default)
+        given = load_extra_vars(DataLoader())
     except (AnsibleError, OSError):  # an unreadable -e file: the run itself reports it
         return default
-    return value if isinstance(value, str) and "{{" not in value else default
+    if name not in given:
+        return default
+    value = given[name]
+    return value if isinstance(value, str) and "{{" not in value else (default if unusable is None else unusable)
 
 
 def _utc(epoch):
@@ -77,8 +81,16 @@ def interrupted_failures(hosts, entries, failures, running):
     stopped = dict(failures)
     for host in hosts:
         if host not in stopped and host not in entries:
-            play, task = running.get(host, (None, None))
-            stopped[host] = {"play": play, "task": task, "msg": "the run was interrupted here", "interrupted": True}
+            if host in running:
+                play, task = running[host]
+                stopped[host] = {"play": play, "task": task, "msg": "the run was interrupted here", "interrupted": True}
+            else:
+                stopped[host] = {
+                    "play": None,
+                    "task": None,
+                    "msg": "the run was interrupted before its first task",
+                    "interrupted": True,
+                }
     return stopped
 
 
@@ -88,7 +100,8 @@ def summary_rows(hosts, entries, failures, workshop_ids):
     for host in hosts:
         failure = failures.get(host)
         entry = entries.get(host) or {}
-        row = {"host": host, "workshop_id": entry.get("workshop_id") or workshop_ids.get(host) or host}
+        label = str(entry.get("workshop_id") or workshop_ids.get(host) or "").strip()
+        row = {"host": host, "workshop_id": label or host}
         if failure or not entry:
             row.update(ok=False, error=failure or {"play": None, "task": None, "msg": "did not reach the fleet summary"})
         else:
@@ -141,13 +154,15 @@ def row_text(row):
     return f"{head}: " + "; ".join(parts)
 
 
-def summary_markdown(rows, at, interrupted=False):
+def summary_markdown(rows, at, interrupted=False, check=False):
     stopped = sum(1 for row in rows if not row["ok"] and row["error"].get("interrupted"))
     failed = sum(1 for row in rows if not row["ok"]) - stopped
     through = len(rows) - failed - stopped
     counts = f"{len(rows)} workshop{'' if len(rows) == 1 else 's'}: {through} went through the run, {failed} failed"
     if interrupted:
-        counts += f", {stopped} stopped by Ctrl-C. Every step is safe to re-run: run the playbook again to finish"
+        counts += f", {stopped} stopped by Ctrl-C. " + (
+            "A check run: nothing was changed" if check else "Every step is safe to re-run: run the playbook again to finish"
+        )
     lines = [f"# Fleet summary, {at}" + (" (interrupted)" if interrupted else ""), "", counts + ".", ""]
     return "\n".join(lines + [f"- {row_text(row)}" for row in rows]) + "\n"
 
@@ -188,6 +203,7 @@ class CallbackModule(CallbackBase):
         self.basedir = None
         # For a run stopped by Ctrl-C: the play and task each host was last given, and whether it was.
         self.running = {}
+        self.play_hosts = set()
         self.interrupted = False
         self.summarised = False
 
@@ -200,7 +216,9 @@ class CallbackModule(CallbackBase):
         # the role's default (reports/ beside the playbook that was run).
         self.basedir = playbook._basedir
         self.dest = _extra_var("fleet_summary_dest", "reports")
-        self.workshop_id = _extra_var("workshop_id", None)
+        # Given with -e, it is the workshop id of every host, whatever the inventory says; one this callback
+        # cannot read as a plain text ("" too) labels the rows with the host names.
+        self.workshop_id = _extra_var("workshop_id", None, unusable="")
         if self.active:
             # Ansible stops on Ctrl-C without its stats (no v2_playbook_on_stats): note the interrupt, let
             # Ansible's own handler stop the run, and give the summary as the process exits.
@@ -219,6 +237,16 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_play_start(self, play):
         self.play = play.get_name().strip()
+        # Every host of the play (--limit applied), for a summary after Ctrl-C: one not yet given a task
+        # has a line too.
+        try:
+            hosts = play.get_variable_manager()._inventory.get_hosts(play.hosts)
+        except (AttributeError, AnsibleError):  # a private API: without it, such a host has no line
+            hosts = []
+        for host in hosts:
+            if host.get_name() not in self.play_hosts:
+                self.play_hosts.add(host.get_name())
+                self._note_workshop(host)
 
     def _note_workshop(self, host):
         # The workshop of a host that may not reach the summary play: -e workshop_id, which wins over the
@@ -237,8 +265,6 @@ class CallbackModule(CallbackBase):
         }
 
     def v2_runner_on_start(self, host, task):
-        if host.get_name() not in self.running:
-            self._note_workshop(host)
         self.running[host.get_name()] = (self.play, task.get_name().strip())
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
@@ -266,17 +292,17 @@ class CallbackModule(CallbackBase):
     def summarise_interrupted(self):
         """After Ctrl-C: every host the run had reached, where it stopped (a failure, rescued or not,
         stands: without Ansible's stats there is no telling)."""
-        if not self.interrupted or self.summarised or not self.running:
+        if not self.interrupted or self.summarised or not self.play_hosts:
             return
-        hosts = sorted(set(self.running) | set(self.entries) | set(self.failures))
+        hosts = sorted(self.play_hosts | set(self.running) | set(self.entries) | set(self.failures))
         self.summarise(hosts, interrupted_failures(hosts, self.entries, self.failures, self.running), interrupted=True)
 
     def summarise(self, hosts, failures, interrupted=False):
         self.summarised = True
         at = _utc(time.time())
         rows = summary_rows(hosts, self.entries, failures, self.workshop_ids)
-        markdown = summary_markdown(rows, at, interrupted)
         check = bool(context.CLIARGS.get("check"))
+        markdown = summary_markdown(rows, at, interrupted, check)
         where = "on screen only (fleet_summary_dest is empty)"
         if self.dest:
             # A relative folder is relative to the playbook that was run (post_workshop.yml: this project),
@@ -287,7 +313,10 @@ class CallbackModule(CallbackBase):
                 where = f"not written (check mode): {stem}.md and .json"
             else:
                 try:
-                    write_atomically(stem + ".json", json.dumps({"at": at, "workshops": rows}, indent=2, sort_keys=True) + "\n")
+                    write_atomically(
+                        stem + ".json",
+                        json.dumps({"at": at, "interrupted": interrupted, "workshops": rows}, indent=2, sort_keys=True) + "\n",
+                    )
                     write_atomically(stem + ".md", markdown)
                     where = f"written to {stem}.md and {stem}.json"
                 except OSError as exc:

@@ -178,6 +178,10 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
         str(playbook), "-i", str(inventory), "--check", "--limit", "ws-loop", extra_vars={"workshop_id": ""}, expect_ok=False
     )
     assert '- ws-loop (ws-loop): FAILED in play "A phase that fails on some hosts"' in emptied.output
+    nulled = run_playbook(
+        str(playbook), "-i", str(inventory), "--check", "--limit", "ws-loop", extra_vars={"workshop_id": None}, expect_ok=False
+    )
+    assert '- ws-loop (ws-loop): FAILED in play "A phase that fails on some hosts"' in nulled.output
 
     run = run_playbook(str(playbook), "-i", str(inventory), extra_vars={"fleet_summary_dest": str(reports)}, expect_ok=False)
 
@@ -221,9 +225,8 @@ def test_the_summary_lists_every_host_with_its_outcome_on_screen_and_in_a_file(s
 INTERRUPTED_PLAYBOOK = """
 - name: A phase that takes long
   hosts: workshop
+  order: sorted
   tasks:
-    - name: Reach the host
-      ansible.builtin.ping:
     - name: Wait for the admin
       ansible.builtin.shell: "touch {marker} && sleep 30"
       changed_when: false
@@ -239,21 +242,13 @@ def test_ctrl_c_gives_the_summary_with_where_each_workshop_stopped(small_fleet, 
     playbook = tmp_path / "long.yml"
     summary = str(REPO / "playbooks" / "fleet_summary.yml")
     playbook.write_text(INTERRUPTED_PLAYBOOK.replace("{marker}", str(marker)).replace("{summary}", summary))
-    command = [
-        "ansible-playbook",
-        str(playbook),
-        "-i",
-        str(inventory),
-        "--limit",
-        "ws-ok,ws-gone",
-        "-e",
-        f"fleet_summary_dest={reports}",
-    ]
+    # One fork, the hosts in name order: ws-gone fails at once, ws-ok takes the long task, ws-rescued waits
+    # for the fork, never given a task.
+    limit = ["--limit", "ws-ok,ws-rescued,ws-gone", "--forks", "1"]
+    command = ["ansible-playbook", str(playbook), "-i", str(inventory), *limit, "-e", f"fleet_summary_dest={reports}"]
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
         try:
-            # The linear strategy gives the next task once every host is done with this one: the
-            # unreachable host's failure is in by then.
             wait_for(marker.exists, timeout=60, what="ws-ok to start the long task")
             run.send_signal(signal.SIGINT)  # as Ctrl-C does to ansible-playbook
             output, _ = run.communicate(timeout=60)
@@ -262,14 +257,20 @@ def test_ctrl_c_gives_the_summary_with_where_each_workshop_stopped(small_fleet, 
 
     assert run.returncode == 99, output  # Ansible's own exit code for an interrupted run
     screen = output[output.index("FLEET SUMMARY") :]
-    assert "2 workshops: 0 went through the run, 1 failed, 1 stopped by Ctrl-C." in screen
+    assert "3 workshops: 0 went through the run, 1 failed, 2 stopped by Ctrl-C. Every step is safe to re-run" in screen
     assert '- berlin (ws-ok): INTERRUPTED in play "A phase that takes long", task "Wait for the admin"' in screen
-    assert '- oslo (ws-gone): FAILED in play "A phase that takes long", task "Reach the host": unreachable: ' in screen
+    assert '- oslo (ws-gone): FAILED in play "A phase that takes long", task "Wait for the admin": unreachable: ' in screen
+    assert "- ws-rescued (ws-rescued): INTERRUPTED: the run was interrupted before its first task" in screen
     written = sorted(reports.iterdir())
     assert [p.suffix for p in written] == [".json", ".md"]
     assert written[1].read_text().startswith("# Fleet summary, ") and "(interrupted)" in written[1].read_text()
-    rows = json.loads(written[0].read_text())["workshops"]
-    assert [(row["workshop_id"], row["error"].get("interrupted", False)) for row in rows] == [("oslo", False), ("berlin", True)]
+    summary = json.loads(written[0].read_text())
+    assert summary["interrupted"] is True
+    assert [(row["workshop_id"], row["error"].get("interrupted", False)) for row in summary["workshops"]] == [
+        ("oslo", False),
+        ("berlin", True),
+        ("ws-rescued", True),
+    ]
 
 
 @pytest.fixture

@@ -161,8 +161,10 @@ def test_a_drain_slice_that_fails_fails_the_wait_with_its_own_message(tmp_path):
         # An empty id would equal an empty confirmation: down_volumes must not run unconfirmed.
         ("playbooks/shutdown.yml", "", {"shutdown_mode": "down_volumes", "shutdown_confirm": ""}),
         ("playbooks/cleanup.yml", "", {"cleanup_outputs": "true", "cleanup_confirm": ""}),
+        # JSON null: `string` would make it 'None', and the workshop's folder the backup root itself.
+        ("playbooks/backup.yml", None, {}),
     ],
-    ids=["dotdot", "slash", "reserved-logs", "reserved-share", "shutdown-empty", "cleanup-empty"],
+    ids=["dotdot", "slash", "reserved-logs", "reserved-share", "shutdown-empty", "cleanup-empty", "null"],
 )
 def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, playbook, workshop_id, extra):
     inventory = ini_inventory(tmp_path, site.settings)
@@ -171,7 +173,8 @@ def test_an_unsafe_workshop_id_is_refused_before_anything_runs(site, tmp_path, p
     run = run_playbook(playbook, "-i", str(inventory), extra_vars={"workshop_id": workshop_id, **extra}, expect_ok=False)
 
     assert run.returncode != 0
-    assert f"workshop_id '{workshop_id}' on ws is not a safe folder name" in " ".join(run.output.split())
+    shown = "null" if workshop_id is None else f"'{workshop_id}'"
+    assert f"workshop_id {shown} on ws is not a safe folder name" in " ".join(run.output.split())
     assert "TASK [workshop : Refuse a workshop id" in run.output
     assert sorted(str(path) for path in site.root.rglob("*")) == before  # nothing written anywhere
 
