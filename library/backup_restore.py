@@ -224,7 +224,7 @@ from ansible.module_utils.workshop_compose import ComposeProject, normalize_proj
 from ansible.module_utils.workshop_connection import CONNECTION_MUTUALLY_EXCLUSIVE, connection_argument_spec, require_libraries
 from ansible.module_utils.workshop_dotenv import read_dotenv
 from ansible.module_utils.workshop_errors import WorkshopError
-from ansible.module_utils.workshop_files import atomic_file, human_bytes, inside, move_into_place
+from ansible.module_utils.workshop_files import atomic_file, filesystem_of, human_bytes, inside, move_into_place
 from ansible.module_utils.workshop_rdb import verify_rdb
 from ansible.module_utils.workshop_record import describe_failures, read_record, save_record
 from ansible.module_utils.workshop_restore import (
@@ -626,20 +626,21 @@ def recover(params, check_mode):
         failures=[],
         warnings=warnings,
     )
-    if check_mode or not written:
+    if not written:
         return result
-    # Each archive with a member to write is extracted whole next to its place, then its members moved.
-    needed = sum(m["size"] for a in {a for a, _m, _f in to_write} for m in archives[a] if "size" in m)
-    needed += sum(manifest["files"][relpath]["size"] for relpath, _final in config_write)
-    free = free_space(dest)
-    if free < needed:
-        raise WorkshopError(
-            f"Not enough space to restore into {dest}: about {human_bytes(needed)} needed, {human_bytes(free)} free; "
-            "free space or choose another folder; nothing was written",
-            path=dest,
-            needed_bytes=needed,
-            free_bytes=free,
-        )
+    # Checked in a dry run too: its "Would restore" must not promise what the disks cannot hold.
+    for place, needed in _space_needs(dest, params["dest_dirs"], archives, to_write, config_write, manifest):
+        free = free_space(place)
+        if free < needed:
+            raise WorkshopError(
+                f"Not enough space to restore into {place}: about {human_bytes(needed)} needed, {human_bytes(free)} free; "
+                "free space or choose another folder; nothing was written",
+                path=place,
+                needed_bytes=needed,
+                free_bytes=free,
+            )
+    if check_mode:
+        return result
     try:
         compared = _write_files(folder, dest, archives, to_write, config_write, manifest)
     except OSError as exc:
@@ -671,6 +672,21 @@ def recover(params, check_mode):
         result.update(keys=keys, queues=queues, image=image_facts)
     result["files_compared"] = compared
     return result
+
+
+def _space_needs(dest, dest_dirs, archives, to_write, config_write, manifest):
+    """[(folder, bytes)] the restore needs free, one per filesystem: on dest's, each archive with a member
+    to write (extracted whole there, its members then moved) and the configuration; on another's (a
+    restore_dest_dirs folder on another disk), the members copied there."""
+    home = filesystem_of(dest)
+    needs = {home: [dest, sum(m["size"] for a in {a for a, _m, _f in to_write} for m in archives[a] if "size" in m)]}
+    needs[home][1] += sum(manifest["files"][relpath]["size"] for relpath, _final in config_write)
+    for _archive, member, final in to_write:
+        device = filesystem_of(os.path.dirname(final))
+        if device != home:
+            place = next((d for d in sorted(dest_dirs.values()) if inside(final, d)), os.path.dirname(final))
+            needs.setdefault(device, [place, 0])[1] += member.get("size", 0)
+    return [tuple(need) for need in needs.values()]
 
 
 def _write_files(folder, dest, archives, to_write, config_write, manifest):

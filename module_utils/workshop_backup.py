@@ -28,6 +28,7 @@ from ansible.module_utils.workshop_files import (  # pylint: disable=unused-impo
     atomic_file,
     fsync_dir,
     human_bytes,
+    nearest_existing,
     sha256_file,  # other helpers import it from here too
     sha256_stream,
     walk_tree,
@@ -620,10 +621,7 @@ def free_space(backup_dir):
             f"The backup folder {backup_dir} is a relative path: set workshop_backup_root to an absolute path",
             path=backup_dir,
         )
-    probe = backup_dir
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    return shutil.disk_usage(probe).free
+    return shutil.disk_usage(nearest_existing(backup_dir)).free
 
 
 def check_space(backup_dir, needed, logs_allowance):

@@ -1,6 +1,7 @@
 """Plain helpers over the workshop's files."""
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -230,11 +231,12 @@ def atomic_file(path):
     try:
         yield target
         if target.keep:
-            fd = os.open(target.tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if not os.path.islink(target.tmp):  # a link has no data of its own to sync
+                fd = os.open(target.tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             os.replace(target.tmp, path)
             fsync_dir(os.path.dirname(path))
     finally:
@@ -243,9 +245,33 @@ def atomic_file(path):
 
 
 def move_into_place(source, path):
-    """Move a file already written and verified elsewhere on the same filesystem to `path`, durably."""
-    os.replace(source, path)
+    """Move a file (or link) already written and verified elsewhere to `path`, durably: a rename, or across
+    filesystems (a restore folder on another disk) a copy through `path`'s temporary name."""
+    try:
+        os.replace(source, path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with atomic_file(path) as target:
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), target.tmp)
+            else:
+                shutil.copy2(source, target.tmp)
+        os.unlink(source)
+        return
     fsync_dir(os.path.dirname(path))
+
+
+def nearest_existing(path):
+    """`path`, or its nearest parent that exists: where a folder yet to be made will be (an absolute path)."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def filesystem_of(path):
+    """The device of the filesystem that holds (or will hold) `path`."""
+    return os.stat(nearest_existing(path)).st_dev
 
 
 def open_for_writing(path, mode=0o600):

@@ -2,9 +2,13 @@
 changing anything; gpu_facts and rdb_location fail inside their error boundary, naming the culprit."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import redis
@@ -154,6 +158,30 @@ def test_atomic_file_renames_on_success_and_leaves_the_old_file_on_error_or_disc
     with atomic_file(str(path)) as target:
         (tmp_path / "outputs.tar.partial").write_bytes(b"new")
     assert path.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["outputs.tar"]
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev,
+    reason="needs /dev/shm on another filesystem than the temporary folder",
+)
+def test_moving_into_place_across_filesystems_copies_through_a_temporary_name(tmp_path):
+    from ansible.module_utils.workshop_files import move_into_place
+
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        (tmp_path / "img.png").write_bytes(b"participant's image")
+        (tmp_path / "latest.png").symlink_to("img.png")
+        (other / "img.png").write_bytes(b"older")
+
+        move_into_place(str(tmp_path / "img.png"), str(other / "img.png"))
+        move_into_place(str(tmp_path / "latest.png"), str(other / "latest.png"))
+
+        assert (other / "img.png").read_bytes() == b"participant's image"
+        assert os.readlink(other / "latest.png") == "img.png"
+        assert sorted(p.name for p in other.iterdir()) == ["img.png", "latest.png"]  # no temporary name left
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        shutil.rmtree(other)
 
 
 def test_every_writer_goes_through_the_one_atomic_writer():

@@ -2,6 +2,7 @@
 (playbooks/restore.yml) on the staging workshop: a backup restores byte for byte, its Redis
 snapshot loads into the workshop's own Redis image, and an altered backup is caught."""
 
+import hashlib
 import io
 import json
 import os
@@ -322,3 +323,32 @@ def test_restore_refuses_a_non_empty_target_without_the_confirmation(sealed_copy
         assert os.listdir(dest) == [] and os.listdir(other_disk) == ["kept.png"]
     finally:
         shutil.rmtree(other_disk)
+
+
+def test_outputs_placed_on_another_disk_are_checked_for_space_then_copied_there_byte_for_byte(
+    sealed_copy, workshop_id, engine, target
+):
+    """A restore_dest_dirs folder on another filesystem: its own space check (in a dry run too), then its
+    files copied across (a rename cannot cross filesystems) through a temporary name each."""
+    from test_faults import grow, small_disk
+
+    dest, name = target
+    [folder] = backups(workshop_id)
+    members = [m for m in json.loads((folder / "outputs.tar.members.json").read_text()) if "sha256" in m]
+    assert members  # the played workshop's outputs
+    with small_disk(dest.parent / f"{name}-outputs", "64k") as other_disk:
+        moved = {"outputs": str(other_disk), **{top: str(dest / "data" / top) for top in ("inputs", "user_data", "workflows")}}
+
+        preview = restore(workshop_id, dest, name, check=True, expect_ok=False, restore_dest_dirs=moved)
+        assert preview.returncode != 0 and f"Not enough space to restore into {other_disk}: about " in preview.text, (
+            preview.output
+        )
+        assert not dest.exists() and os.listdir(other_disk) == []
+
+        grow(other_disk, "256m")
+        restore(workshop_id, dest, name, restore_dest_dirs=moved)
+        restored = {str(p.relative_to(other_disk)): p for p in other_disk.rglob("*") if p.is_file() and not p.is_symlink()}
+        for member in members:
+            path = restored[member["path"].split("/", 1)[1]]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == member["sha256"], member["path"]
+        assert not [p for p in other_disk.rglob(".*") if p.name.startswith(".")]  # no temporary name left
