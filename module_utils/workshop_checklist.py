@@ -267,9 +267,15 @@ def line_restore(record, facts):
     when = format_stamp(test["at"]) if test.get("at") else "at an unrecorded time"
     if not _yes(test.get("ok")):
         what = failures_text(test.get("failures")) or "what failed was not recorded"
-        which = f"backup {test['backup']}" if test.get("backup") else f"the newest backup on {test.get('source')} (not fetched)"
+        if not test.get("backup"):  # the off-host target did not give a backup: a new backup would not help
+            return _not(
+                f"the restore test of the newest backup on {test.get('source')} FAILED {when}: it could not be fetched "
+                f"({what}): check that {test.get('source')} answers (address, credentials) and run "
+                "playbooks/restore_test.yml again"
+            )
         return _not(
-            f"the restore test of {which} FAILED {when} ({what}): make a new backup and run playbooks/restore_test.yml again"
+            f"the restore test of backup {test['backup']} FAILED {when} ({what}): make a new backup and run "
+            "playbooks/restore_test.yml again"
         )
     evidence = f"backup {test.get('backup')} restored {when}"
     if test.get("source") and test.get("source") != "local":

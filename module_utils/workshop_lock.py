@@ -107,12 +107,29 @@ def _create(path, owner):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as lock:
-        lock.write(json.dumps(owner, sort_keys=True) + "\n")
-        lock.flush()
-        os.fsync(lock.fileno())
-    fsync_dir(os.path.dirname(path))
+    except OSError as exc:
+        raise _cannot_lock(path, exc) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as lock:
+            lock.write(json.dumps(owner, sort_keys=True) + "\n")
+            lock.flush()
+            os.fsync(lock.fileno())
+        fsync_dir(os.path.dirname(path))
+    except OSError as exc:
+        # An empty or half-written lock would be a stranger's to the next run: none rather than that.
+        os.unlink(path)
+        raise _cannot_lock(path, exc) from None
     return True
+
+
+def _cannot_lock(path, exc):
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return WorkshopError(
+        f"Cannot take the lock {path} on {this_host()}: {exc.strerror}"
+        + (": the disk that holds it is full; free space on it (or set workshop_backup_root to a bigger disk)" if full else "")
+        + ". Nothing was changed by this run",
+        path=path,
+    )
 
 
 def new_owner(run_id, host=None, pid=None, purpose="", now=None):

@@ -165,8 +165,8 @@ def check_restore_test(record, record_path, max_age_days, now, newest=None, will
     age = (now - then).total_seconds() / 86400
     days = math.floor(age)
     # No backup named: the fetch from the off-host target failed before one was chosen.
-    tested = entry.get("backup") or f"the newest backup on {entry.get('source')}, not fetched"
-    which = f"{tested} at {_stamp(then)}"
+    tested = entry.get("backup") or f"the newest backup on {entry.get('source')}"
+    which = f"{tested} at {_stamp(then)}" + ("" if entry.get("backup") else ", which could not be fetched")
     if not entry.get("ok"):
         failures = failures_text(entry.get("failures"))
         return line(

@@ -1,6 +1,7 @@
 """Fast tier: the workshop lock, symlinks in participants' folders, files that change while read,
 verification down to the archive member, and snapshot completion read from Redis's own counters."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -98,6 +99,23 @@ def test_a_run_from_a_remote_controller_is_never_taken_over_for_its_pid(tmp_path
         in refused.value.msg
     )
     assert read_owner(str(tmp_path / ".lock"))["run_id"] == "laptop-run-1"
+
+
+def test_a_lock_on_a_full_disk_fails_saying_so_and_leaves_no_empty_lock(tmp_path):
+    from test_faults import small_disk
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        (disk / "berlin").mkdir()
+        with open(disk / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"x" * 4096)
+
+        with pytest.raises(WorkshopError) as refused:
+            acquire(str(disk / "berlin"), new_owner("run-1"))
+
+        assert f"Cannot take the lock {disk}/berlin/.lock on " in refused.value.msg
+        assert "the disk that holds it is full; free space on it" in refused.value.msg
+        assert os.listdir(disk / "berlin") == []  # no empty lock for the next run to take for a stranger's
 
 
 def test_the_module_returns_its_owner_and_takes_no_part_in_changed(tmp_path, capsys):

@@ -263,8 +263,9 @@ def test_a_fetch_that_failed_before_a_backup_was_chosen_is_not_hidden_by_an_earl
 
     assert not line["ok"]
     assert line["reason"] == (
-        "the restore test of the newest backup on s3 (not fetched) FAILED 2026-11-30 10:00 UTC (s3://workshops/berlin: "
-        "could not connect to the endpoint): make a new backup and run playbooks/restore_test.yml again"
+        "the restore test of the newest backup on s3 FAILED 2026-11-30 10:00 UTC: it could not be fetched "
+        "(s3://workshops/berlin: could not connect to the endpoint): check that s3 answers (address, credentials) "
+        "and run playbooks/restore_test.yml again"
     )
 
 

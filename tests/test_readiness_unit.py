@@ -373,7 +373,7 @@ def test_a_fetch_that_failed_before_a_backup_was_chosen_says_so():
 
     assert not entry["ok"]
     assert entry["reason"].startswith(
-        "The last restore test (the newest backup on s3, not fetched at 2026-11-28 21:00 UTC) FAILED"
+        "The last restore test (the newest backup on s3 at 2026-11-28 21:00 UTC, which could not be fetched) FAILED"
     )
 
 
