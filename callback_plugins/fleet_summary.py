@@ -215,7 +215,10 @@ class CallbackModule(CallbackBase):
         # Where the summary goes when no host reaches the summary play to say: -e fleet_summary_dest, else
         # the role's default (reports/ beside the playbook that was run).
         self.basedir = playbook._basedir
-        self.dest = _extra_var("fleet_summary_dest", "reports")
+        self.dest = _extra_var("fleet_summary_dest", None)
+        # Not given with -e: the inventory's (read when the first play starts), else the role's default.
+        self.dest_from_inventory = self.dest is None
+        self.dest = "reports" if self.dest is None else self.dest
         # Given with -e, it is the workshop id of every host, whatever the inventory says; one this callback
         # cannot read as a plain text ("" too) labels the rows with the host names.
         self.workshop_id = _extra_var("workshop_id", None, unusable="")
@@ -247,6 +250,16 @@ class CallbackModule(CallbackBase):
             if host.get_name() not in self.play_hosts:
                 self.play_hosts.add(host.get_name())
                 self._note_workshop(host)
+        if self.dest_from_inventory and hosts:
+            # For a run whose summary play no host reaches (Ctrl-C, every host failed): the folder the
+            # inventory or group_vars set, as that play would have used.
+            self.dest_from_inventory = False
+            try:
+                value = play.get_variable_manager().get_vars(play=play, host=hosts[0]).get("fleet_summary_dest")
+            except (AttributeError, AnsibleError):
+                value = None
+            if isinstance(value, str) and "{{" not in value:
+                self.dest = value
 
     def _note_workshop(self, host):
         # The workshop of a host that may not reach the summary play: -e workshop_id, which wins over the
