@@ -258,19 +258,21 @@ def line_restore(record, facts):
     if not isinstance(test, dict):
         return _not("no restore test yet: run playbooks/restore_test.yml")
     newest = _get(record, "backup", "name")
-    # Only a test of another, named backup defers to the newest's own: a fetch that failed before a backup
-    # was chosen names none, and its failure stands.
-    tested = test.get("backup")
-    of_newest = _get(record, "restore_tests", newest) if newest and tested and tested != newest else None
+    # Only a test of another backup defers to the newest's own: a fetch that failed (the off-host target did
+    # not give the backup, whichever was asked for) says nothing of a backup, and its failure stands.
+    tested, fetched = test.get("backup"), test.get("fetched") is not False
+    of_newest = _get(record, "restore_tests", newest) if newest and tested and tested != newest and fetched else None
     if isinstance(of_newest, dict):  # the last test was of an older backup; the newest was tested before it
         test = of_newest
     when = format_stamp(test["at"]) if test.get("at") else "at an unrecorded time"
     if not _yes(test.get("ok")):
         what = failures_text(test.get("failures")) or "what failed was not recorded"
-        if not test.get("backup"):  # the off-host target did not give a backup: a new backup would not help
+        if not fetched or not test.get("backup"):  # the target did not give the backup: a new one would not help
+            which = f"backup {test['backup']}" if test.get("backup") else "the newest backup"
             return _not(
-                f"the restore test of the newest backup on {test.get('source')} FAILED {when}: it could not be fetched "
-                f"({what}): check that {test.get('source')} answers (address, credentials) and run "
+                f"the restore test of {which} on {test.get('source')} FAILED {when}: it could not be fetched intact "
+                f"({what}): check that {test.get('source')} answers (address, credentials) and holds an intact copy "
+                "(--tags verify_remote reads it back, --tags archive copies it again), then run "
                 "playbooks/restore_test.yml again"
             )
         return _not(

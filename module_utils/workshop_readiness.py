@@ -164,9 +164,11 @@ def check_restore_test(record, record_path, max_age_days, now, newest=None, will
         return line("restore_test", False, f"No restore test in {record_path}{plan or ': run playbooks/restore_test.yml'}")
     age = (now - then).total_seconds() / 86400
     days = math.floor(age)
-    # No backup named: the fetch from the off-host target failed before one was chosen.
-    tested = entry.get("backup") or f"the newest backup on {entry.get('source')}"
-    which = f"{tested} at {_stamp(then)}" + ("" if entry.get("backup") else ", which could not be fetched")
+    # A fetch from the off-host target that failed (before a backup was chosen: none is named).
+    unfetched = entry.get("fetched") is False or not entry.get("backup")
+    tested = entry.get("backup") or "the newest backup"
+    which = f"{tested}{' on ' + str(entry.get('source')) if unfetched else ''} at {_stamp(then)}"
+    which += ", which could not be fetched" if unfetched else ""
     if not entry.get("ok"):
         failures = failures_text(entry.get("failures"))
         return line(

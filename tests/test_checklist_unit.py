@@ -256,16 +256,26 @@ def test_a_fetch_that_failed_before_a_backup_was_chosen_is_not_hidden_by_an_earl
     # What the restore role records when the off-host target could not even be listed.
     record = read_record(str(workshop / "run-record.json"))
     unreachable = {"file": None, "reason": "s3://workshops/berlin: could not connect to the endpoint"}
-    failed_fetch = dict(RESTORE_TEST, ok=False, backup=None, source="s3", at="2026-11-30T10:00:00+00:00", failures=[unreachable])
+    failed_fetch = dict(
+        RESTORE_TEST, ok=False, backup=None, source="s3", fetched=False, at="2026-11-30T10:00:00+00:00", failures=[unreachable]
+    )
     record.update(restore_test=failed_fetch, restore_tests={BACKUP: RESTORE_TEST})
 
     line = lines_by_key(checklist_of(workshop, record))["restore"]
 
     assert not line["ok"]
     assert line["reason"] == (
-        "the restore test of the newest backup on s3 FAILED 2026-11-30 10:00 UTC: it could not be fetched "
+        "the restore test of the newest backup on s3 FAILED 2026-11-30 10:00 UTC: it could not be fetched intact "
         "(s3://workshops/berlin: could not connect to the endpoint): check that s3 answers (address, credentials) "
-        "and run playbooks/restore_test.yml again"
+        "and holds an intact copy (--tags verify_remote reads it back, --tags archive copies it again), then run "
+        "playbooks/restore_test.yml again"
+    )
+
+    # An older backup asked for by name, which the target did not give either: not a test of that backup.
+    record["restore_test"] = dict(failed_fetch, backup="backup-20261129T170000Z")
+    line = lines_by_key(checklist_of(workshop, record))["restore"]
+    assert not line["ok"] and line["reason"].startswith(
+        "the restore test of backup backup-20261129T170000Z on s3 FAILED 2026-11-30 10:00 UTC: it could not be fetched"
     )
 
 

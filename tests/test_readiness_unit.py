@@ -367,7 +367,7 @@ def test_a_restore_test_counts_when_it_passed_within_the_max_age(record, ok, tex
 
 def test_a_fetch_that_failed_before_a_backup_was_chosen_says_so():
     record = restore_record(1, ok=False)
-    record["restore_test"].update(backup=None, source="s3")
+    record["restore_test"].update(backup=None, source="s3", fetched=False)
 
     entry = check_restore_test(record, "/b/run-record.json", 30, NOW)
 
