@@ -5,8 +5,10 @@ Containers are found by the labels both docker compose v2 and docker-compose v1 
 whichever compose CLI deployed the workshop, and need none.
 """
 
+import contextlib
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.workshop_dotenv import read_dotenv
@@ -23,6 +25,9 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 # Containers started or stopped at once (the Docker Engine does the waiting; 24 for 20 participants).
 MAX_PARALLEL = 8
+# Removing a network that still lists an endpoint of a removed container: tries, and seconds between them.
+NETWORK_TRIES = 5
+NETWORK_PAUSE = 0.5
 
 
 def normalize_project_name(name):
@@ -222,7 +227,7 @@ class ComposeProject:
         for container in containers:
             self._call(container.remove, f"remove container {container.name}", v=False)
         for network in self.client.networks.list(filters={"label": f"{PROJECT_LABEL}={self.name}"}):
-            self._call(network.remove, f"remove network {network.name}")
+            self._remove_network(network)
         for name in sorted(existing):
             self._call(self.client.volumes.get(name).remove, f"remove volume {name}")
         left = self._existing_volumes(volumes)
@@ -233,6 +238,44 @@ class ComposeProject:
                 volumes=sorted(left),
             )
         return removed
+
+    def _remove_network(self, network, tries=NETWORK_TRIES, pause=NETWORK_PAUSE):
+        """Remove a network of the project. The engine can still list an endpoint of a container just
+        removed (for a moment, or for good after a removal under load: "has active endpoints"); such an
+        endpoint, whose container is gone, is disconnected as `docker network disconnect -f` does, and the
+        removal tried again. An endpoint of a container that exists (another project's) is left, and named."""
+        for attempt in range(tries):
+            try:
+                network.remove()
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if "active endpoints" not in str(exc):
+                    raise WorkshopError(
+                        f"Docker at {self.engine} could not remove network {network.name}: {exc}", project=self.name
+                    ) from None
+                error = exc
+            network.reload()
+            attached = []
+            for key, endpoint in (network.attrs.get("Containers") or {}).items():
+                name = endpoint.get("Name") or key
+                try:
+                    self.client.containers.get(key)
+                    attached.append(name)
+                except docker.errors.NotFound:
+                    with contextlib.suppress(docker.errors.APIError):
+                        network.disconnect(name, force=True)
+            if attached:
+                raise WorkshopError(
+                    f"Docker at {self.engine} could not remove network {network.name} of compose project '{self.name}': "
+                    f"containers not of the project are attached to it ({', '.join(sorted(attached))}): disconnect them "
+                    f"(docker network disconnect {network.name} NAME) and run again",
+                    project=self.name,
+                )
+            if attempt < tries - 1:
+                time.sleep(pause)
+        raise WorkshopError(f"Docker at {self.engine} could not remove network {network.name}: {error}", project=self.name)
 
     def _existing_volumes(self, names):
         found = []

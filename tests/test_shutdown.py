@@ -1,5 +1,6 @@
 """Optional phase: shut the workshop down. One project, quiesce, then check, then delete."""
 
+import contextlib
 import gzip
 import json
 import os
@@ -11,8 +12,10 @@ import time
 import urllib.error
 import urllib.request
 
+import docker.errors
 import pytest
 import test_backup
+from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_time import parse_time
 from test_backup import BACKUP_ROOT, backup, backups
 
@@ -391,3 +394,29 @@ def test_check_mode_shows_exactly_what_each_mode_would_do_then_down_keeps_the_vo
         assert record_of(workshop_id)["shutdown"] == record
     finally:
         back_up_and_running(rdb)
+
+
+@pytest.mark.staging  # the Docker Engine only
+def test_a_project_network_goes_past_a_removed_container_and_stays_for_a_strangers_live_one(engine):
+    from ansible.module_utils.workshop_compose import ComposeProject
+
+    name = f"netprobe{SLOT_SUFFIX.replace('-', '')}"
+    network = engine.networks.create(f"{name}_default", labels={PROJECT_LABEL: name})
+    [image] = engine.images.list(name="comfy-wrapup/staging-base")[:1]
+    stranger = engine.containers.run(image.id, ["sleep", "300"], network=network.name, detach=True)
+    project = ComposeProject(engine, name, os.environ["DOCKER_HOST"])
+    try:
+        with pytest.raises(WorkshopError) as refused:
+            project.down(volumes=[], stop_timeout=1, check_mode=False)
+        assert f"could not remove network {name}_default of compose project '{name}'" in refused.value.msg
+        assert f"containers not of the project are attached to it ({stranger.name})" in refused.value.msg
+        assert engine.networks.list(names=[f"{name}_default"])  # the stranger's network stays
+
+        stranger.remove(force=True)
+        project.down(volumes=[], stop_timeout=1, check_mode=False)
+        assert not engine.networks.list(names=[f"{name}_default"])
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            stranger.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
