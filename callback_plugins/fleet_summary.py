@@ -58,17 +58,17 @@ def failure_message(result):
     return "failed without a message"
 
 
-def _extra_var(name, default, unusable=None):
-    """A plain (untemplated) text given as an extra var of this run; `default` when it is not given,
-    `unusable` when it is given as something else (null, a number, a template: the run reads those)."""
+def _extra_vars():
+    """This run's extra vars; {} when they cannot be read (an unreadable -e file: the run itself reports it)."""
     try:
-        given = load_extra_vars(DataLoader())
-    except (AnsibleError, OSError):  # an unreadable -e file: the run itself reports it
-        return default
-    if name not in given:
-        return default
-    value = given[name]
-    return value if isinstance(value, str) and "{{" not in value else (default if unusable is None else unusable)
+        return load_extra_vars(DataLoader())
+    except (AnsibleError, OSError):
+        return {}
+
+
+def _plain(value):
+    """`value` when it is a plain (untemplated) text, else None (null, a number, a template: the run reads those)."""
+    return value if isinstance(value, str) and "{{" not in value else None
 
 
 def _utc(epoch):
@@ -204,6 +204,7 @@ class CallbackModule(CallbackBase):
         # For a run stopped by Ctrl-C: the play and task each host was last given, and whether it was.
         self.running = {}
         self.play_hosts = set()
+        self.first_host = None  # (play, host): whose variables say fleet_summary_dest when no play handed it
         self.interrupted = False
         self.summarised = False
 
@@ -213,15 +214,14 @@ class CallbackModule(CallbackBase):
         skipped = {SUMMARY_TAG, "always"} & set(context.CLIARGS.get("skip_tags") or ())
         self.active = not skipped and any(SUMMARY_TAG in (play.tags or []) for play in playbook.get_plays())
         # Where the summary goes when no host reaches the summary play to say: -e fleet_summary_dest, else
-        # the role's default (reports/ beside the playbook that was run).
+        # the inventory's (read only then: _inventory_dest), else the role's default (reports/ beside the
+        # playbook that was run).
         self.basedir = playbook._basedir
-        self.dest = _extra_var("fleet_summary_dest", None)
-        # Not given with -e: the inventory's (read when the first play starts), else the role's default.
-        self.dest_from_inventory = self.dest is None
-        self.dest = "reports" if self.dest is None else self.dest
+        extra = _extra_vars()
+        self.dest = _plain(extra.get("fleet_summary_dest"))
         # Given with -e, it is the workshop id of every host, whatever the inventory says; one this callback
         # cannot read as a plain text ("" too) labels the rows with the host names.
-        self.workshop_id = _extra_var("workshop_id", None, unusable="")
+        self.workshop_id = (_plain(extra["workshop_id"]) or "") if "workshop_id" in extra else None
         if self.active:
             # Ansible stops on Ctrl-C without its stats (no v2_playbook_on_stats): note the interrupt, let
             # Ansible's own handler stop the run, and give the summary as the process exits.
@@ -250,16 +250,8 @@ class CallbackModule(CallbackBase):
             if host.get_name() not in self.play_hosts:
                 self.play_hosts.add(host.get_name())
                 self._note_workshop(host)
-        if self.dest_from_inventory and hosts:
-            # For a run whose summary play no host reaches (Ctrl-C, every host failed): the folder the
-            # inventory or group_vars set, as that play would have used.
-            self.dest_from_inventory = False
-            try:
-                value = play.get_variable_manager().get_vars(play=play, host=hosts[0]).get("fleet_summary_dest")
-            except (AttributeError, AnsibleError):
-                value = None
-            if isinstance(value, str) and "{{" not in value:
-                self.dest = value
+        if self.first_host is None and hosts:
+            self.first_host = (play, hosts[0])
 
     def _note_workshop(self, host):
         # The workshop of a host that may not reach the summary play: -e workshop_id, which wins over the
@@ -310,8 +302,22 @@ class CallbackModule(CallbackBase):
         hosts = sorted(self.play_hosts | set(self.running) | set(self.entries) | set(self.failures))
         self.summarise(hosts, interrupted_failures(hosts, self.entries, self.failures, self.running), interrupted=True)
 
+    def _inventory_dest(self):
+        """fleet_summary_dest as the inventory or group_vars set it, else the role's default (reports/):
+        for a run whose summary play no host reached (Ctrl-C, every host failed), as that play would have."""
+        value = None
+        if self.first_host is not None:
+            play, host = self.first_host
+            try:
+                value = _plain(play.get_variable_manager().get_vars(play=play, host=host).get("fleet_summary_dest"))
+            except (AttributeError, AnsibleError):  # a private API: without it, the default
+                value = None
+        return "reports" if value is None else value
+
     def summarise(self, hosts, failures, interrupted=False):
         self.summarised = True
+        if self.dest is None:
+            self.dest = self._inventory_dest()
         at = _utc(time.time())
         rows = summary_rows(hosts, self.entries, failures, self.workshop_ids)
         check = bool(context.CLIARGS.get("check"))

@@ -681,8 +681,12 @@ def _space_needs(dest, dest_dirs, archives, to_write, config_write, manifest):
     home = filesystem_of(dest)
     needs = {home: [dest, sum(m["size"] for a in {a for a, _m, _f in to_write} for m in archives[a] if "size" in m)]}
     needs[home][1] += sum(manifest["files"][relpath]["size"] for relpath, _final in config_write)
+    devices = {}  # folder: its filesystem, looked up once (a participant's folder holds many files)
     for _archive, member, final in to_write:
-        device = filesystem_of(os.path.dirname(final))
+        folder = os.path.dirname(final)
+        if folder not in devices:
+            devices[folder] = filesystem_of(folder)
+        device = devices[folder]
         if device != home:
             place = next((d for d in sorted(dest_dirs.values()) if inside(final, d)), os.path.dirname(final))
             needs.setdefault(device, [place, 0])[1] += member.get("size", 0)

@@ -377,7 +377,7 @@ def plan(params, check_mode):
         raise WorkshopError(f"{os.path.join(backup_dir, name)} exists already: run again in a second", path=backup_dir)
     memory = conn.call(conn.client.info, "memory").get("used_memory_dataset", 0)
     estimate = files_bytes + memory + LOGS_ALLOWANCE
-    free = check_space(backup_dir, estimate, LOGS_ALLOWANCE) if needed else free_space(backup_dir)
+    free = check_space(backup_dir, estimate) if needed else free_space(backup_dir)
     recorded = _recorded_backup(record).get("name")
     return dict(
         changed=bool(removed),

@@ -624,14 +624,14 @@ def free_space(backup_dir):
     return shutil.disk_usage(nearest_existing(backup_dir)).free
 
 
-def check_space(backup_dir, needed, logs_allowance):
-    """Raise unless the disk holding `backup_dir` has room for `needed` bytes (`logs_allowance` of them
-    set aside for the logs, not yet measured) and the margin."""
+def check_space(backup_dir, needed):
+    """Raise unless the disk holding `backup_dir` has room for `needed` bytes (LOGS_ALLOWANCE of them set
+    aside for the logs, not yet measured) and the margin."""
     free = free_space(backup_dir)
     if free < needed + SPACE_MARGIN:
         raise WorkshopError(
             f"Not enough space for the backup in {backup_dir}: about {human_bytes(needed)} needed ("
-            f"{human_bytes(needed - logs_allowance)} of files and Redis, {human_bytes(logs_allowance)} set aside for the "
+            f"{human_bytes(needed - LOGS_ALLOWANCE)} of files and Redis, {human_bytes(LOGS_ALLOWANCE)} set aside for the "
             f"logs) and a {human_bytes(SPACE_MARGIN)} margin, {human_bytes(free)} free. Free space or set "
             "workshop_backup_root to a bigger disk; nothing was written",
             path=backup_dir,

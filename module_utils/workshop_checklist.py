@@ -10,7 +10,7 @@ gives an unchanged checklist (a second run rewrites nothing).
 import json
 import os
 
-from ansible.module_utils.workshop_record import failures_text, unreached_targets
+from ansible.module_utils.workshop_record import failures_text, fetch_failed, unreached_targets
 from ansible.module_utils.workshop_report_text import (
     _get,
     as_number,
@@ -260,14 +260,14 @@ def line_restore(record, facts):
     newest = _get(record, "backup", "name")
     # Only a test of another backup defers to the newest's own: a fetch that failed (the off-host target did
     # not give the backup, whichever was asked for) says nothing of a backup, and its failure stands.
-    tested, fetched = test.get("backup"), test.get("fetched") is not False
-    of_newest = _get(record, "restore_tests", newest) if newest and tested and tested != newest and fetched else None
+    deferred = newest and not fetch_failed(test) and test["backup"] != newest
+    of_newest = _get(record, "restore_tests", newest) if deferred else None
     if isinstance(of_newest, dict):  # the last test was of an older backup; the newest was tested before it
         test = of_newest
     when = format_stamp(test["at"]) if test.get("at") else "at an unrecorded time"
     if not _yes(test.get("ok")):
         what = failures_text(test.get("failures")) or "what failed was not recorded"
-        if not fetched or not test.get("backup"):  # the target did not give the backup: a new one would not help
+        if fetch_failed(test):  # the target did not give the backup: a new one would not help
             which = f"backup {test['backup']}" if test.get("backup") else "the newest backup"
             return _not(
                 f"the restore test of {which} on {test.get('source')} FAILED {when}: it could not be fetched intact "

@@ -26,7 +26,7 @@ from datetime import date, datetime, timedelta, timezone
 from ansible.module_utils.workshop_backup import MANIFEST, read_manifest, sealed_backups
 from ansible.module_utils.workshop_errors import WorkshopError
 from ansible.module_utils.workshop_files import human_bytes, tree_usage
-from ansible.module_utils.workshop_record import failures_text
+from ansible.module_utils.workshop_record import failures_text, fetch_failed
 from ansible.module_utils.workshop_time import parse_time
 
 # The lines, in the order they are shown.
@@ -164,8 +164,7 @@ def check_restore_test(record, record_path, max_age_days, now, newest=None, will
         return line("restore_test", False, f"No restore test in {record_path}{plan or ': run playbooks/restore_test.yml'}")
     age = (now - then).total_seconds() / 86400
     days = math.floor(age)
-    # A fetch from the off-host target that failed (before a backup was chosen: none is named).
-    unfetched = entry.get("fetched") is False or not entry.get("backup")
+    unfetched = fetch_failed(entry)
     tested = entry.get("backup") or "the newest backup"
     which = f"{tested}{' on ' + str(entry.get('source')) if unfetched else ''} at {_stamp(then)}"
     which += ", which could not be fetched" if unfetched else ""

@@ -128,6 +128,12 @@ def failures_text(failures, limit=3):
     return "; ".join(describe_failures(failures)[:limit])
 
 
+def fetch_failed(test):
+    """Whether a restore_test entry records a fetch from the off-host target that failed (it names no backup
+    when the fetch failed before one was chosen): a test of no backup's content."""
+    return test.get("fetched") is False or not test.get("backup")
+
+
 def verify_entry(name, failures, now=None, signature=None):
     """backup.verify as the report and the shutdown guard read it; with the backup folder's file
     signature (workshop_backup.folder_signature) when the verification read the files on disk."""

@@ -938,13 +938,13 @@ def test_a_newest_manifest_that_cannot_be_read_makes_a_new_backup_with_a_warning
 
 
 def test_a_backup_refused_for_space_says_what_the_estimate_is_made_of(tmp_path):
-    # An estimate a GiB beyond this disk's free space (other tests free space meanwhile, never that much):
-    # 5 MiB of files and Redis, the rest set aside for the logs.
+    # An estimate a GiB beyond this disk's free space (other tests free space meanwhile, never that much).
     needed = shutil.disk_usage(tmp_path).free + (1 << 30)
     with pytest.raises(WorkshopError) as refused:
-        workshop_backup.check_space(str(tmp_path / "backup"), needed, needed - (5 << 20))
-    assert f"about {human_bytes(needed)} needed (5.0 MiB of files and Redis, " in str(refused.value)
-    assert "set aside for the logs) and a 64.0 MiB margin" in str(refused.value)
+        workshop_backup.check_space(str(tmp_path / "backup"), needed)
+    files_and_redis = human_bytes(needed - workshop_backup.LOGS_ALLOWANCE)
+    assert f"about {human_bytes(needed)} needed ({files_and_redis} of files and Redis, " in str(refused.value)
+    assert "64.0 MiB set aside for the logs) and a 64.0 MiB margin" in str(refused.value)
     assert "nothing was written" in str(refused.value) and not (tmp_path / "backup").exists()
 
 
